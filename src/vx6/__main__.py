@@ -1,0 +1,3 @@
+from vx6.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Human-readable rendering of control answers (the JSON form is printed as is)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    head = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([head, *body])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def render(command: str, reply: dict[str, Any]) -> str:
+    if command == "status":
+        lines = [
+            f"name:        {reply.get('name') or '-'}",
+            f"fingerprint: {reply['fingerprint']}",
+            f"key:         {reply['key']}",
+            f"listen:      {', '.join(reply['listen'])}",
+            f"advertised:  {', '.join(reply['advertised'])}",
+            f"uptime:      {reply['uptime_s']} s",
+            f"links:       {reply['links']} ({reply['sync_links']} syncing)",
+            f"records:     {reply['records']}",
+            f"services:    {reply['services']}  (streams now {reply['streams_owner_active']},"
+            f" total {reply['streams_owner_total']})",
+            "forwards:",
+            table(reply["forwards"], ["name", "local", "service", "path", "active",
+                                      "connections", "failures", "last_error"]),
+        ]
+        return "\n".join(lines)
+    if command == "peers":
+        return "links:\n" + table(reply["links"], ["fingerprint", "address", "direction",
+                                                    "sync", "streams", "rtt_ms"]) + \
+            "\nknown peers:\n" + table(reply["known"], ["address", "fingerprint", "rtt_ms"])
+    if command == "services":
+        return table(reply["services"], ["name", "target", "public", "allow"])
+    if command == "forwards":
+        return table(reply["forwards"], ["name", "local", "service", "path", "active",
+                                         "connections", "failures", "last_error"])
+    if command == "connect":
+        f = reply["forward"]
+        setup = reply.get("setup", {})
+        return (f"forwarding {f['local']} -> {f['service']} ({f['path']}; owner "
+                f"{setup.get('owner', '?')}, checked in {setup.get('setup_ms', '?')} ms)")
+    if command == "expose":
+        s = reply["service"]
+        who = "everyone" if s["public"] else ", ".join(s["allow"])
+        return f"exposed {reply['address']} -> {s['target']} (allowed: {who})"
+    if command == "resolve":
+        head = f"{reply['address']} -> {reply['fingerprint']} ({reply['key']})"
+        return head + "\n" + table(reply["records"], ["kind", "subject", "seq", "source"])
+    if command == "ping":
+        return f"{reply['owner']}: rtt " + " ".join(f"{r} ms" for r in reply["rtt_ms"])
+    if command in ("unexpose", "disconnect"):
+        return f"removed {reply['removed']}"
+    if command == "stop":
+        return "stopping"
+    return "\n".join(f"{k}: {v}" for k, v in reply.items())

@@ -1,0 +1,222 @@
+"""The client side: from a service address to an open stream.
+
+Theory of operation. Named direct mode: the owner is found in the local registry (name
+claim -> key, with the claim-and-pin rule of core/names.py), its node record gives its
+addresses (IPv6 first) and link key, and the node dials them in order with Noise IK,
+requiring the peer to prove that identity. Direct mode (`--via`): no lookup at all; the
+link is dialled with XX and the key learnt in the handshake is checked against the pin
+for the name, or pinned if there is none (like ssh's known_hosts). One link per owner is
+reused by every stream; concurrent first connections share one dial.
+
+Every failure becomes a StreamFailed with a distinct code and message: unknown name,
+owner unreachable, key mismatch here; unknown service, not allowed, target refused from
+the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from vx6.config import ForwardConfig
+from vx6.core.names import ServiceAddress, parse_service_address, resolve_owner
+from vx6.crypto.keys import fingerprint
+from vx6.errors import CloseCode, DecodeError, LinkError, StreamError, StreamFailed, UsageError
+from vx6.net.addresses import format_endpoint
+from vx6.net.forward import Forward
+from vx6.net.link import LinkProtocol
+from vx6.net.pipe import StreamPipe
+from vx6.wire.frames import OPEN_FLAG_PROBE
+from vx6.wire.records import Kind, NodeBody, decode_body
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+log = logging.getLogger("vx6.client")
+
+DIAL_TIMEOUT = 5.0
+
+
+class ClientSide:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.forwards: dict[str, Forward] = {}
+        self._dialing: dict[object, asyncio.Future[LinkProtocol]] = {}
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self, addr: ServiceAddress) -> bytes:
+        reg = self.node.registry
+        name = addr.owner_name
+        claims = (
+            [(r.subject, r.signer) for r in reg.records(
+                kind=int(Kind.NAME_CLAIM), subject=name, now=time.time())]
+            if name else []
+        )
+        return resolve_owner(addr, claims, reg.get_pin(name) if name else None)
+
+    def node_record(self, key: bytes) -> NodeBody | None:
+        stored = self.node.registry.get_record(int(Kind.NODE), key, "")
+        if stored is None or stored.expires <= time.time():
+            return None
+        from vx6.wire.records import decode_record
+
+        try:
+            body = decode_body(Kind.NODE, decode_record(stored.raw).body)
+        except DecodeError:
+            return None
+        return body if isinstance(body, NodeBody) else None
+
+    async def link_for(self, addr: ServiceAddress, via: tuple[str, int] | None) -> LinkProtocol:
+        if via is not None:
+            return await self._link_via(addr, via)
+        key = self.resolve(addr)
+        link = self.node.links.get(key)
+        if link is not None and link.is_open:
+            return link
+        return await self._shared_dial(key, lambda: self._dial_owner(addr, key))
+
+    async def _shared_dial(self, key: object, make: object) -> LinkProtocol:
+        pending = self._dialing.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(make())  # type: ignore[operator]
+            self._dialing[key] = pending
+            pending.add_done_callback(lambda _f: self._dialing.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _dial_owner(self, addr: ServiceAddress, key: bytes) -> LinkProtocol:
+        body = self.node_record(key)
+        if body is None or not body.addresses:
+            raise StreamFailed(StreamError.OWNER_UNREACHABLE,
+                               f"no address known for {fingerprint(key)}")
+        errors = []
+        for ep in body.addresses:
+            try:
+                link = await self.node.dial(ep.host, ep.port, remote_link_key=body.link_key,
+                                            expected_identity=key)
+            except (OSError, TimeoutError, LinkError) as exc:
+                errors.append(f"{format_endpoint(ep.host, ep.port)}: {exc or 'timeout'}")
+                continue
+            self._pin(addr, key)
+            return link
+        raise StreamFailed(StreamError.OWNER_UNREACHABLE, "; ".join(errors))
+
+    async def _link_via(self, addr: ServiceAddress, via: tuple[str, int]) -> LinkProtocol:
+        reg = self.node.registry
+        expected = addr.owner_key or (reg.get_pin(addr.owner_name) if addr.owner_name else None)
+        if expected is not None:
+            link = self.node.links.get(expected)
+            if link is not None and link.is_open:
+                return link
+        try:
+            link = await self._shared_dial(
+                ("via", via, expected), lambda: self.node.dial(*via, expected_identity=expected))
+        except LinkError as exc:
+            if exc.code == CloseCode.IDENTITY_MISMATCH:
+                raise StreamFailed(StreamError.KEY_MISMATCH,
+                    f"{format_endpoint(*via)} is not {fingerprint(expected or b'')}, the key "
+                    f"pinned for {addr.owner_name or 'this address'}") from exc
+            raise StreamFailed(StreamError.OWNER_UNREACHABLE,
+                               f"{format_endpoint(*via)}: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise StreamFailed(StreamError.OWNER_UNREACHABLE,
+                               f"{format_endpoint(*via)}: {exc or 'timeout'}") from exc
+        assert link.peer_identity is not None
+        self._pin(addr, link.peer_identity)
+        return link
+
+    def _pin(self, addr: ServiceAddress, key: bytes) -> None:
+        name = addr.owner_name
+        if name and addr.fingerprint is None and self.node.registry.get_pin(name) is None:
+            self.node.registry.set_pin(name, key, time.time())
+            log.info("pinned %s to %s", name, fingerprint(key))
+
+    # ------------------------------------------------------------------ streams
+    async def open(self, addr: ServiceAddress, via: tuple[str, int] | None,
+                   pipe: StreamPipe) -> LinkProtocol:
+        link = await self.link_for(addr, via)
+        sid = link.open_stream(addr.service, 0, pipe)
+        pipe.bind(link, sid)
+        return link
+
+    async def nc(self, target: str, pipe: StreamPipe) -> None:
+        addr, via = _split_via(target)
+        await self.open(addr, via, pipe)
+        await pipe.wait_opened()
+
+    async def probe(self, addr: ServiceAddress, via: tuple[str, int] | None) -> dict[str, object]:
+        started = time.perf_counter()
+        link = await self.link_for(addr, via)
+        pipe = StreamPipe()
+        sid = link.open_stream(addr.service, OPEN_FLAG_PROBE, pipe)
+        pipe.bind(link, sid)
+        try:
+            async with asyncio.timeout(DIAL_TIMEOUT * 2):
+                await pipe.wait_opened()
+        except TimeoutError as exc:
+            raise StreamFailed(StreamError.OWNER_UNREACHABLE, "owner did not answer") from exc
+        finally:
+            link.reset(sid)
+        assert link.peer_identity is not None
+        return {"owner": fingerprint(link.peer_identity),
+                "setup_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    # ------------------------------------------------------------------ forwards
+    async def connect(self, cfg: ForwardConfig, check: bool = True) -> Forward:
+        if cfg.name in self.forwards:
+            raise UsageError(f"a forward named {cfg.name!r} exists; disconnect it first")
+        addr = parse_service_address(cfg.service)
+        result = await self.probe(addr, cfg.via) if check else {}
+
+        async def opener(pipe: StreamPipe) -> None:
+            await self.open(addr, cfg.via, pipe)
+
+        fwd = Forward(cfg.name, str(addr), cfg.local_host, cfg.local_port, opener,
+                      self.node.spawn, via=cfg.via)
+        if cfg.via:
+            fwd.path = "direct-ip"
+        try:
+            await fwd.start()
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {cfg.local_host}:{cfg.local_port}: {exc}") from exc
+        self.forwards[cfg.name] = fwd
+        fwd.setup = result  # type: ignore[attr-defined]
+        return fwd
+
+    async def disconnect(self, name: str) -> bool:
+        fwd = self.forwards.pop(name, None)
+        if fwd is None:
+            for key, f in list(self.forwards.items()):
+                if str(f.local_port) == name or f.local == name:
+                    fwd = self.forwards.pop(key)
+                    break
+        if fwd is None:
+            return False
+        await fwd.stop()
+        return True
+
+    async def start_config_forwards(self) -> None:
+        for cfg in self.node.config.forwards.values():
+            try:
+                await self.connect(cfg, check=False)
+            except (UsageError, StreamFailed) as exc:
+                log.error("forward %s from config not started: %s", cfg.name, exc)
+
+    async def stop_all(self) -> None:
+        for name in list(self.forwards):
+            await self.disconnect(name)
+
+
+def _split_via(target: str) -> tuple[ServiceAddress, tuple[str, int] | None]:
+    """`nc` accepts 'alice.ssh' or 'alice.ssh@[::1]:4243' (direct mode)."""
+    from vx6.net.addresses import parse_endpoint
+
+    text, _, via_text = target.partition("@")
+    via = None
+    if via_text:
+        try:
+            via = parse_endpoint(via_text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    return parse_service_address(text), via

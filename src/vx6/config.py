@@ -1,0 +1,138 @@
+"""The node's TOML config file (`config.toml` in the home), validated on load.
+
+Example:
+
+    name = "alice"
+    listen = ["[::]:4242"]
+    peers = ["[2001:db8::7]:4242"]
+
+    [services.ssh]
+    target = "127.0.0.1:22"
+    allow = ["bob", "k3c...52 base32 chars...q"]   # names or keys
+    # public = true                # open to every key (explicit choice)
+    # allow_remote_target = true   # permit a non-loopback target
+
+    [forwards.alice-web]
+    service = "alice.web"
+    local = "127.0.0.1:8080"
+    # via = "[2001:db8::5]:4242"   # direct IPv6 mode: no discovery
+
+Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
+registry and merge with those declared here (the file wins on a name clash).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vx6.core.names import parse_service_address, validate_label
+from vx6.errors import UsageError
+from vx6.net.addresses import is_loopback, parse_endpoint
+
+DEFAULT_PORT = 4242
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    target_host: str
+    target_port: int
+    allow: tuple[str, ...] = ()
+    public: bool = False
+    allow_remote_target: bool = False
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    name: str
+    service: str
+    local_host: str
+    local_port: int
+    via: tuple[str, int] | None = None
+
+
+@dataclass
+class NodeConfig:
+    name: str | None = None
+    listen: list[tuple[str, int]] = field(default_factory=list)
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    advertise: list[tuple[str, int]] = field(default_factory=list)
+    services: dict[str, ServiceConfig] = field(default_factory=dict)
+    forwards: dict[str, ForwardConfig] = field(default_factory=dict)
+    relay: bool = False
+
+
+def service_config(
+    name: str, target: str, allow: list[str], public: bool, allow_remote_target: bool
+) -> ServiceConfig:
+    """Validate one service the same way for the CLI and the file."""
+    label = validate_label(name, "service name")
+    try:
+        host, port = parse_endpoint(target)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if port == 0:
+        raise UsageError("target port must be 1-65535")
+    if not is_loopback(host) and not allow_remote_target:
+        raise UsageError(
+            f"target {target} is not a loopback address; pass --allow-remote-target to permit it"
+        )
+    return ServiceConfig(label, host, port, tuple(allow), public, allow_remote_target)
+
+
+def forward_config(name: str, service: str, local: str, via: str | None) -> ForwardConfig:
+    parse_service_address(service)
+    try:
+        host, port = parse_endpoint(local, None) if ":" in local else ("127.0.0.1", int(local))
+        via_ep = parse_endpoint(via) if via else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not 0 <= port <= 65535:
+        raise UsageError("local port must be 0-65535")
+    return ForwardConfig(name, service, host, port, via_ep)
+
+
+def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"config: {what} must be a list of strings")
+    try:
+        return [parse_endpoint(v, DEFAULT_PORT) for v in value]
+    except ValueError as exc:
+        raise UsageError(f"config: {what}: {exc}") from exc
+
+
+def load_config(path: Path) -> NodeConfig:
+    cfg = NodeConfig()
+    if not path.exists():
+        return cfg
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config {path}: {exc}") from exc
+    if "name" in data:
+        cfg.name = validate_label(str(data["name"]), "name")
+    cfg.listen = _endpoints(data.get("listen", []), "listen")
+    cfg.peers = _endpoints(data.get("peers", []), "peers")
+    cfg.advertise = _endpoints(data.get("advertise", []), "advertise")
+    cfg.relay = bool(data.get("relay", False))
+    for name, svc in dict(data.get("services", {})).items():
+        if not isinstance(svc, dict) or "target" not in svc:
+            raise UsageError(f"config: services.{name} needs a target")
+        cfg.services[name] = service_config(
+            name,
+            str(svc["target"]),
+            [str(a) for a in svc.get("allow", [])],
+            bool(svc.get("public", False)),
+            bool(svc.get("allow_remote_target", False)),
+        )
+    for name, fwd in dict(data.get("forwards", {})).items():
+        if not isinstance(fwd, dict) or "service" not in fwd or "local" not in fwd:
+            raise UsageError(f"config: forwards.{name} needs service and local")
+        via = fwd.get("via")
+        cfg.forwards[name] = forward_config(
+            name, str(fwd["service"]), str(fwd["local"]), str(via) if via else None
+        )
+    return cfg

@@ -1,0 +1,172 @@
+"""What the daemon answers on its control socket (one function per CLI command)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from vx6 import __version__
+from vx6.config import forward_config, service_config
+from vx6.core.names import parse_service_address
+from vx6.crypto.keys import fingerprint, key_to_text
+from vx6.errors import StreamFailed, UsageError
+from vx6.net.addresses import format_endpoint
+from vx6.wire.records import Kind, decode_record
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlOps:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._ops: dict[str, Handler] = {
+            "status": self.status,
+            "id": self.id,
+            "peers": self.peers,
+            "expose": self.expose,
+            "unexpose": self.unexpose,
+            "services": self.services,
+            "connect": self.connect,
+            "disconnect": self.disconnect,
+            "forwards": self.forwards,
+            "resolve": self.resolve,
+            "ping": self.ping,
+            "stop": self.stop,
+        }
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown control op {op!r}"}
+        try:
+            result = await handler(request)
+        except StreamFailed as exc:
+            return {"ok": False, "error": str(exc), "code": exc.code.name}
+        return {"ok": True, **result}
+
+    async def id(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        return {
+            "name": node.name,
+            "key": key_to_text(node.identity.public),
+            "fingerprint": node.fingerprint,
+        }
+
+    async def status(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        now = time.time()
+        return {
+            **(await self.id({})),
+            "version": __version__,
+            "home": str(node.home.path),
+            "uptime_s": round(now - node.started, 1),
+            "listen": [format_endpoint(h, p) for h, p in node.listen_addresses],
+            "advertised": [format_endpoint(e.host, e.port) for e in node.publisher.advertised()],
+            "links": len([link for link in node.all_links if link.is_open]),
+            "sync_links": len(node.sync_links),
+            "streams_owner_active": len(node.owner.active),
+            "streams_owner_total": node.owner.streams_total,
+            "records": node.registry.count_records(now),
+            "services": len(node.owner.services),
+            "forwards": [f.describe() for f in node.client.forwards.values()],
+            "counters": dict(sorted(node.counters.items())),
+        }
+
+    async def peers(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        links = []
+        for link in node.all_links:
+            if not link.is_open or link.peer_identity is None:
+                continue
+            links.append({
+                "fingerprint": fingerprint(link.peer_identity),
+                "key": key_to_text(link.peer_identity),
+                "address": format_endpoint(*link.peer_address) if link.peer_address else None,
+                "direction": "out" if link.core.initiator else "in",
+                "sync": link in node.sync_links,
+                "streams": len(link.core.streams),
+                "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
+                "bytes_in": link.core.bytes_in,
+                "bytes_out": link.core.bytes_out,
+            })
+        known = [
+            {"address": format_endpoint(p.host, p.port),
+             "fingerprint": fingerprint(p.key) if p.key else None,
+             "last_seen": p.last_seen, "rtt_ms": p.rtt_ms}
+            for p in node.registry.peers(limit=200)
+        ]
+        return {"links": links, "known": known}
+
+    async def expose(self, req: dict[str, Any]) -> dict[str, Any]:
+        svc = service_config(
+            str(req.get("name", "")), str(req.get("target", "")),
+            [str(a) for a in req.get("allow", [])], bool(req.get("public", False)),
+            bool(req.get("allow_remote_target", False)),
+        )
+        if not svc.public and not svc.allow:
+            raise UsageError("a private service needs --allow KEY_OR_NAME (or --public to open it to everyone)")
+        self.node.owner.expose(svc)
+        owner = self.node.name or key_to_text(self.node.identity.public)
+        return {"service": self.node.owner.describe(svc), "address": f"{owner}.{svc.name}"}
+
+    async def unexpose(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req.get("name", ""))
+        if not self.node.owner.unexpose(name):
+            raise UsageError(f"no service named {name!r}")
+        return {"removed": name}
+
+    async def services(self, _: dict[str, Any]) -> dict[str, Any]:
+        owner = self.node.owner
+        return {"services": [owner.describe(s) for s in owner.services.values()]}
+
+    async def connect(self, req: dict[str, Any]) -> dict[str, Any]:
+        service = str(req.get("service", ""))
+        name = str(req.get("name") or service)
+        cfg = forward_config(name, service, str(req.get("local", "")), req.get("via") or None)
+        fwd = await self.node.client.connect(cfg)
+        return {"forward": fwd.describe(), "setup": getattr(fwd, "setup", {})}
+
+    async def disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req.get("name", ""))
+        if not await self.node.client.disconnect(name):
+            raise UsageError(f"no forward named {name!r}")
+        return {"removed": name}
+
+    async def forwards(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"forwards": [f.describe() for f in self.node.client.forwards.values()]}
+
+    async def resolve(self, req: dict[str, Any]) -> dict[str, Any]:
+        addr = parse_service_address(str(req.get("address", "")))
+        key = self.node.client.resolve(addr)
+        reg = self.node.registry
+        records = []
+        for stored in reg.records(signer=key, now=time.time()):
+            rec = decode_record(stored.raw)
+            records.append({"kind": Kind(rec.kind).name.lower(), "subject": stored.subject,
+                            "seq": rec.seq, "expires": rec.expires, "source": stored.source,
+                            "body": repr(rec.parsed_body())})
+        return {"address": str(addr), "key": key_to_text(key), "fingerprint": fingerprint(key),
+                "pinned": reg.get_pin(addr.owner_name) == key if addr.owner_name else None,
+                "records": records}
+
+    async def ping(self, req: dict[str, Any]) -> dict[str, Any]:
+        text = str(req.get("address", ""))
+        # `vx6 ping alice` pings the owner's node; any service label will do for parsing.
+        addr = parse_service_address(text if "." in text else text + ".ping")
+        link = await self.node.client.link_for(addr, None)
+        rtts = []
+        for _ in range(int(req.get("count", 3))):
+            async with asyncio.timeout(5):
+                rtt = await link.ping()
+            rtts.append(round(rtt * 1000, 3))
+        return {"owner": fingerprint(link.peer_identity or b""), "rtt_ms": rtts}
+
+    async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
+        asyncio.get_running_loop().call_soon(self.node.stop)
+        return {"stopping": True}

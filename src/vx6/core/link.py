@@ -1,0 +1,431 @@
+"""One node-to-node link, sans-IO: handshake, framing, streams, keepalive, close.
+
+Theory of operation. The caller feeds every byte read from the TCP connection to
+`receive(data, now)`, writes out whatever `data_to_send()` returns, handles what
+`events()` returns, and calls `handle_timer(now)` at `next_deadline()`. Nothing here
+touches a socket or a clock. On the wire every Noise message is a 2-byte big-endian
+length then the message; after the handshake every message decrypts to one frame
+(wire/frames.py).
+
+Failure policy: anything the peer does wrong (bad frame, broken AEAD tag, data beyond
+credit, a frame for a stream that never existed) raises LinkError inside, which closes
+the whole link with a CLOSE frame carrying the code, and one `LinkClosed` event saying
+why. Errors that concern one stream only (e.g. our application resets it) stay on that
+stream. After `LinkClosed` the link accepts nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vx6.core import events as ev
+from vx6.core.handshake import HandshakeResult, LinkHandshake
+from vx6.core.streams import (
+    CAN_RECEIVE,
+    CAN_SEND,
+    Stream,
+    StreamInput,
+    StreamState,
+    StreamTable,
+)
+from vx6.core.streams import TransitionError as StreamTransitionError
+from vx6.crypto.keys import Identity, StaticKey
+from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
+from vx6.wire import frames as fr
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    window: int = 2 * 1024 * 1024  # per-stream credit; bounds memory per stream
+    max_streams: int = 1024
+    keepalive: float = 15.0  # send PING after this long without hearing from the peer
+    idle_timeout: float = 45.0  # give up after this long without hearing anything
+    handshake_timeout: float = 10.0
+
+
+class Link:
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        identity: Identity,
+        link_key: StaticKey,
+        ephemeral: bytes,
+        now: float,
+        remote_link_key: bytes | None = None,
+        expected_identity: bytes | None = None,
+        config: LinkConfig | None = None,
+    ) -> None:
+        self.config = config or LinkConfig()
+        self.initiator = initiator
+        self._hs: LinkHandshake | None = LinkHandshake(
+            initiator=initiator,
+            identity=identity,
+            link_key=link_key,
+            ephemeral=ephemeral,
+            remote_link_key=remote_link_key,
+            expected_identity=expected_identity,
+        )
+        self._keys: HandshakeResult | None = None
+        self.streams = StreamTable(
+            odd_ids=initiator, window=self.config.window, max_streams=self.config.max_streams
+        )
+        self._out: list[bytes] = []
+        self._events: list[ev.Event] = []
+        self._inbuf = bytearray()
+        self._last_heard = now
+        self._started = now
+        self._ping_token = 0
+        self._ping_sent_at: float | None = None
+        self._rtt_start: float | None = None
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        if initiator:
+            self._emit_raw(self._hs.start())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def established(self) -> bool:
+        return self._keys is not None and not self.closed
+
+    @property
+    def peer_identity(self) -> bytes | None:
+        return self._keys.peer_identity if self._keys else None
+
+    @property
+    def peer_link_key(self) -> bytes | None:
+        return self._keys.peer_link_key if self._keys else None
+
+    # ------------------------------------------------------------------ output
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[ev.Event]:
+        out, self._events = self._events, []
+        return out
+
+    def _emit_raw(self, message: bytes) -> None:
+        self._out.append(fr.length_prefix(len(message)) + message)
+
+    def _emit_frame(self, plaintext: bytes) -> None:
+        assert self._keys is not None
+        ct = self._keys.send.encrypt(plaintext)
+        self.bytes_out += len(ct) + 2
+        self._out.append(fr.length_prefix(len(ct)) + ct)
+
+    def _send_frame(self, frame: fr.ControlFrame) -> None:
+        self._emit_frame(fr.encode_frame(frame))
+
+    # ------------------------------------------------------------------ input
+    def receive(self, data: bytes, now: float) -> None:
+        if self.closed:
+            return
+        self._last_heard = now
+        self._ping_sent_at = None
+        self.bytes_in += len(data)
+        buf = self._inbuf
+        buf += data
+        pos = 0
+        try:
+            while len(buf) - pos >= 2:
+                n = (buf[pos] << 8) | buf[pos + 1]
+                end = pos + 2 + n
+                if len(buf) < end:
+                    break
+                message = bytes(buf[pos + 2 : end])
+                pos = end
+                if self._keys is None:
+                    self._on_handshake(message)
+                else:
+                    self._on_message(message, now)
+                if self.closed:
+                    return
+        except LinkError as exc:
+            self._fail(exc.code, exc.reason)
+            return
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def _on_handshake(self, message: bytes) -> None:
+        assert self._hs is not None
+        reply = self._hs.receive(message)
+        if reply is not None:
+            self._emit_raw(reply)
+        if self._hs.result is not None:
+            self._keys = self._hs.result
+            self._hs = None
+            self._events.append(
+                ev.LinkEstablished(self._keys.peer_identity, self._keys.peer_link_key)
+            )
+
+    def _on_message(self, message: bytes, now: float) -> None:
+        assert self._keys is not None
+        try:
+            plain = self._keys.receive.decrypt(message)
+        except CryptoError as exc:
+            raise LinkError(CloseCode.DECRYPT_FAILED, "frame failed authentication") from exc
+        if not plain:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, "empty frame")
+        if plain[0] == fr.FrameType.DATA:
+            self._on_data(plain)
+            return
+        try:
+            frame = fr.decode_control(plain)
+        except DecodeError as exc:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+        try:
+            self._on_control(frame, now)
+        except StreamTransitionError as exc:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+
+    def _on_data(self, plain: bytes) -> None:
+        if len(plain) < fr.DATA_HEADER:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, "DATA frame too short")
+        sid = int.from_bytes(plain[1:5], "big")
+        payload = plain[5:]
+        stream = self.streams.get(sid)
+        if stream is None:
+            if self.streams.is_stale_id(sid):
+                return  # crossed our RESET; the peer will learn soon enough
+            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA for unknown stream {sid}")
+        if stream.state not in CAN_RECEIVE:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA on stream {sid} after FIN")
+        stream.recv_allowance -= len(payload)
+        if stream.recv_allowance < 0:
+            raise LinkError(CloseCode.FLOW_CONTROL, f"stream {sid} exceeded its credit")
+        if payload:
+            self._events.append(ev.StreamDataReceived(sid, payload))
+
+    def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
+        match frame:
+            case fr.Open(sid, service, flags):
+                if not self.streams.is_new_peer_id(sid):
+                    raise LinkError(CloseCode.PROTOCOL_ERROR, f"OPEN with bad stream id {sid}")
+                if len(self.streams) >= self.streams.max_streams:
+                    self.streams.new_remote(sid).state = StreamState.CLOSED
+                    self.streams.drop(sid)
+                    self._send_frame(fr.OpenFail(sid, StreamError.RESOURCE_LIMIT, "too many"))
+                    return
+                self.streams.new_remote(sid)
+                self._events.append(ev.StreamOpenRequested(sid, service, flags))
+            case fr.OpenOk(sid):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.OPEN_OK)
+                    self._events.append(ev.StreamOpened(sid))
+                    self._after_transition(sid)
+            case fr.OpenFail(sid, code, reason):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.OPEN_FAIL)
+                    self.streams.drop(sid)
+                    self._events.append(ev.StreamOpenFailed(sid, code, reason))
+            case fr.Credit(sid, inc):
+                if (s := self._known(sid)) is not None:
+                    s.send_credit += inc
+                    if s.send_credit > 4 * self.config.window:
+                        raise LinkError(CloseCode.FLOW_CONTROL, "credit beyond any window")
+                    self._flush_pending(sid)
+            case fr.Fin(sid):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.FIN_RECEIVED)
+                    self._events.append(ev.StreamEnded(sid))
+                    self._after_transition(sid)
+            case fr.Reset(sid, code):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.RESET)
+                    self.streams.drop(sid)
+                    self._events.append(ev.StreamReset(sid, code))
+            case fr.Ping(token):
+                self._send_frame(fr.Pong(token))
+            case fr.Pong(token):
+                if token == self._ping_token and self._rtt_start is not None:
+                    self._events.append(ev.PongReceived(token, now - self._rtt_start))
+                    self._rtt_start = None
+            case fr.Close(code, reason):
+                self.closed = True
+                self._events.append(ev.LinkClosed(code, reason, by_peer=True))
+            case fr.Records(records):
+                self._events.append(ev.RecordsReceived(records))
+
+    def _known(self, sid: int) -> Stream | None:
+        stream = self.streams.get(sid)
+        if stream is None and not self.streams.is_stale_id(sid):
+            raise LinkError(CloseCode.PROTOCOL_ERROR, f"frame for unknown stream {sid}")
+        return stream
+
+    def _after_transition(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state is StreamState.CLOSED:
+            self.streams.drop(sid)
+            self._events.append(ev.StreamClosed(sid))
+
+    # ------------------------------------------------------------------ stream API
+    def open_stream(self, service: str, flags: int = 0) -> int:
+        self._require_open()
+        if len(self.streams) >= self.streams.max_streams:
+            raise LinkError(CloseCode.RESOURCE_LIMIT, "too many streams on this link")
+        stream = self.streams.new_local()
+        self._send_frame(fr.Open(stream.stream_id, service, flags))
+        return stream.stream_id
+
+    def accept_stream(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        stream.apply(StreamInput.ACCEPT)
+        self._send_frame(fr.OpenOk(sid))
+        self._after_transition(sid)
+
+    def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        stream.apply(StreamInput.REJECT)
+        self.streams.drop(sid)
+        self._send_frame(fr.OpenFail(sid, code, reason))
+
+    def send(self, sid: int, data: bytes) -> bool:
+        """Queue application bytes for a stream. Returns False when the caller should
+        stop reading its source until `StreamWritable(sid)`; excess bytes are kept."""
+        stream = self.streams.get(sid)
+        if stream is None or self.closed or stream.state not in CAN_SEND:
+            return False
+        if stream.pending or stream.send_credit <= 0:
+            stream.pending.append(data)
+            stream.pending_bytes += len(data)
+            stream.blocked = True
+            return False
+        rest = self._send_data(stream, data)
+        if rest is not None:
+            stream.pending.append(rest)
+            stream.pending_bytes += len(rest)
+        return not stream.blocked
+
+    def _send_data(self, stream: Stream, data: bytes) -> bytes | None:
+        """Send as much as credit allows; return what is left over (and mark blocked)."""
+        header = fr.data_header(stream.stream_id)
+        view = memoryview(data)
+        pos, total = 0, len(data)
+        limit = fr.MAX_DATA_PAYLOAD
+        while pos < total:
+            n = min(total - pos, limit, stream.send_credit)
+            if n <= 0:
+                stream.blocked = True
+                return bytes(view[pos:])
+            self._emit_frame(header + view[pos : pos + n])
+            stream.send_credit -= n
+            pos += n
+        if stream.send_credit <= 0:
+            stream.blocked = True
+        return None
+
+    def _flush_pending(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        while stream.pending and stream.send_credit > 0:
+            chunk = stream.pending.popleft()
+            stream.pending_bytes -= len(chunk)
+            rest = self._send_data(stream, chunk)
+            if rest is not None:
+                stream.pending.appendleft(rest)
+                stream.pending_bytes += len(rest)
+                return
+        if stream.pending:
+            return
+        if stream.fin_after_pending:
+            stream.fin_after_pending = False
+            self._send_fin(sid)
+            return
+        if stream.send_credit > 0 and stream.blocked:
+            stream.blocked = False
+            self._events.append(ev.StreamWritable(sid))
+
+    def consumed(self, sid: int, n: int) -> None:
+        """The local application took n bytes of this stream: return credit in batches."""
+        stream = self.streams.get(sid)
+        if stream is None or self.closed:
+            return
+        stream.unacked_consumed += n
+        if stream.unacked_consumed >= self.config.window // 4:
+            inc, stream.unacked_consumed = stream.unacked_consumed, 0
+            stream.recv_allowance += inc
+            self._send_frame(fr.Credit(sid, inc))
+
+    def finish(self, sid: int) -> None:
+        """Half-close our direction once every queued byte has gone out."""
+        stream = self.streams.get(sid)
+        if stream is None or self.closed:
+            return
+        if stream.pending:
+            stream.fin_after_pending = True
+            return
+        self._send_fin(sid)
+
+    def _send_fin(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        stream.apply(StreamInput.FIN_SENT)
+        self._send_frame(fr.Fin(sid))
+        self._after_transition(sid)
+
+    def reset(self, sid: int, code: StreamError = StreamError.CANCELLED) -> None:
+        stream = self.streams.get(sid)
+        if stream is None or self.closed:
+            return
+        stream.apply(StreamInput.RESET)
+        self.streams.drop(sid)
+        self._send_frame(fr.Reset(sid, code))
+
+    def send_records(self, records: list[bytes]) -> None:
+        self._require_open()
+        for i in range(0, len(records), fr.MAX_RECORDS_PER_FRAME):
+            self._send_frame(fr.Records(tuple(records[i : i + fr.MAX_RECORDS_PER_FRAME])))
+
+    def ping(self, now: float) -> None:
+        self._require_open()
+        self._ping_token = (self._ping_token + 1) & 0xFFFFFFFFFFFFFFFF
+        self._rtt_start = now
+        self._send_frame(fr.Ping(self._ping_token))
+
+    def _require_open(self) -> None:
+        if self._keys is None or self.closed:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, "link is not established")
+
+    # ------------------------------------------------------------------ timers & close
+    def next_deadline(self) -> float | None:
+        if self.closed:
+            return None
+        if self._keys is None:
+            return self._started + self.config.handshake_timeout
+        if self._ping_sent_at is None:
+            return self._last_heard + self.config.keepalive
+        return self._last_heard + self.config.idle_timeout
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if self._keys is None:
+            if now >= self._started + self.config.handshake_timeout:
+                self._fail(CloseCode.HANDSHAKE_FAILED, "handshake timed out")
+            return
+        if now >= self._last_heard + self.config.idle_timeout:
+            self._fail(CloseCode.IDLE_TIMEOUT, "peer silent too long")
+        elif self._ping_sent_at is None and now >= self._last_heard + self.config.keepalive:
+            self._ping_sent_at = now
+            self.ping(now)
+
+    def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
+        if self.closed:
+            return
+        if self._keys is not None:
+            self._send_frame(fr.Close(code, reason))
+        self.closed = True
+        self._events.append(ev.LinkClosed(code, reason, by_peer=False))
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        self.close(code, reason)
+

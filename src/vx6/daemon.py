@@ -1,0 +1,296 @@
+"""The composition root: one VX6 node, everything under one TaskGroup.
+
+Theory of operation. `Node.run()` opens the registry, loads the keys, listens for links
+(dual-stack, IPv6 first), publishes its signed records, keeps links to its configured
+peers, serves the control socket, and waits for a stop request (SIGTERM/SIGINT or the
+`stop` control op). Links are the only way bytes enter from the network; each is owned
+by a `LinkProtocol`, and the node only reacts to what the link reports:
+
+* link established -> remember it by the peer's identity key; if we dialled it as a
+  sync peer, push our records (the seed of peer sync);
+* records received -> each is checked by the record rules and stored only if newer;
+  what was new is passed on to the other sync links (flooding with the sequence check
+  as the duplicate filter);
+* stream requested -> the owner side (`vx6.owner`) decides: known service? allowed key?
+  target reachable? and then joins the stream to a connection to the target.
+
+The client side (resolve a name, find or dial a link, open a stream) is `vx6.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+
+from vx6.config import NodeConfig, load_config
+from vx6.control_ops import ControlOps
+from vx6.core.records import check_record
+from vx6.errors import DecodeError, RecordRejected, VX6Error
+from vx6.home import Home
+from vx6.net.control import serve_control
+from vx6.net.link import LinkOwner, LinkProtocol, dial
+from vx6.client import ClientSide
+from vx6.owner import OwnerSide
+from vx6.publisher import Publisher
+from vx6.store import Registry
+from vx6.wire.records import decode_record
+
+log = logging.getLogger("vx6.node")
+
+PEER_RETRY_MIN = 1.0
+PEER_RETRY_MAX = 30.0
+SYNC_DUMP_LIMIT = 2000
+
+
+class Node(LinkOwner):
+    def __init__(self, home: Home, cli: NodeConfig | None = None) -> None:
+        self.home = home
+        home.ensure()
+        file_cfg = load_config(home.config_path)
+        self.config = _merge(file_cfg, cli or NodeConfig())
+        self.identity = home.identity()
+        self.link_key = home.link_key()
+        self.onion_key = home.onion_key()
+        self.registry = Registry(home.registry_path)
+        if self.config.name:
+            self.registry.set_meta("name", self.config.name)
+        self.name = self.registry.get_meta("name")
+        self.started = time.time()
+        self.links: dict[bytes, LinkProtocol] = {}
+        self.all_links: set[LinkProtocol] = set()
+        self.sync_links: set[LinkProtocol] = set()
+        self.listen_addresses: list[tuple[str, int]] = []
+        self.counters: dict[str, int] = {}
+        self.publisher = Publisher(self)
+        self.owner = OwnerSide(self)
+        self.client = ClientSide(self)
+        self.ops = ControlOps(self)
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stop = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
+                await self._listen()
+                self._servers.append(
+                    await serve_control(self.home.control_path, self.ops.handle, self.client.nc)
+                )
+                self.owner.load_services()
+                self.publisher.publish_all()
+                for host, port in self.config.peers:
+                    tg.create_task(self._keep_peer(host, port))
+                await self.client.start_config_forwards()
+                tg.create_task(self.publisher.republish_loop())
+                log.info(
+                    "node %s (%s) listening on %s",
+                    self.name or "-",
+                    self.fingerprint,
+                    ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.listen_addresses),
+                )
+                if ready is not None:
+                    ready.set()
+                await self._stop.wait()
+                raise _Stopping()
+        except* _Stopping:
+            pass
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        await self.client.stop_all()
+        for server in self._servers:
+            server.close()
+        for link in list(self.all_links):
+            link.close(4 + 3, "node shutting down")  # CloseCode.SHUTDOWN
+        with contextlib.suppress(FileNotFoundError):
+            self.home.control_path.unlink()
+        self.registry.close()
+        log.info("stopped")
+
+    def spawn(self, coro: object) -> None:
+        assert self._tasks is not None
+        self._tasks.create_task(coro)  # type: ignore[arg-type]
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    @property
+    def fingerprint(self) -> str:
+        from vx6.crypto.keys import fingerprint
+
+        return fingerprint(self.identity.public)
+
+    # ------------------------------------------------------------------ links
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        endpoints = self.config.listen or [("::", 4242)]
+        for host, port in endpoints:
+            sock = _listen_socket(host, port)
+            server = await loop.create_server(lambda: self._inbound_link(), sock=sock)
+            self._servers.append(server)
+            bound = sock.getsockname()
+            self.listen_addresses.append((host, bound[1]))
+
+    def _inbound_link(self) -> LinkProtocol:
+        link = LinkProtocol(
+            self, initiator=False, identity=self.identity, link_key=self.link_key
+        )
+        self.all_links.add(link)
+        return link
+
+    async def dial(
+        self,
+        host: str,
+        port: int,
+        *,
+        remote_link_key: bytes | None = None,
+        expected_identity: bytes | None = None,
+        sync: bool = False,
+    ) -> LinkProtocol:
+        link = await dial(
+            self,
+            host,
+            port,
+            identity=self.identity,
+            link_key=self.link_key,
+            remote_link_key=remote_link_key,
+            expected_identity=expected_identity,
+        )
+        self.all_links.add(link)
+        if link.peer_identity is not None:
+            self.registry.upsert_peer(host, port, time.time(), key=link.peer_identity)
+        if sync and link.is_open:
+            self.sync_links.add(link)
+            link.send_records(self.records_for_sync())
+        return link
+
+    async def _keep_peer(self, host: str, port: int) -> None:
+        """Keep one sync link to a configured peer, redialling with backoff."""
+        delay = PEER_RETRY_MIN
+        while not self._stop.is_set():
+            try:
+                link = await self.dial(host, port, sync=True)
+                delay = PEER_RETRY_MIN
+                await link.closed_future
+            except (OSError, VX6Error, TimeoutError) as exc:
+                log.info("peer %s:%d unreachable: %s", host, port, exc)
+            await asyncio.sleep(delay)  # backoff between redials, not synchronisation
+            delay = min(delay * 2, PEER_RETRY_MAX)
+
+    def link_established(self, link: LinkProtocol) -> None:
+        assert link.peer_identity is not None
+        self.links[link.peer_identity] = link
+        self.count("links_established")
+
+    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
+        self.all_links.discard(link)
+        self.sync_links.discard(link)
+        if link.peer_identity is not None and self.links.get(link.peer_identity) is link:
+            del self.links[link.peer_identity]
+        if code not in (0, 7):
+            self.count("links_failed")
+
+    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
+        self.owner.stream_requested(link, sid, service, flags)
+
+    # ------------------------------------------------------------------ records
+    def records_for_sync(self) -> list[bytes]:
+        now = time.time()
+        return [r.raw for r in self.registry.records(now=now, limit=SYNC_DUMP_LIMIT)]
+
+    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        if link not in self.sync_links:
+            # The dialler asked to sync: answer with everything we hold, once.
+            self.sync_links.add(link)
+            link.send_records(self.records_for_sync())
+        fresh = self.accept_records(records, source=_source(link))
+        if fresh:
+            for other in list(self.sync_links):
+                if other is not link:
+                    other.send_records(fresh)
+
+    def accept_records(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
+        now = time.time()
+        fresh: list[bytes] = []
+        for raw in records:
+            try:
+                rec = decode_record(raw)
+                subject = rec.subject
+                held = self.registry.held_seq(rec.kind, rec.signer, subject)
+                rec = check_record(raw, now, held)
+            except (DecodeError, RecordRejected) as exc:
+                reason = exc.reason if isinstance(exc, RecordRejected) else "malformed"
+                self.count(f"records_refused_{reason}")
+                if reason != "stale-sequence":
+                    log.info("refused record from %s: %s", source, exc)
+                continue
+            stored = self.registry.put_record(
+                rec.kind, rec.signer, subject, rec.seq, rec.issued, rec.expires, raw, source, now
+            )
+            if stored:
+                self.count("records_accepted")
+                fresh.append(raw)
+        return fresh
+
+
+class _Stopping(Exception):
+    pass
+
+
+def _source(link: LinkProtocol) -> str:
+    if link.peer_address:
+        host, port = link.peer_address
+        return f"peer [{host}]:{port}" if ":" in host else f"peer {host}:{port}"
+    return "peer"
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; for '::' one dual-stack socket (IPv6 and IPv4-mapped)."""
+    family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host in ("", "::") else 1)
+        sock.bind((host or "::", port))
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _merge(file_cfg: NodeConfig, cli: NodeConfig) -> NodeConfig:
+    merged = NodeConfig(
+        name=cli.name or file_cfg.name,
+        listen=cli.listen or file_cfg.listen,
+        peers=file_cfg.peers + [p for p in cli.peers if p not in file_cfg.peers],
+        advertise=cli.advertise or file_cfg.advertise,
+        services=dict(file_cfg.services),
+        forwards=dict(file_cfg.forwards),
+        relay=cli.relay or file_cfg.relay,
+    )
+    return merged
+
+
+def run_node(home: Path | None, cli: NodeConfig) -> int:
+    node = Node(Home(home), cli)
+    asyncio.run(node.run())
+    return 0

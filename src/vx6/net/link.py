@@ -1,0 +1,329 @@
+"""asyncio adapter for the sans-IO link core (vx6.core.link).
+
+Theory of operation. `LinkProtocol` owns one TCP connection and one `core.link.Link`.
+Bytes from the socket go into the core; after every call into the core the protocol
+drains `data_to_send()` to the socket and dispatches `events()`: stream events go to the
+`StreamSink` registered for that stream id, link-level events to the `LinkOwner` (the
+node). One timer handle is kept armed at the core's `next_deadline()`.
+
+Backpressure in both directions: when the TCP socket's write buffer passes its high-water
+mark the link tells every sink to stop reading its local socket, and resumes them when it
+drains; per-stream credit is handled by the core and surfaces as `on_writable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from vx6.core import events as ev
+from vx6.core.link import Link, LinkConfig
+from vx6.crypto.keys import Identity, StaticKey, fingerprint
+from vx6.errors import CloseCode, LinkError, StreamError
+
+log = logging.getLogger("vx6.link")
+
+LINK_HIGH_WATER = 1024 * 1024
+LINK_LOW_WATER = 256 * 1024
+
+
+class StreamSink(Protocol):
+    def on_opened(self) -> None: ...
+    def on_open_failed(self, code: int, reason: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+    def on_reset(self, code: int) -> None: ...
+    def on_writable(self) -> None: ...
+    def on_link_paused(self, paused: bool) -> None: ...
+
+
+class LinkOwner(Protocol):
+    def link_established(self, link: LinkProtocol) -> None: ...
+    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None: ...
+    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None: ...
+    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None: ...
+
+
+class LinkProtocol(asyncio.Protocol):
+    def __init__(
+        self,
+        owner: LinkOwner,
+        *,
+        initiator: bool,
+        identity: Identity,
+        link_key: StaticKey,
+        remote_link_key: bytes | None = None,
+        expected_identity: bytes | None = None,
+        config: LinkConfig | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.loop = asyncio.get_running_loop()
+        self.clock = clock or self.loop.time
+        self.core = Link(
+            initiator=initiator,
+            identity=identity,
+            link_key=link_key,
+            ephemeral=os.urandom(32),
+            now=self.clock(),
+            remote_link_key=remote_link_key,
+            expected_identity=expected_identity,
+            config=config,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.sinks: dict[int, StreamSink] = {}
+        self.established: asyncio.Future[None] = self.loop.create_future()
+        self.closed_future: asyncio.Future[None] = self.loop.create_future()
+        self.peer_address: tuple[str, int] | None = None
+        self.rtt: float | None = None
+        self.close_reason = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._pong_waiters: list[asyncio.Future[float]] = []
+
+    # ---------------------------------------------------------------- asyncio side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_address = (peer[0], peer[1])
+        transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.core.receive(data, self.clock())
+        self._pump()
+
+    def eof_received(self) -> bool:
+        if not self.core.closed:
+            self._finish(CloseCode.PROTOCOL_ERROR, "peer closed the connection", by_peer=True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer:
+            self._timer.cancel()
+        if not self.closed_future.done():
+            reason = f"connection lost: {exc}" if exc else "connection closed"
+            self._finish(CloseCode.NORMAL, reason, by_peer=True)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        for sink in list(self.sinks.values()):
+            sink.on_link_paused(True)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for sink in list(self.sinks.values()):
+            sink.on_link_paused(False)
+
+    # ---------------------------------------------------------------- core pumping
+    def _pump(self) -> None:
+        out = self.core.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.write(b"".join(out))
+        for event in self.core.events():
+            self._dispatch(event)
+        if self.core.closed:
+            return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(self.clock())
+        self._pump()
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.StreamDataReceived):
+            sink = self.sinks.get(event.stream_id)
+            if sink is not None:
+                sink.on_data(event.data)
+        elif isinstance(event, ev.StreamWritable):
+            sink = self.sinks.get(event.stream_id)
+            if sink is not None:
+                sink.on_writable()
+        elif isinstance(event, ev.StreamOpened):
+            if (sink := self.sinks.get(event.stream_id)) is not None:
+                sink.on_opened()
+        elif isinstance(event, ev.StreamOpenFailed):
+            if (sink := self.sinks.pop(event.stream_id, None)) is not None:
+                sink.on_open_failed(event.code, event.reason)
+        elif isinstance(event, ev.StreamEnded):
+            if (sink := self.sinks.get(event.stream_id)) is not None:
+                sink.on_end()
+        elif isinstance(event, ev.StreamClosed):
+            self.sinks.pop(event.stream_id, None)
+        elif isinstance(event, ev.StreamReset):
+            if (sink := self.sinks.pop(event.stream_id, None)) is not None:
+                sink.on_reset(event.code)
+        elif isinstance(event, ev.StreamOpenRequested):
+            self.owner.stream_requested(self, event.stream_id, event.service, event.flags)
+        elif isinstance(event, ev.RecordsReceived):
+            self.owner.records_received(self, event.records)
+        elif isinstance(event, ev.PongReceived):
+            self.rtt = event.rtt
+            waiters, self._pong_waiters = self._pong_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(event.rtt)
+        elif isinstance(event, ev.LinkEstablished):
+            if not self.established.done():
+                self.established.set_result(None)
+            self.owner.link_established(self)
+        elif isinstance(event, ev.LinkClosed):
+            self._finish(event.code, event.reason, event.by_peer)
+
+    def _finish(self, code: int, reason: str, by_peer: bool) -> None:
+        if self.closed_future.done():
+            return
+        self.close_reason = reason
+        who = fingerprint(self.core.peer_identity) if self.core.peer_identity else self.peer_address
+        level = logging.INFO if code in (CloseCode.NORMAL, CloseCode.SHUTDOWN) else logging.WARNING
+        side = "peer" if by_peer else "we"
+        log.log(level, "link %s closed (%s, %s): %s", who, _code_name(code), side, reason)
+        if not self.established.done():
+            try:
+                close_code = CloseCode(code)
+            except ValueError:
+                close_code = CloseCode.PROTOCOL_ERROR
+            self.established.set_exception(LinkError(close_code, reason))
+            self.established.exception()  # mark retrieved: the dialer may have gone away
+        self.closed_future.set_result(None)
+        sinks, self.sinks = self.sinks, {}
+        for sink in sinks.values():
+            sink.on_reset(StreamError.LINK_LOST)
+        if self._timer:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        self.owner.link_closed(self, code, reason, by_peer)
+
+    # ---------------------------------------------------------------- node-facing API
+    @property
+    def peer_identity(self) -> bytes | None:
+        return self.core.peer_identity
+
+    @property
+    def is_open(self) -> bool:
+        return self.core.established and not self.closed_future.done()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def open_stream(self, service: str, flags: int, sink: StreamSink) -> int:
+        sid = self.core.open_stream(service, flags)
+        self.sinks[sid] = sink
+        self._pump()
+        return sid
+
+    def attach(self, sid: int, sink: StreamSink) -> None:
+        self.sinks[sid] = sink
+
+    def accept_stream(self, sid: int) -> None:
+        self.core.accept_stream(sid)
+        self._pump()
+
+    def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
+        self.sinks.pop(sid, None)
+        self.core.reject_stream(sid, code, reason)
+        self._pump()
+
+    def send(self, sid: int, data: bytes) -> bool:
+        more = self.core.send(sid, data)
+        out = self.core.data_to_send()
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        return more and not self._paused
+
+    def consumed(self, sid: int, n: int) -> None:
+        self.core.consumed(sid, n)
+        self._pump()
+
+    def finish(self, sid: int) -> None:
+        self.core.finish(sid)
+        self._pump()
+
+    def reset(self, sid: int, code: StreamError = StreamError.CANCELLED) -> None:
+        self.sinks.pop(sid, None)
+        self.core.reset(sid, code)
+        self._pump()
+
+    def send_records(self, records: list[bytes]) -> None:
+        if self.is_open and records:
+            self.core.send_records(records)
+            self._pump()
+
+    def ping(self) -> asyncio.Future[float]:
+        """Send a PING; the future resolves to the round-trip time in seconds."""
+        fut: asyncio.Future[float] = self.loop.create_future()
+        if self.is_open:
+            self._pong_waiters.append(fut)
+            self.core.ping(self.clock())
+            self._pump()
+        else:
+            fut.set_exception(LinkError(CloseCode.NORMAL, "link is closed"))
+        return fut
+
+    def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
+        self.core.close(code, reason)
+        self._pump()
+
+
+def _code_name(code: int) -> str:
+    try:
+        return CloseCode(code).name
+    except ValueError:
+        return f"code {code}"
+
+
+async def dial(
+    owner: LinkOwner,
+    host: str,
+    port: int,
+    *,
+    identity: Identity,
+    link_key: StaticKey,
+    remote_link_key: bytes | None = None,
+    expected_identity: bytes | None = None,
+    timeout: float = 5.0,
+    config: LinkConfig | None = None,
+) -> LinkProtocol:
+    """Open a TCP connection and complete the handshake, or raise OSError/LinkError."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LinkProtocol:
+        return LinkProtocol(
+            owner,
+            initiator=True,
+            identity=identity,
+            link_key=link_key,
+            remote_link_key=remote_link_key,
+            expected_identity=expected_identity,
+            config=config,
+        )
+
+    async with asyncio.timeout(timeout):
+        _, proto = await loop.create_connection(factory, host, port)
+        try:
+            await proto.established
+        except BaseException:
+            proto.close(CloseCode.HANDSHAKE_FAILED, "dial abandoned")
+            raise
+    return proto

@@ -1,0 +1,162 @@
+"""The owner side: which services this node exposes and who may open streams to them.
+
+Theory of operation. Deny by default. A stream request names a service; it is refused
+with a distinct code if the service is unknown, if the requesting key is not on the
+service's allow-list (unless the service is explicitly public), or if the target does
+not accept a connection. Allow-list entries are keys, or names resolved through the
+registry with the same claim-and-pin rule the client uses. A stream only ever reaches
+the target configured for its service, which is loopback unless the owner allowed
+otherwise when exposing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from vx6.config import ServiceConfig
+from vx6.core.names import parse_service_address, resolve_owner
+from vx6.crypto.keys import fingerprint, key_from_text
+from vx6.errors import StreamError, StreamFailed, UsageError
+from vx6.net.link import LinkProtocol
+from vx6.net.pipe import StreamPipe
+from vx6.store import LocalService
+from vx6.wire.frames import OPEN_FLAG_PROBE
+from vx6.wire.records import Kind
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+log = logging.getLogger("vx6.owner")
+
+TARGET_CONNECT_TIMEOUT = 5.0
+
+
+class OwnerSide:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.services: dict[str, ServiceConfig] = {}
+        self.active: set[StreamPipe] = set()
+        self.streams_total = 0
+
+    def load_services(self) -> None:
+        for s in self.node.registry.services():
+            self.services[s.name] = ServiceConfig(
+                s.name, s.target_host, s.target_port, s.allow, s.public, s.allow_remote_target
+            )
+        self.services.update(self.node.config.services)
+
+    def expose(self, svc: ServiceConfig) -> None:
+        self.node.registry.put_service(
+            LocalService(
+                svc.name, svc.target_host, svc.target_port, svc.allow, svc.public,
+                svc.allow_remote_target,
+            )
+        )
+        self.services[svc.name] = svc
+        self.node.publisher.publish_service(svc.name, svc.public)
+        log.info("exposed %s -> %s:%d (%s)", svc.name, svc.target_host, svc.target_port,
+                 "public" if svc.public else f"allow {len(svc.allow)}")
+
+    def unexpose(self, name: str) -> bool:
+        svc = self.services.pop(name, None)
+        removed = self.node.registry.remove_service(name)
+        if svc is None and not removed:
+            return False
+        self.node.publisher.publish_service(name, False, withdrawn=True)
+        return True
+
+    def allowed_keys(self, svc: ServiceConfig) -> set[bytes]:
+        keys: set[bytes] = set()
+        reg = self.node.registry
+        for entry in svc.allow:
+            try:
+                keys.add(key_from_text(entry))
+                continue
+            except ValueError:
+                pass
+            try:
+                addr = parse_service_address(f"{entry}.{svc.name}")
+                name = addr.owner_name
+                claims = (
+                    [(r.subject, r.signer) for r in reg.records(
+                        kind=int(Kind.NAME_CLAIM), subject=name, now=time.time())]
+                    if name else []
+                )
+                keys.add(resolve_owner(addr, claims, reg.get_pin(name) if name else None))
+            except (UsageError, StreamFailed):
+                continue  # a name we cannot resolve yet allows nobody
+        return keys
+
+    def describe(self, svc: ServiceConfig) -> dict[str, object]:
+        return {
+            "name": svc.name,
+            "target": f"{svc.target_host}:{svc.target_port}",
+            "public": svc.public,
+            "allow": list(svc.allow),
+            "allowed_keys": sorted(fingerprint(k) for k in self.allowed_keys(svc)),
+        }
+
+    # ------------------------------------------------------------------ streams
+    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
+        peer = link.peer_identity
+        who = fingerprint(peer) if peer else "?"
+        svc = self.services.get(service)
+        if svc is None:
+            log.warning("refused stream from %s: unknown service %r", who, service)
+            self.node.count("streams_refused_unknown_service")
+            link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, f"no service {service!r} here")
+            return
+        if not svc.public and (peer is None or peer not in self.allowed_keys(svc)):
+            log.warning("refused stream from %s to %s: not on the allow-list", who, service)
+            self.node.count("streams_refused_not_allowed")
+            link.reject_stream(sid, StreamError.NOT_ALLOWED, f"{who} may not use {service!r}")
+            return
+        if flags & OPEN_FLAG_PROBE:
+            self.node.spawn(self._probe_target(link, sid, svc))
+            return
+        pipe = StreamPipe(on_done=self.active.discard)
+        self.active.add(pipe)
+        link.attach(sid, pipe)
+        pipe.bind(link, sid)
+        self.streams_total += 1
+        self.node.spawn(self._connect_target(link, sid, svc, pipe))
+
+    async def _open_target(self, svc: ServiceConfig, factory: object) -> str | None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(TARGET_CONNECT_TIMEOUT):
+                await loop.create_connection(factory, svc.target_host, svc.target_port)  # type: ignore[arg-type]
+        except (OSError, TimeoutError) as exc:
+            log.warning("target %s:%d of %s refused: %s", svc.target_host, svc.target_port,
+                        svc.name, exc or "timeout")
+            self.node.count("streams_refused_target")
+            return f"{svc.target_host}:{svc.target_port}: {exc or 'timeout'}"
+        return None
+
+    async def _connect_target(
+        self, link: LinkProtocol, sid: int, svc: ServiceConfig, pipe: StreamPipe
+    ) -> None:
+        error = await self._open_target(svc, lambda: pipe)
+        if error is not None:
+            self.active.discard(pipe)
+            link.reject_stream(sid, StreamError.TARGET_REFUSED, error)
+            return
+        link.accept_stream(sid)
+
+    async def _probe_target(self, link: LinkProtocol, sid: int, svc: ServiceConfig) -> None:
+        error = await self._open_target(svc, _ClosingProtocol)
+        if error is not None:
+            link.reject_stream(sid, StreamError.TARGET_REFUSED, error)
+            return
+        link.accept_stream(sid)
+        link.finish(sid)
+
+
+class _ClosingProtocol(asyncio.Protocol):
+    """Connects, then closes at once: a probe that the target accepts connections."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

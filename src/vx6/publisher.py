@@ -1,0 +1,116 @@
+"""Publishing this node's own signed records and keeping them fresh.
+
+Theory of operation. The node signs three kinds of record about itself: its node record
+(addresses IPv6 first, link and onion keys, capabilities), its name claim (if it has a
+name), and one service record per exposed service (a withdrawn service is published
+with no modes, so the withdrawal outranks the old record by sequence number). Sequence
+numbers come from one counter kept in the registry, never below the wall clock in
+milliseconds, so they keep rising across restarts and lost state. Every new record goes
+into the node's own registry and out to every sync link; a loop republishes well
+before expiry and whenever the host's addresses change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from vx6.core.records import make_record
+from vx6.net.addresses import is_wildcard, local_addresses
+from vx6.wire.records import (
+    Body,
+    Capability,
+    Endpoint,
+    Mode,
+    NameClaimBody,
+    NodeBody,
+    ServiceBody,
+)
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+log = logging.getLogger("vx6.publish")
+
+RECORD_LIFETIME = 24 * 3600
+REPUBLISH_EVERY = 6 * 3600
+ADDRESS_CHECK_EVERY = 30.0
+MAX_ADDRESSES = 8
+
+
+class Publisher:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._addresses: tuple[Endpoint, ...] = ()
+
+    def next_seq(self) -> int:
+        reg = self.node.registry
+        last = int(reg.get_meta("last_seq") or 0)
+        seq = max(last + 1, int(time.time() * 1000))
+        reg.set_meta("last_seq", str(seq))
+        return seq
+
+    def publish(self, body: Body) -> bytes:
+        node = self.node
+        now = time.time()
+        rec, raw = make_record(node.identity, body, self.next_seq(), now, RECORD_LIFETIME)
+        node.registry.put_record(
+            rec.kind, rec.signer, rec.subject, rec.seq, rec.issued, rec.expires, raw, "self", now
+        )
+        for link in list(node.sync_links):
+            link.send_records([raw])
+        return raw
+
+    def advertised(self) -> tuple[Endpoint, ...]:
+        cfg = self.node.config
+        if cfg.advertise:
+            pairs = list(cfg.advertise)
+        else:
+            pairs = []
+            for host, port in self.node.listen_addresses:
+                if is_wildcard(host):
+                    pairs += [(a, port) for a in local_addresses()]
+                    pairs += [("::1", port), ("127.0.0.1", port)] if host != "0.0.0.0" else []
+                else:
+                    pairs.append((host, port))
+        v6 = [p for p in pairs if ":" in p[0]]
+        v4 = [p for p in pairs if ":" not in p[0]]
+        unique = list(dict.fromkeys(v6 + v4))[:MAX_ADDRESSES]
+        return tuple(Endpoint(h, p) for h, p in unique)
+
+    def node_body(self) -> NodeBody:
+        caps = Capability.RELAY if self.node.config.relay else Capability(0)
+        return NodeBody(
+            link_key=self.node.link_key.public,
+            onion_key=self.node.onion_key.public,
+            addresses=self._addresses,
+            capabilities=int(caps),
+        )
+
+    def publish_node(self) -> None:
+        self._addresses = self.advertised()
+        self.publish(self.node_body())
+
+    def publish_service(self, name: str, public: bool, withdrawn: bool = False) -> None:
+        modes = 0 if withdrawn else int(Mode.DIRECT)
+        self.publish(ServiceBody(service=name, modes=modes, public=public))
+
+    def publish_all(self) -> None:
+        self.publish_node()
+        if self.node.name:
+            self.publish(NameClaimBody(name=self.node.name))
+        for svc in self.node.owner.services.values():
+            self.publish_service(svc.name, svc.public)
+
+    async def republish_loop(self) -> None:
+        last_full = time.monotonic()
+        while True:
+            await asyncio.sleep(ADDRESS_CHECK_EVERY)  # periodic timer, not synchronisation
+            if time.monotonic() - last_full >= REPUBLISH_EVERY:
+                self.publish_all()
+                last_full = time.monotonic()
+            elif self.advertised() != self._addresses:
+                log.info("addresses changed: republishing the node record")
+                self.publish_node()

@@ -1,0 +1,382 @@
+"""Signed records: one envelope for every kind, one canonical binary encoding.
+
+Every record (node, name claim, service) travels in the same envelope, all integers
+big-endian:
+
+    magic "VX6R" | version u8 | kind u8 | signer 32 | seq u64 | issued u64 | expires u64
+    | body length u16 | body | signature 64
+
+The signature covers `SIGNING_DOMAIN` followed by every byte before the signature.
+
+Bodies, by kind:
+
+    NODE        link key 32 | onion key 32 | capabilities u16 | count u8 | endpoints
+                endpoint = family u8 (4 or 6) | address 4 or 16 | port u16
+    NAME_CLAIM  name (label) | pow nonce u64
+    SERVICE     service (label) | modes u8 | public u8 (0 or 1)
+    label = length u8 (1..32) | ASCII bytes matching LABEL_PATTERN
+
+There is exactly one encoding of each value, so `encode(decode(b)) == b` for every
+accepted `b`: no optional fields, no trailing bytes, booleans only 0 or 1, labels only in
+lowercase, IPv4 addresses only as family 4 (never IPv4-mapped IPv6). Unknown capability
+and mode bits are carried as they are, so a newer node's flags do not make its record
+unreadable to older nodes.
+
+This module only packs and checks bytes; signing and verifying live in
+`vx6.crypto.records`, the acceptance rules in `vx6.core.records`. Decoders raise
+`DecodeError` on anything malformed; encoders raise `ValueError` for values that have no
+encoding (a local programming error, never the peer's).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+from vx6.errors import DecodeError
+
+MAGIC = b"VX6R"
+VERSION = 1
+SIGNING_DOMAIN = b"vx6-record-v1\x00"
+# A DHT datagram carries one record plus its own header in <= 1232 bytes.
+MAX_RECORD_SIZE = 1024
+SIGNER_LEN = 32
+SIGNATURE_LEN = 64
+X25519_KEY_LEN = 32
+MAX_ADDRESSES = 8
+MAX_LABEL_LEN = 32
+MAX_U64 = 2**64 - 1
+
+_HEADER = struct.Struct(">4sBB32sQQQH")
+HEADER_LEN = _HEADER.size
+MIN_RECORD_SIZE = HEADER_LEN + SIGNATURE_LEN
+MAX_BODY_SIZE = MAX_RECORD_SIZE - MIN_RECORD_SIZE
+
+LABEL_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
+_LABEL = re.compile(LABEL_PATTERN)
+_LABEL_BYTES = re.compile(LABEL_PATTERN.encode("ascii"))
+
+_NODE_FIXED = struct.Struct(">32s32sHB")
+_U64 = struct.Struct(">Q")
+_PORT = struct.Struct(">H")
+_FAMILY_LEN = {4: 4, 6: 16}
+
+
+class Kind(IntEnum):
+    NODE = 1
+    NAME_CLAIM = 2
+    SERVICE = 3
+    # 4 is reserved for hidden-service descriptors.
+
+
+class Capability(IntFlag):
+    RELAY = 1
+    DHT = 2
+
+
+class Mode(IntFlag):
+    """Ways of reaching a service that its owner allows."""
+
+    DIRECT = 1
+    RELAY = 2
+
+
+def is_label(text: str) -> bool:
+    """True if `text` is a canonical (lowercase) label: [a-z0-9][a-z0-9-]{0,31}, no
+    trailing hyphen."""
+    return _LABEL.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An IP literal (IPv4 or IPv6, no brackets, no zone) and a port.
+
+    The host is normalised to its canonical text on construction, so two endpoints that
+    encode to the same bytes compare equal. Raises ValueError for anything else.
+    """
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", str(_parse_host(self.host)))
+        if not isinstance(self.port, int) or not 1 <= self.port <= 0xFFFF:
+            raise ValueError(f"port must be 1..65535, got {self.port!r}")
+
+
+def _parse_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if not isinstance(host, str):
+        raise ValueError("host must be an IP literal string")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP literal: {host[:64]!r}") from None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id is not None:
+            raise ValueError("an endpoint cannot carry an IPv6 zone")
+        if addr.ipv4_mapped is not None:
+            raise ValueError("write an IPv4-mapped address as plain IPv4")
+    return addr
+
+
+@dataclass(frozen=True)
+class NodeBody:
+    link_key: bytes
+    onion_key: bytes
+    addresses: tuple[Endpoint, ...]
+    capabilities: int
+
+
+@dataclass(frozen=True)
+class NameClaimBody:
+    name: str
+    pow_nonce: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceBody:
+    service: str
+    modes: int
+    public: bool
+
+
+Body = NodeBody | NameClaimBody | ServiceBody
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: Kind
+    signer: bytes
+    seq: int
+    issued: int
+    expires: int
+    body: bytes
+    signature: bytes
+
+    def parsed_body(self) -> Body:
+        """The body decoded for this record's kind; DecodeError if it does not parse."""
+        return decode_body(self.kind, self.body)
+
+    @property
+    def subject(self) -> str:
+        """What the record is about within its signer's records: "" for a node record,
+        the claimed name for a name claim, the service name for a service record."""
+        body = self.parsed_body()
+        if isinstance(body, NameClaimBody):
+            return body.name
+        if isinstance(body, ServiceBody):
+            return body.service
+        return ""
+
+
+def kind_of_body(body: Body) -> Kind:
+    if isinstance(body, NodeBody):
+        return Kind.NODE
+    if isinstance(body, NameClaimBody):
+        return Kind.NAME_CLAIM
+    if isinstance(body, ServiceBody):
+        return Kind.SERVICE
+    raise TypeError(f"not a record body: {body!r}")
+
+
+# --- encoding ---------------------------------------------------------------------
+
+
+def _check_u64(value: int, what: str) -> None:
+    if not isinstance(value, int) or not 0 <= value <= MAX_U64:
+        raise ValueError(f"{what} must be an unsigned 64-bit integer, got {value!r}")
+
+
+def _pack_label(text: str, what: str) -> bytes:
+    if not isinstance(text, str) or not is_label(text):
+        raise ValueError(f"{what} is not a canonical label: {text!r}")
+    raw = text.encode("ascii")
+    return bytes([len(raw)]) + raw
+
+
+def _pack_endpoint(endpoint: Endpoint) -> bytes:
+    addr = _parse_host(endpoint.host)
+    if not 1 <= endpoint.port <= 0xFFFF:
+        raise ValueError(f"port must be 1..65535, got {endpoint.port!r}")
+    return bytes([addr.version]) + addr.packed + _PORT.pack(endpoint.port)
+
+
+def encode_body(body: Body) -> bytes:
+    if isinstance(body, NodeBody):
+        if len(body.link_key) != X25519_KEY_LEN or len(body.onion_key) != X25519_KEY_LEN:
+            raise ValueError("link and onion keys are 32 bytes")
+        if len(body.addresses) > MAX_ADDRESSES:
+            raise ValueError(f"a node record holds at most {MAX_ADDRESSES} addresses")
+        if not isinstance(body.capabilities, int) or not 0 <= body.capabilities <= 0xFFFF:
+            raise ValueError("capabilities must fit in 16 bits")
+        fixed = _NODE_FIXED.pack(
+            body.link_key, body.onion_key, body.capabilities, len(body.addresses)
+        )
+        return fixed + b"".join(_pack_endpoint(ep) for ep in body.addresses)
+    if isinstance(body, NameClaimBody):
+        _check_u64(body.pow_nonce, "pow_nonce")
+        return _pack_label(body.name, "name") + _U64.pack(body.pow_nonce)
+    if isinstance(body, ServiceBody):
+        if not isinstance(body.modes, int) or not 0 <= body.modes <= 0xFF:
+            raise ValueError("modes must fit in 8 bits")
+        return _pack_label(body.service, "service") + bytes([body.modes, int(bool(body.public))])
+    raise TypeError(f"not a record body: {body!r}")
+
+
+def _pack_unsigned(
+    kind: Kind, signer: bytes, seq: int, issued: int, expires: int, body: bytes
+) -> bytes:
+    if kind not in tuple(Kind):
+        raise ValueError(f"unknown record kind {kind!r}")
+    if len(signer) != SIGNER_LEN:
+        raise ValueError("signer is a 32-byte Ed25519 public key")
+    _check_u64(seq, "seq")
+    _check_u64(issued, "issued")
+    _check_u64(expires, "expires")
+    if len(body) > MAX_BODY_SIZE:
+        raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY_SIZE}")
+    try:
+        decode_body(kind, body)
+    except DecodeError as exc:
+        raise ValueError(f"body does not fit its kind: {exc}") from None
+    header = _HEADER.pack(MAGIC, VERSION, int(kind), bytes(signer), seq, issued, expires, len(body))
+    return header + bytes(body)
+
+
+def signing_bytes(
+    kind: Kind, signer: bytes, seq: int, issued: int, expires: int, body: bytes
+) -> bytes:
+    """What the signer signs: a domain prefix and the record's encoding up to (not
+    including) the signature."""
+    return SIGNING_DOMAIN + _pack_unsigned(kind, signer, seq, issued, expires, body)
+
+
+def encode_record(record: Record) -> bytes:
+    if len(record.signature) != SIGNATURE_LEN:
+        raise ValueError("signature is 64 bytes")
+    unsigned = _pack_unsigned(
+        record.kind, record.signer, record.seq, record.issued, record.expires, record.body
+    )
+    return unsigned + bytes(record.signature)
+
+
+# --- decoding ---------------------------------------------------------------------
+
+
+def decode_record(data: bytes) -> Record:
+    """Parse an envelope and check that its body parses for its kind."""
+    size = len(data)
+    if size > MAX_RECORD_SIZE:
+        raise DecodeError(f"record of {size} bytes exceeds {MAX_RECORD_SIZE}")
+    if size < MIN_RECORD_SIZE:
+        raise DecodeError(f"record of {size} bytes is shorter than the minimum")
+    magic, version, kind_code, signer, seq, issued, expires, body_len = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise DecodeError("not a VX6 record (bad magic)")
+    if version != VERSION:
+        raise DecodeError(f"unsupported record version {version}")
+    try:
+        kind = Kind(kind_code)
+    except ValueError:
+        raise DecodeError(f"unknown record kind {kind_code}") from None
+    if HEADER_LEN + body_len + SIGNATURE_LEN != size:
+        raise DecodeError("record length does not match its body length")
+    body = bytes(data[HEADER_LEN : HEADER_LEN + body_len])
+    decode_body(kind, body)
+    signature = bytes(data[HEADER_LEN + body_len :])
+    return Record(kind, bytes(signer), seq, issued, expires, body, signature)
+
+
+class _Reader:
+    """Bounds-checked cursor: every read past the end is a DecodeError."""
+
+    __slots__ = ("_data", "_pos", "_what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._pos = 0
+        self._what = what
+
+    def take(self, n: int) -> bytes:
+        end = self._pos + n
+        if end > len(self._data):
+            raise DecodeError(f"{self._what} truncated")
+        chunk = bytes(self._data[self._pos : end])
+        self._pos = end
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u64(self) -> int:
+        return int.from_bytes(self.take(8), "big")
+
+    def label(self, what: str) -> str:
+        length = self.u8()
+        if not 1 <= length <= MAX_LABEL_LEN:
+            raise DecodeError(f"{what} length {length} is outside 1..{MAX_LABEL_LEN}")
+        raw = self.take(length)
+        if _LABEL_BYTES.fullmatch(raw) is None:
+            raise DecodeError(f"{what} is not a canonical label")
+        return raw.decode("ascii")
+
+    def finish(self) -> None:
+        if self._pos != len(self._data):
+            raise DecodeError(f"trailing bytes after {self._what}")
+
+
+def _read_endpoint(reader: _Reader) -> Endpoint:
+    family = reader.u8()
+    addr_len = _FAMILY_LEN.get(family)
+    if addr_len is None:
+        raise DecodeError(f"unknown address family {family}")
+    packed = reader.take(addr_len)
+    port = reader.u16()
+    if port == 0:
+        raise DecodeError("endpoint port 0")
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if family == 4:
+        addr = ipaddress.IPv4Address(packed)
+    else:
+        addr = ipaddress.IPv6Address(packed)
+        if addr.ipv4_mapped is not None:
+            raise DecodeError("IPv4-mapped address must be sent as family 4")
+    return Endpoint(str(addr), port)
+
+
+def decode_body(kind: Kind, data: bytes) -> Body:
+    if len(data) > MAX_BODY_SIZE:
+        raise DecodeError(f"record body of {len(data)} bytes exceeds {MAX_BODY_SIZE}")
+    if kind == Kind.NODE:
+        reader = _Reader(data, "node record body")
+        link_key = reader.take(X25519_KEY_LEN)
+        onion_key = reader.take(X25519_KEY_LEN)
+        capabilities = reader.u16()
+        count = reader.u8()
+        if count > MAX_ADDRESSES:
+            raise DecodeError(f"node record lists {count} addresses, more than {MAX_ADDRESSES}")
+        addresses = tuple(_read_endpoint(reader) for _ in range(count))
+        reader.finish()
+        return NodeBody(link_key, onion_key, addresses, capabilities)
+    if kind == Kind.NAME_CLAIM:
+        reader = _Reader(data, "name claim body")
+        name = reader.label("name")
+        nonce = reader.u64()
+        reader.finish()
+        return NameClaimBody(name, nonce)
+    if kind == Kind.SERVICE:
+        reader = _Reader(data, "service record body")
+        service = reader.label("service name")
+        modes = reader.u8()
+        public = reader.u8()
+        if public > 1:
+            raise DecodeError("service 'public' flag must be 0 or 1")
+        reader.finish()
+        return ServiceBody(service, modes, public == 1)
+    raise DecodeError(f"unknown record kind {kind!r}")
