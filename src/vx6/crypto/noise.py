@@ -225,10 +225,10 @@ class HandshakeState:
     def _dh(self, sym: _SymmetricState, token: str, re: bytes | None, rs: bytes | None) -> None:
         # Which local key meets which remote key depends on the side: "es" is the
         # initiator's e with the responder's s, so the responder uses its s with re.
-        local_first = token[0] if self._initiator else token[1]
-        remote_first = token[1] if self._initiator else token[0]
-        local = self._e if local_first == "e" else self._s
-        remote = re if remote_first == "e" else rs
+        local_kind = token[0] if self._initiator else token[1]
+        remote_kind = token[1] if self._initiator else token[0]
+        local = self._e if local_kind == "e" else self._s
+        remote = re if remote_kind == "e" else rs
         if remote is None:
             raise CryptoError(f"token {token} before the remote key is known")
         sym.mix_key(local.dh(remote))
