@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
 import socket
@@ -290,7 +291,21 @@ def _merge(file_cfg: NodeConfig, cli: NodeConfig) -> NodeConfig:
     return merged
 
 
+def _tune_allocator() -> None:
+    """Keep glibc from handing every large short-lived buffer (encrypted frames, socket
+    reads) back to the kernel and faulting it in again on the next one: on the data path
+    that page-fault churn cost more than the encryption. Bounded: at most 32 MiB of freed
+    memory is kept."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 32 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: the defaults are merely slower
+
+
 def run_node(home: Path | None, cli: NodeConfig) -> int:
+    _tune_allocator()
     node = Node(Home(home), cli)
     asyncio.run(node.run())
     return 0

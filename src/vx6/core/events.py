@@ -40,7 +40,7 @@ class StreamOpenFailed:
 @dataclass(frozen=True, slots=True)
 class StreamDataReceived:
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

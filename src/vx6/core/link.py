@@ -73,6 +73,8 @@ class Link:
         self._out: list[bytes] = []
         self._events: list[ev.Event] = []
         self._inbuf = bytearray()
+        self._scratch = bytearray(fr.MAX_FRAME)
+        self._scratch_view = memoryview(self._scratch)
         self._last_heard = now
         self._started = now
         self._ping_token = 0
@@ -119,35 +121,46 @@ class Link:
         self._emit_frame(fr.encode_frame(frame))
 
     # ------------------------------------------------------------------ input
-    def receive(self, data: bytes, now: float) -> None:
+    def receive(self, data: bytes | memoryview, now: float) -> None:
+        """Feed bytes read from the connection. Whole messages are decrypted straight
+        out of `data`; only an incomplete tail is kept for the next call."""
         if self.closed:
             return
         self._last_heard = now
         self._ping_sent_at = None
         self.bytes_in += len(data)
-        buf = self._inbuf
-        buf += data
-        pos = 0
+        src: bytes | bytearray | memoryview
+        if self._inbuf:
+            self._inbuf += data
+            src = self._inbuf
+        else:
+            src = data
+        view = memoryview(src)
+        total, pos = len(src), 0
         try:
-            while len(buf) - pos >= 2:
-                n = (buf[pos] << 8) | buf[pos + 1]
-                end = pos + 2 + n
-                if len(buf) < end:
+            while total - pos >= 2:
+                end = pos + 2 + ((src[pos] << 8) | src[pos + 1])
+                if end > total:
                     break
-                message = bytes(buf[pos + 2 : end])
-                pos = end
-                if self._keys is None:
-                    self._on_handshake(message)
-                else:
-                    self._on_message(message, now)
+                with view[pos + 2 : end] as message:
+                    pos = end
+                    if self._keys is None:
+                        self._on_handshake(bytes(message))
+                    else:
+                        self._on_message(message, now)
                 if self.closed:
                     return
         except LinkError as exc:
             self._fail(exc.code, exc.reason)
             return
         finally:
-            if pos:
-                del buf[:pos]
+            view.release()
+            if self.closed:
+                self._inbuf = bytearray()
+            elif src is self._inbuf:
+                del self._inbuf[:pos]
+            elif pos < total:
+                self._inbuf = bytearray(src[pos:])
 
     def _on_handshake(self, message: bytes) -> None:
         assert self._hs is not None
@@ -161,7 +174,7 @@ class Link:
                 ev.LinkEstablished(self._keys.peer_identity, self._keys.peer_link_key)
             )
 
-    def _on_message(self, message: bytes, now: float) -> None:
+    def _on_message(self, message: memoryview, now: float) -> None:
         assert self._keys is not None
         try:
             plain = self._keys.receive.decrypt(message)
@@ -185,7 +198,7 @@ class Link:
         if len(plain) < fr.DATA_HEADER:
             raise LinkError(CloseCode.PROTOCOL_ERROR, "DATA frame too short")
         sid = int.from_bytes(plain[1:5], "big")
-        payload = plain[5:]
+        payload = memoryview(plain)[5:]  # no copy: the socket write takes the view
         stream = self.streams.get(sid)
         if stream is None:
             if self.streams.is_stale_id(sid):
@@ -286,13 +299,14 @@ class Link:
         self.streams.drop(sid)
         self._send_frame(fr.OpenFail(sid, code, reason))
 
-    def send(self, sid: int, data: bytes) -> bool:
+    def send(self, sid: int, data: bytes | memoryview) -> bool:
         """Queue application bytes for a stream. Returns False when the caller should
         stop reading its source until `StreamWritable(sid)`; excess bytes are kept."""
         stream = self.streams.get(sid)
         if stream is None or self.closed or stream.state not in CAN_SEND:
             return False
         if stream.pending or stream.send_credit <= 0:
+            data = bytes(data)  # the caller may reuse its buffer
             stream.pending.append(data)
             stream.pending_bytes += len(data)
             stream.blocked = True
@@ -303,23 +317,44 @@ class Link:
             stream.pending_bytes += len(rest)
         return not stream.blocked
 
-    def _send_data(self, stream: Stream, data: bytes) -> bytes | None:
-        """Send as much as credit allows; return what is left over (and mark blocked)."""
-        header = fr.data_header(stream.stream_id)
+    def _send_data(self, stream: Stream, data: bytes | memoryview) -> bytes | None:
+        """Send as much as credit allows; return what is left over (and mark blocked).
+
+        The hot path: every frame of this call is encrypted straight into one output
+        buffer (length prefix, then ciphertext), so a chunk costs one copy into the
+        scratch plaintext and one AEAD pass, whatever its size."""
+        assert self._keys is not None
+        total = len(data)
+        count = min(total, stream.send_credit)
+        if count <= 0:
+            stream.blocked = True
+            return bytes(data)
+        frames = -(-count // fr.MAX_DATA_PAYLOAD)
+        overhead = 2 + fr.DATA_HEADER + fr.AEAD_TAG
+        out = bytearray(count + frames * overhead)
+        out_view = memoryview(out)
+        scratch = self._scratch
+        scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
         view = memoryview(data)
-        pos, total = 0, len(data)
-        limit = fr.MAX_DATA_PAYLOAD
-        while pos < total:
-            n = min(total - pos, limit, stream.send_credit)
-            if n <= 0:
-                stream.blocked = True
-                return bytes(view[pos:])
-            self._emit_frame(header + view[pos : pos + n])
-            stream.send_credit -= n
+        encrypt_into = self._keys.send.encrypt_into
+        pos = offset = 0
+        while pos < count:
+            n = min(count - pos, fr.MAX_DATA_PAYLOAD)
+            plain_len = fr.DATA_HEADER + n
+            scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
+            sealed = plain_len + fr.AEAD_TAG
+            out[offset] = sealed >> 8
+            out[offset + 1] = sealed & 0xFF
+            encrypt_into(self._scratch_view[:plain_len], out_view[offset + 2 : offset + 2 + sealed])
+            offset += 2 + sealed
             pos += n
+        out_view.release()
+        self._out.append(out)  # type: ignore[arg-type]
+        self.bytes_out += len(out)
+        stream.send_credit -= count
         if stream.send_credit <= 0:
             stream.blocked = True
-        return None
+        return bytes(view[count:]) if count < total else None
 
     def _flush_pending(self, sid: int) -> None:
         stream = self.streams.get(sid)

@@ -47,7 +47,10 @@ class LinkOwner(Protocol):
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None: ...
 
 
-class LinkProtocol(asyncio.Protocol):
+READ_BUFFER = 512 * 1024
+
+
+class LinkProtocol(asyncio.BufferedProtocol):
     def __init__(
         self,
         owner: LinkOwner,
@@ -83,6 +86,9 @@ class LinkProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._pong_waiters: list[asyncio.Future[float]] = []
+        # Reads land in one reused buffer (no allocation per read); the core copies
+        # out only the incomplete tail of a message.
+        self._read_view = memoryview(bytearray(READ_BUFFER))
 
     # ---------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,8 +100,12 @@ class LinkProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
         self._pump()
 
-    def data_received(self, data: bytes) -> None:
-        self.core.receive(data, self.clock())
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        with self._read_view[:nbytes] as data:
+            self.core.receive(data, self.clock())
         self._pump()
 
     def eof_received(self) -> bool:

@@ -33,7 +33,10 @@ LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
 
 
-class StreamPipe(asyncio.Protocol):
+READ_BUFFER = 256 * 1024
+
+
+class StreamPipe(asyncio.BufferedProtocol):
     def __init__(self, *, on_done: Callable[[StreamPipe], None] | None = None) -> None:
         self.link: LinkProtocol | None = None
         self.sid = 0
@@ -53,6 +56,7 @@ class StreamPipe(asyncio.Protocol):
         self.bytes_down = 0
         self.error: str | None = None
         self._opened: asyncio.Future[None] | None = None
+        self._read_view: memoryview | None = None
 
     async def wait_opened(self) -> None:
         """Wait for the owner's answer to OPEN; raise StreamFailed if it refused."""
@@ -85,10 +89,20 @@ class StreamPipe(asyncio.Protocol):
         if self._remote_end:
             self._write_eof()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._read_view is None:
+            self._read_view = memoryview(bytearray(READ_BUFFER))
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._read_view is not None
+        with self._read_view[:nbytes] as data:
+            self.data_received(data)  # the link encrypts or copies before we return
+
+    def data_received(self, data: bytes | memoryview) -> None:
         link = self.link
         if link is None:  # reading is paused until bind(); keep anything already read
-            self._early_up.append(data)
+            self._early_up.append(bytes(data))
             return
         self.bytes_up += len(data)
         if not link.send(self.sid, data):
