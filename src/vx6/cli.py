@@ -4,6 +4,7 @@ running node over its control socket; every listing also speaks JSON (`--json`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +24,11 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vx6", description="Reach localhost services over VX6.")
     p.add_argument("--version", action="version", version=f"vx6 {__version__}")
-    p.add_argument("--home", type=Path, help="node home directory (default: $VX6_HOME or "
-                   "the platform data directory)")
+    p.add_argument(
+        "--home",
+        type=Path,
+        help="node home directory (default: $VX6_HOME or the platform data directory)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_text: str, json_flag: bool = False) -> argparse.ArgumentParser:
@@ -37,23 +41,46 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="the name to claim, e.g. alice")
     cmd("id", "print this node's name, key and fingerprint", True)
     sp = cmd("run", "run the node in the foreground (logs to stderr; SIGTERM stops it)")
-    sp.add_argument("--listen", action="append", default=[], metavar="ADDR:PORT",
-                    help="listen address (default [::]:4242, dual-stack); repeatable")
-    sp.add_argument("--peer", action="append", default=[], metavar="ADDR:PORT",
-                    help="a live node to sync records with; repeatable")
-    sp.add_argument("--advertise", action="append", default=[], metavar="ADDR:PORT",
-                    help="address to publish instead of the detected ones; repeatable")
+    sp.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="listen address (default [::]:4242, dual-stack); repeatable",
+    )
+    sp.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="a live node to sync records with; repeatable",
+    )
+    sp.add_argument(
+        "--advertise",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="address to publish instead of the detected ones; repeatable",
+    )
     sp.add_argument("--name", help="the name to claim, e.g. alice")
     sp.add_argument("--relay", action="store_true", help="offer to relay for others")
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sp = cmd("expose", "publish a local service", True)
     sp.add_argument("name", help="service name, e.g. ssh")
     sp.add_argument("--target", required=True, metavar="HOST:PORT", help="e.g. 127.0.0.1:22")
-    sp.add_argument("--allow", action="append", default=[], metavar="KEY_OR_NAME",
-                    help="a client key or name allowed to connect; repeatable")
+    sp.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="KEY_OR_NAME",
+        help="a client key or name allowed to connect; repeatable",
+    )
     sp.add_argument("--public", action="store_true", help="allow every key (explicit choice)")
-    sp.add_argument("--allow-remote-target", action="store_true",
-                    help="permit a target that is not a loopback address")
+    sp.add_argument(
+        "--allow-remote-target",
+        action="store_true",
+        help="permit a target that is not a loopback address",
+    )
     sp = cmd("unexpose", "withdraw a service")
     sp.add_argument("name")
     cmd("services", "list this node's services", True)
@@ -126,8 +153,11 @@ def _run(args: argparse.Namespace) -> int:
     from vx6.daemon import run_node
     from vx6.net.addresses import parse_endpoint
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         cfg = NodeConfig(
             name=validate_label(args.name, "name") if args.name else None,
@@ -155,16 +185,22 @@ def _init_or_id(args: argparse.Namespace) -> int:
         if args.command == "init" and args.name:
             reg.set_meta("name", validate_label(args.name, "name"))
         name = reg.get_meta("name")
-    info = {"name": name, "key": key_to_text(identity.public),
-            "fingerprint": fingerprint(identity.public), "home": str(home.path),
-            "created": created}
+    info = {
+        "name": name,
+        "key": key_to_text(identity.public),
+        "fingerprint": fingerprint(identity.public),
+        "home": str(home.path),
+        "created": created,
+    }
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         if args.command == "init":
             print("created a new identity" if created else "identity already exists")
-        print(f"name:        {name or '-'}\nkey:         {info['key']}\n"
-              f"fingerprint: {info['fingerprint']}\nhome:        {home.path}")
+        print(
+            f"name:        {name or '-'}\nkey:         {info['key']}\n"
+            f"fingerprint: {info['fingerprint']}\nhome:        {home.path}"
+        )
     return 0
 
 
@@ -182,8 +218,13 @@ def _control_command(args: argparse.Namespace) -> int:
     c = args.command
     msg: dict[str, Any] = {"op": c}
     if c == "expose":
-        msg.update(name=args.name, target=args.target, allow=args.allow, public=args.public,
-                   allow_remote_target=args.allow_remote_target)
+        msg.update(
+            name=args.name,
+            target=args.target,
+            allow=args.allow,
+            public=args.public,
+            allow_remote_target=args.allow_remote_target,
+        )
         _validate_expose(args)
     elif c == "unexpose" or c == "disconnect":
         msg["name"] = args.name
@@ -244,16 +285,14 @@ def _nc(args: argparse.Namespace) -> int:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
     threading.Thread(target=upstream, daemon=True).start()
     while chunk := sock.recv(65536):
         view = memoryview(chunk)
         while view:
-            view = view[os.write(1, view):]
+            view = view[os.write(1, view) :]
     return 0
 
 

@@ -39,24 +39,44 @@ def render(command: str, reply: dict[str, Any]) -> str:
             f"services:    {reply['services']}  (streams now {reply['streams_owner_active']},"
             f" total {reply['streams_owner_total']})",
             "forwards:",
-            table(reply["forwards"], ["name", "local", "service", "path", "active",
-                                      "connections", "failures", "last_error"]),
+            table(
+                reply["forwards"],
+                [
+                    "name",
+                    "local",
+                    "service",
+                    "path",
+                    "active",
+                    "connections",
+                    "failures",
+                    "last_error",
+                ],
+            ),
         ]
         return "\n".join(lines)
     if command == "peers":
-        return "links:\n" + table(reply["links"], ["fingerprint", "address", "direction",
-                                                    "sync", "streams", "rtt_ms"]) + \
-            "\nknown peers:\n" + table(reply["known"], ["address", "fingerprint", "rtt_ms"])
+        return (
+            "links:\n"
+            + table(
+                reply["links"], ["fingerprint", "address", "direction", "sync", "streams", "rtt_ms"]
+            )
+            + "\nknown peers:\n"
+            + table(reply["known"], ["address", "fingerprint", "rtt_ms"])
+        )
     if command == "services":
         return table(reply["services"], ["name", "target", "public", "allow"])
     if command == "forwards":
-        return table(reply["forwards"], ["name", "local", "service", "path", "active",
-                                         "connections", "failures", "last_error"])
+        return table(
+            reply["forwards"],
+            ["name", "local", "service", "path", "active", "connections", "failures", "last_error"],
+        )
     if command == "connect":
         f = reply["forward"]
         setup = reply.get("setup", {})
-        return (f"forwarding {f['local']} -> {f['service']} ({f['path']}; owner "
-                f"{setup.get('owner', '?')}, checked in {setup.get('setup_ms', '?')} ms)")
+        return (
+            f"forwarding {f['local']} -> {f['service']} ({f['path']}; owner "
+            f"{setup.get('owner', '?')}, checked in {setup.get('setup_ms', '?')} ms)"
+        )
     if command == "expose":
         s = reply["service"]
         who = "everyone" if s["public"] else ", ".join(s["allow"])

@@ -50,9 +50,12 @@ class ClientSide:
         reg = self.node.registry
         name = addr.owner_name
         claims = (
-            [(r.subject, r.signer) for r in reg.records(
-                kind=int(Kind.NAME_CLAIM), subject=name, now=time.time())]
-            if name else []
+            [
+                (r.subject, r.signer)
+                for r in reg.records(kind=int(Kind.NAME_CLAIM), subject=name, now=time.time())
+            ]
+            if name
+            else []
         )
         return resolve_owner(addr, claims, reg.get_pin(name) if name else None)
 
@@ -88,13 +91,15 @@ class ClientSide:
     async def _dial_owner(self, addr: ServiceAddress, key: bytes) -> LinkProtocol:
         body = self.node_record(key)
         if body is None or not body.addresses:
-            raise StreamFailed(StreamError.OWNER_UNREACHABLE,
-                               f"no address known for {fingerprint(key)}")
+            raise StreamFailed(
+                StreamError.OWNER_UNREACHABLE, f"no address known for {fingerprint(key)}"
+            )
         errors = []
         for ep in body.addresses:
             try:
-                link = await self.node.dial(ep.host, ep.port, remote_link_key=body.link_key,
-                                            expected_identity=key)
+                link = await self.node.dial(
+                    ep.host, ep.port, remote_link_key=body.link_key, expected_identity=key
+                )
             except (OSError, TimeoutError, LinkError) as exc:
                 errors.append(f"{format_endpoint(ep.host, ep.port)}: {exc or 'timeout'}")
                 continue
@@ -111,17 +116,22 @@ class ClientSide:
                 return link
         try:
             link = await self._shared_dial(
-                ("via", via, expected), lambda: self.node.dial(*via, expected_identity=expected))
+                ("via", via, expected), lambda: self.node.dial(*via, expected_identity=expected)
+            )
         except LinkError as exc:
             if exc.code == CloseCode.IDENTITY_MISMATCH:
-                raise StreamFailed(StreamError.KEY_MISMATCH,
+                raise StreamFailed(
+                    StreamError.KEY_MISMATCH,
                     f"{format_endpoint(*via)} is not {fingerprint(expected or b'')}, the key "
-                    f"pinned for {addr.owner_name or 'this address'}") from exc
-            raise StreamFailed(StreamError.OWNER_UNREACHABLE,
-                               f"{format_endpoint(*via)}: {exc}") from exc
+                    f"pinned for {addr.owner_name or 'this address'}",
+                ) from exc
+            raise StreamFailed(
+                StreamError.OWNER_UNREACHABLE, f"{format_endpoint(*via)}: {exc}"
+            ) from exc
         except (OSError, TimeoutError) as exc:
-            raise StreamFailed(StreamError.OWNER_UNREACHABLE,
-                               f"{format_endpoint(*via)}: {exc or 'timeout'}") from exc
+            raise StreamFailed(
+                StreamError.OWNER_UNREACHABLE, f"{format_endpoint(*via)}: {exc or 'timeout'}"
+            ) from exc
         assert link.peer_identity is not None
         self._pin(addr, link.peer_identity)
         return link
@@ -133,8 +143,9 @@ class ClientSide:
             log.info("pinned %s to %s", name, fingerprint(key))
 
     # ------------------------------------------------------------------ streams
-    async def open(self, addr: ServiceAddress, via: tuple[str, int] | None,
-                   pipe: StreamPipe) -> LinkProtocol:
+    async def open(
+        self, addr: ServiceAddress, via: tuple[str, int] | None, pipe: StreamPipe
+    ) -> LinkProtocol:
         link = await self.link_for(addr, via)
         sid = link.open_stream(addr.service, 0, pipe)
         pipe.bind(link, sid)
@@ -159,8 +170,10 @@ class ClientSide:
         finally:
             link.reset(sid)
         assert link.peer_identity is not None
-        return {"owner": fingerprint(link.peer_identity),
-                "setup_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {
+            "owner": fingerprint(link.peer_identity),
+            "setup_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
 
     # ------------------------------------------------------------------ forwards
     async def connect(self, cfg: ForwardConfig, check: bool = True) -> Forward:
@@ -172,8 +185,15 @@ class ClientSide:
         async def opener(pipe: StreamPipe) -> None:
             await self.open(addr, cfg.via, pipe)
 
-        fwd = Forward(cfg.name, str(addr), cfg.local_host, cfg.local_port, opener,
-                      self.node.spawn, via=cfg.via)
+        fwd = Forward(
+            cfg.name,
+            str(addr),
+            cfg.local_host,
+            cfg.local_port,
+            opener,
+            self.node.spawn,
+            via=cfg.via,
+        )
         if cfg.via:
             fwd.path = "direct-ip"
         try:

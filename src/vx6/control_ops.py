@@ -84,33 +84,42 @@ class ControlOps:
         for link in node.all_links:
             if not link.is_open or link.peer_identity is None:
                 continue
-            links.append({
-                "fingerprint": fingerprint(link.peer_identity),
-                "key": key_to_text(link.peer_identity),
-                "address": format_endpoint(*link.peer_address) if link.peer_address else None,
-                "direction": "out" if link.core.initiator else "in",
-                "sync": link in node.sync_links,
-                "streams": len(link.core.streams),
-                "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
-                "bytes_in": link.core.bytes_in,
-                "bytes_out": link.core.bytes_out,
-            })
+            links.append(
+                {
+                    "fingerprint": fingerprint(link.peer_identity),
+                    "key": key_to_text(link.peer_identity),
+                    "address": format_endpoint(*link.peer_address) if link.peer_address else None,
+                    "direction": "out" if link.core.initiator else "in",
+                    "sync": link in node.sync_links,
+                    "streams": len(link.core.streams),
+                    "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
+                    "bytes_in": link.core.bytes_in,
+                    "bytes_out": link.core.bytes_out,
+                }
+            )
         known = [
-            {"address": format_endpoint(p.host, p.port),
-             "fingerprint": fingerprint(p.key) if p.key else None,
-             "last_seen": p.last_seen, "rtt_ms": p.rtt_ms}
+            {
+                "address": format_endpoint(p.host, p.port),
+                "fingerprint": fingerprint(p.key) if p.key else None,
+                "last_seen": p.last_seen,
+                "rtt_ms": p.rtt_ms,
+            }
             for p in node.registry.peers(limit=200)
         ]
         return {"links": links, "known": known}
 
     async def expose(self, req: dict[str, Any]) -> dict[str, Any]:
         svc = service_config(
-            str(req.get("name", "")), str(req.get("target", "")),
-            [str(a) for a in req.get("allow", [])], bool(req.get("public", False)),
+            str(req.get("name", "")),
+            str(req.get("target", "")),
+            [str(a) for a in req.get("allow", [])],
+            bool(req.get("public", False)),
             bool(req.get("allow_remote_target", False)),
         )
         if not svc.public and not svc.allow:
-            raise UsageError("a private service needs --allow KEY_OR_NAME (or --public to open it to everyone)")
+            raise UsageError(
+                "a private service needs --allow KEY_OR_NAME (or --public to open it to everyone)"
+            )
         self.node.owner.expose(svc)
         owner = self.node.name or key_to_text(self.node.identity.public)
         return {"service": self.node.owner.describe(svc), "address": f"{owner}.{svc.name}"}
@@ -148,12 +157,23 @@ class ControlOps:
         records = []
         for stored in reg.records(signer=key, now=time.time()):
             rec = decode_record(stored.raw)
-            records.append({"kind": Kind(rec.kind).name.lower(), "subject": stored.subject,
-                            "seq": rec.seq, "expires": rec.expires, "source": stored.source,
-                            "body": repr(rec.parsed_body())})
-        return {"address": str(addr), "key": key_to_text(key), "fingerprint": fingerprint(key),
-                "pinned": reg.get_pin(addr.owner_name) == key if addr.owner_name else None,
-                "records": records}
+            records.append(
+                {
+                    "kind": Kind(rec.kind).name.lower(),
+                    "subject": stored.subject,
+                    "seq": rec.seq,
+                    "expires": rec.expires,
+                    "source": stored.source,
+                    "body": repr(rec.parsed_body()),
+                }
+            )
+        return {
+            "address": str(addr),
+            "key": key_to_text(key),
+            "fingerprint": fingerprint(key),
+            "pinned": reg.get_pin(addr.owner_name) == key if addr.owner_name else None,
+            "records": records,
+        }
 
     async def ping(self, req: dict[str, Any]) -> dict[str, Any]:
         text = str(req.get("address", ""))

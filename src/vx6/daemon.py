@@ -28,6 +28,7 @@ import socket
 import time
 from pathlib import Path
 
+from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
 from vx6.core.records import check_record
@@ -35,7 +36,6 @@ from vx6.errors import DecodeError, RecordRejected, VX6Error
 from vx6.home import Home
 from vx6.net.control import serve_control
 from vx6.net.link import LinkOwner, LinkProtocol, dial
-from vx6.client import ClientSide
 from vx6.owner import OwnerSide
 from vx6.publisher import Publisher
 from vx6.store import Registry
@@ -98,7 +98,9 @@ class Node(LinkOwner):
                     "node %s (%s) listening on %s",
                     self.name or "-",
                     self.fingerprint,
-                    ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.listen_addresses),
+                    ", ".join(
+                        f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.listen_addresses
+                    ),
                 )
                 if ready is not None:
                     ready.set()
@@ -149,9 +151,7 @@ class Node(LinkOwner):
             self.listen_addresses.append((host, bound[1]))
 
     def _inbound_link(self) -> LinkProtocol:
-        link = LinkProtocol(
-            self, initiator=False, identity=self.identity, link_key=self.link_key
-        )
+        link = LinkProtocol(self, initiator=False, identity=self.identity, link_key=self.link_key)
         self.all_links.add(link)
         return link
 

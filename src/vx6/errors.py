@@ -42,16 +42,22 @@ class StreamError(IntEnum):
 
 
 STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
-    StreamError.UNKNOWN_SERVICE: "unknown service: the owner does not publish a service by that name",
+    StreamError.UNKNOWN_SERVICE: (
+        "unknown service: the owner does not publish a service by that name"
+    ),
     StreamError.NOT_ALLOWED: "not allowed: the owner's allow-list does not include this node's key",
-    StreamError.TARGET_REFUSED: "target refused: the owner's local target did not accept the connection",
+    StreamError.TARGET_REFUSED: (
+        "target refused: the owner's local target did not accept the connection"
+    ),
     StreamError.LINK_LOST: "link lost: the connection to the owner's node went away",
     StreamError.PROTOCOL_ERROR: "protocol error on the stream",
     StreamError.CANCELLED: "stream cancelled",
     StreamError.RESOURCE_LIMIT: "the owner's node is over its stream limit",
     StreamError.UNKNOWN_NAME: "unknown name: no record for this owner in the local registry",
     StreamError.OWNER_UNREACHABLE: "owner unreachable: could not open a link to the owner's node",
-    StreamError.KEY_MISMATCH: "key mismatch: the owner's key differs from the key pinned for this name",
+    StreamError.KEY_MISMATCH: (
+        "key mismatch: the owner's key differs from the key pinned for this name"
+    ),
 }
 
 

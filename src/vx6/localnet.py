@@ -11,6 +11,7 @@ the body raised.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,12 +61,16 @@ class LocalNode:
     def key(self) -> str:
         return str(self.info["key"])
 
-    def cli(self, *argv: str, input_bytes: bytes | None = None,
-            timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+    def cli(
+        self, *argv: str, input_bytes: bytes | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run the real `vx6` command line against this node."""
         return subprocess.run(
             [sys.executable, "-m", "vx6", "--home", str(self.home), *argv],
-            input=input_bytes, capture_output=True, timeout=timeout, check=False,
+            input=input_bytes,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
         )
 
     def log_text(self) -> str:
@@ -85,13 +90,21 @@ class LocalNet:
     def __enter__(self) -> LocalNet:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
-    def start(self, name: str, *, listen: str = "[::1]:0", peers: tuple[str, ...] = (),
-              extra: tuple[str, ...] = (), claim: bool = True,
-              env: dict[str, str] | None = None) -> LocalNode:
+    def start(
+        self,
+        name: str,
+        *,
+        listen: str = "[::1]:0",
+        peers: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+        claim: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> LocalNode:
         home = self.base / name
         home.mkdir(parents=True, exist_ok=True)
         log_path = self.base / f"{name}.log"
@@ -103,8 +116,12 @@ class LocalNet:
         argv += list(extra)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, start_new_session=True,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
             )
         node = LocalNode(name, home, proc, log_path)
         self.nodes[name] = node
@@ -148,10 +165,8 @@ class LocalNet:
 
     def close(self) -> None:
         for name in list(self.nodes):
-            try:
+            with contextlib.suppress(OSError):
                 self.stop(name, timeout=5.0)
-            except (OSError, ProcessLookupError):
-                pass
         if self._own_base and not self.keep:
             shutil.rmtree(self.base, ignore_errors=True)
 

@@ -51,14 +51,23 @@ class OwnerSide:
     def expose(self, svc: ServiceConfig) -> None:
         self.node.registry.put_service(
             LocalService(
-                svc.name, svc.target_host, svc.target_port, svc.allow, svc.public,
+                svc.name,
+                svc.target_host,
+                svc.target_port,
+                svc.allow,
+                svc.public,
                 svc.allow_remote_target,
             )
         )
         self.services[svc.name] = svc
         self.node.publisher.publish_service(svc.name, svc.public)
-        log.info("exposed %s -> %s:%d (%s)", svc.name, svc.target_host, svc.target_port,
-                 "public" if svc.public else f"allow {len(svc.allow)}")
+        log.info(
+            "exposed %s -> %s:%d (%s)",
+            svc.name,
+            svc.target_host,
+            svc.target_port,
+            "public" if svc.public else f"allow {len(svc.allow)}",
+        )
 
     def unexpose(self, name: str) -> bool:
         svc = self.services.pop(name, None)
@@ -81,9 +90,14 @@ class OwnerSide:
                 addr = parse_service_address(f"{entry}.{svc.name}")
                 name = addr.owner_name
                 claims = (
-                    [(r.subject, r.signer) for r in reg.records(
-                        kind=int(Kind.NAME_CLAIM), subject=name, now=time.time())]
-                    if name else []
+                    [
+                        (r.subject, r.signer)
+                        for r in reg.records(
+                            kind=int(Kind.NAME_CLAIM), subject=name, now=time.time()
+                        )
+                    ]
+                    if name
+                    else []
                 )
                 keys.add(resolve_owner(addr, claims, reg.get_pin(name) if name else None))
             except (UsageError, StreamFailed):
@@ -130,8 +144,13 @@ class OwnerSide:
             async with asyncio.timeout(TARGET_CONNECT_TIMEOUT):
                 await loop.create_connection(factory, svc.target_host, svc.target_port)  # type: ignore[arg-type]
         except (OSError, TimeoutError) as exc:
-            log.warning("target %s:%d of %s refused: %s", svc.target_host, svc.target_port,
-                        svc.name, exc or "timeout")
+            log.warning(
+                "target %s:%d of %s refused: %s",
+                svc.target_host,
+                svc.target_port,
+                svc.name,
+                exc or "timeout",
+            )
             self.node.count("streams_refused_target")
             return f"{svc.target_host}:{svc.target_port}: {exc or 'timeout'}"
         return None

@@ -463,4 +463,3 @@ class Link:
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         self.close(code, reason)
-

@@ -41,22 +41,22 @@ class StreamInput(Enum):
     RESET = auto()
 
 
-S, I = StreamState, StreamInput
+S, In = StreamState, StreamInput
 _TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
-    (S.OPENING, I.OPEN_OK): S.OPEN,
-    (S.OPENING, I.OPEN_FAIL): S.CLOSED,
-    (S.OPENING, I.FIN_SENT): S.OPENING,  # half-close before the answer: remembered in flags
-    (S.ACCEPTING, I.ACCEPT): S.OPEN,
-    (S.ACCEPTING, I.REJECT): S.CLOSED,
-    (S.ACCEPTING, I.FIN_RECEIVED): S.ACCEPTING,
-    (S.OPEN, I.FIN_SENT): S.LOCAL_DONE,
-    (S.OPEN, I.FIN_RECEIVED): S.REMOTE_DONE,
-    (S.LOCAL_DONE, I.FIN_RECEIVED): S.CLOSED,
-    (S.REMOTE_DONE, I.FIN_SENT): S.CLOSED,
+    (S.OPENING, In.OPEN_OK): S.OPEN,
+    (S.OPENING, In.OPEN_FAIL): S.CLOSED,
+    (S.OPENING, In.FIN_SENT): S.OPENING,  # half-close before the answer: remembered in flags
+    (S.ACCEPTING, In.ACCEPT): S.OPEN,
+    (S.ACCEPTING, In.REJECT): S.CLOSED,
+    (S.ACCEPTING, In.FIN_RECEIVED): S.ACCEPTING,
+    (S.OPEN, In.FIN_SENT): S.LOCAL_DONE,
+    (S.OPEN, In.FIN_RECEIVED): S.REMOTE_DONE,
+    (S.LOCAL_DONE, In.FIN_RECEIVED): S.CLOSED,
+    (S.REMOTE_DONE, In.FIN_SENT): S.CLOSED,
 }
 for _state in StreamState:
     if _state is not S.CLOSED:
-        _TRANSITIONS[(_state, I.RESET)] = S.CLOSED
+        _TRANSITIONS[(_state, In.RESET)] = S.CLOSED
 del _state
 
 CAN_SEND = frozenset({S.OPENING, S.OPEN, S.REMOTE_DONE})
@@ -85,9 +85,9 @@ class Stream:
         new = _TRANSITIONS.get((self.state, event))
         if new is None:
             raise TransitionError(f"stream {self.stream_id}: {event.name} in {self.state.name}")
-        if event is I.FIN_RECEIVED and new is self.state:
+        if event is In.FIN_RECEIVED and new is self.state:
             self.fin_received_early = True
-        if event is I.FIN_SENT and new is self.state:
+        if event is In.FIN_SENT and new is self.state:
             self.fin_sent_early = True
         self.state = new
         if new is S.OPEN:

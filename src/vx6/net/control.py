@@ -164,7 +164,9 @@ def request(path: Path, message: dict[str, Any], timeout: float = 30.0) -> dict[
         try:
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise VX6Error(f"no node is running with home {path.parent} (start one with `vx6 run`)") from exc
+            raise VX6Error(
+                f"no node is running with home {path.parent} (start one with `vx6 run`)"
+            ) from exc
         s.sendall(encode_message(message))
         return decode_message(read_line(s))
 
@@ -179,5 +181,3 @@ def read_line(s: socket.socket) -> bytes:
         if len(buf) > MAX_CONTROL_LINE:
             raise VX6Error("control answer too large")
     return bytes(buf)
-
-

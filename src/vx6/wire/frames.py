@@ -146,12 +146,19 @@ def encode_frame(frame: ControlFrame) -> bytes:
             name = service.encode("ascii")
             if len(name) > 255:
                 raise ValueError("service name too long")
-            return bytes([FrameType.OPEN]) + _ID_U8.pack(stream_id, flags) + bytes([len(name)]) + name
+            return (
+                bytes([FrameType.OPEN]) + _ID_U8.pack(stream_id, flags) + bytes([len(name)]) + name
+            )
         case OpenOk(stream_id):
             return bytes([FrameType.OPEN_OK]) + _U32.pack(stream_id)
         case OpenFail(stream_id, code, reason):
             text = _short_text(reason)
-            return bytes([FrameType.OPEN_FAIL]) + _ID_U8.pack(stream_id, code) + bytes([len(text)]) + text
+            return (
+                bytes([FrameType.OPEN_FAIL])
+                + _ID_U8.pack(stream_id, code)
+                + bytes([len(text)])
+                + text
+            )
         case Credit(stream_id, increment):
             return bytes([FrameType.CREDIT]) + _ID_U32.pack(stream_id, increment)
         case Fin(stream_id):
