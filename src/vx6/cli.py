@@ -105,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     cmd("stop", "stop the running node")
     sp = cmd("demo", "run a local multi-node network and exercise every mode", True)
     sp.add_argument("--mib", type=int, default=64, help="MiB moved per throughput row")
-    cmd("unit", "print a systemd unit file for this node")
+    sp = cmd("unit", "print (or install) a systemd user unit that runs this node")
+    sp.add_argument(
+        "--install", action="store_true", help="write it to ~/.config/systemd/user/vx6.service"
+    )
     return p
 
 
@@ -299,7 +302,7 @@ def _nc(args: argparse.Namespace) -> int:
 def _unit(args: argparse.Namespace) -> int:
     home = _home(args)
     exe = Path(sys.argv[0]).resolve()
-    print(f"""[Unit]
+    unit = f"""[Unit]
 Description=VX6 node ({home.path})
 After=network-online.target
 Wants=network-online.target
@@ -315,5 +318,12 @@ ReadWritePaths={home.path}
 
 [Install]
 WantedBy=default.target
-""")
+"""
+    if not args.install:
+        print(unit, end="")
+        return 0
+    target = Path.home() / ".config" / "systemd" / "user" / "vx6.service"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(unit)
+    print(f"wrote {target}\nenable it with: systemctl --user enable --now vx6")
     return 0

@@ -193,6 +193,7 @@ class ClientSide:
             opener,
             self.node.spawn,
             via=cfg.via,
+            dual_loopback=cfg.dual_loopback,
         )
         if cfg.via:
             fwd.path = "direct-ip"

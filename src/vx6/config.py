@@ -52,6 +52,8 @@ class ForwardConfig:
     local_host: str
     local_port: int
     via: tuple[str, int] | None = None
+    # Given only a port, the forward listens on 127.0.0.1 and (if the host has it) ::1.
+    dual_loopback: bool = False
 
 
 @dataclass
@@ -92,7 +94,7 @@ def forward_config(name: str, service: str, local: str, via: str | None) -> Forw
         raise UsageError(str(exc)) from exc
     if not 0 <= port <= 65535:
         raise UsageError("local port must be 0-65535")
-    return ForwardConfig(name, service, host, port, via_ep)
+    return ForwardConfig(name, service, host, port, via_ep, dual_loopback=":" not in local)
 
 
 def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:

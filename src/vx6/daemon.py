@@ -26,7 +26,9 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
@@ -46,6 +48,7 @@ log = logging.getLogger("vx6.node")
 PEER_RETRY_MIN = 1.0
 PEER_RETRY_MAX = 30.0
 SYNC_DUMP_LIMIT = 2000
+MAX_LINKS = 1024
 
 
 class Node(LinkOwner):
@@ -126,9 +129,18 @@ class Node(LinkOwner):
         self.registry.close()
         log.info("stopped")
 
-    def spawn(self, coro: object) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a task under the node's TaskGroup. A failing task is logged and dropped:
+        one broken stream or peer must never take the node down with it."""
         assert self._tasks is not None
-        self._tasks.create_task(coro)  # type: ignore[arg-type]
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("background task failed")
+
+        self._tasks.create_task(guarded())
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -152,7 +164,12 @@ class Node(LinkOwner):
 
     def _inbound_link(self) -> LinkProtocol:
         link = LinkProtocol(self, initiator=False, identity=self.identity, link_key=self.link_key)
-        self.all_links.add(link)
+        if len(self.all_links) >= MAX_LINKS:
+            # Over the cap: the link is refused before any handshake state is kept.
+            self.count("links_refused_limit")
+            link.refuse = True
+        else:
+            self.all_links.add(link)
         return link
 
     async def dial(

@@ -10,6 +10,7 @@ refuses, the local connection is aborted and the reason logged and kept for `sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -34,16 +35,19 @@ class Forward:
         opener: Opener,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         via: tuple[str, int] | None = None,
+        dual_loopback: bool = False,
     ) -> None:
         self.name = name
         self.service = service
         self.local_host = local_host
         self.local_port = local_port
         self.via = via
+        self.dual_loopback = dual_loopback
         self.path = "direct"
         self._opener = opener
         self._spawn = spawn
         self._server: asyncio.AbstractServer | None = None
+        self._server6: asyncio.AbstractServer | None = None
         self.active: set[StreamPipe] = set()
         self.connections = 0
         self.failures = 0
@@ -59,6 +63,9 @@ class Forward:
         )
         sock = self._server.sockets[0]
         self.local_port = sock.getsockname()[1]
+        if self.dual_loopback:
+            with contextlib.suppress(OSError):  # a host without IPv6 keeps 127.0.0.1 only
+                self._server6 = await loop.create_server(self._accept, "::1", self.local_port)
         log.info("forward %s: %s -> %s", self.name, self.local, self.service)
 
     @property
@@ -89,6 +96,8 @@ class Forward:
             self.last_error = pipe.error
 
     async def stop(self) -> None:
+        if self._server6 is not None:
+            self._server6.close()
         if self._server is not None:
             self._server.close()
         for pipe in list(self.active):

@@ -84,6 +84,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.rtt: float | None = None
         self.close_reason = ""
         self._timer: asyncio.TimerHandle | None = None
+        self.refuse = False  # set by the node when it is over its link limit
         self._paused = False
         self._pong_waiters: list[asyncio.Future[float]] = []
         # Reads land in one reused buffer (no allocation per read); the core copies
@@ -97,6 +98,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_address = (peer[0], peer[1])
+        if self.refuse:
+            log.warning("refused link from %s: too many links", self.peer_address)
+            transport.abort()
+            return
         transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
         self._pump()
 
@@ -104,9 +109,16 @@ class LinkProtocol(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        with self._read_view[:nbytes] as data:
-            self.core.receive(data, self.clock())
-        self._pump()
+        try:
+            with self._read_view[:nbytes] as data:
+                self.core.receive(data, self.clock())
+            self._pump()
+        except Exception:
+            # A bug of ours, not the peer's: drop this link, keep the node and its
+            # other links alive, and say loudly what happened.
+            log.exception("internal error on link %s; closing it", self.peer_address)
+            self.core.close(CloseCode.PROTOCOL_ERROR, "internal error")
+            self._pump()
 
     def eof_received(self) -> bool:
         if not self.core.closed:
