@@ -21,6 +21,7 @@ has a timeout, so a stalled path raises instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -139,10 +140,8 @@ def _bulk_connection(conn: socket.socket) -> None:
 
 
 def _pump_quietly(conn: socket.socket, budget: int, deadline: float) -> None:
-    try:
+    with contextlib.suppress(OSError):
         _pump(conn, budget, deadline)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------- primitives
@@ -326,7 +325,9 @@ def start_server(kind: str) -> tuple[subprocess.Popen[bytes], Addr]:
     """Start a target server process; its stdin stays open for as long as it should live."""
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), kind],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -352,7 +353,5 @@ if __name__ == "__main__":
     servers = {"echo": serve_echo, "bulk": serve_bulk}
     if len(sys.argv) != 2 or sys.argv[1] not in servers:
         sys.exit(f"usage: {sys.argv[0]} echo|bulk")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         servers[sys.argv[1]]()
-    except KeyboardInterrupt:
-        pass

@@ -269,6 +269,13 @@ def _nc(args: argparse.Namespace) -> int:
     from vx6.wire.control import decode_message, encode_message
 
     parse_service_address(args.service)
+    if args.via:
+        from vx6.net.addresses import parse_endpoint
+
+        try:
+            parse_endpoint(args.via)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     target = args.service + (f"@{args.via}" if args.via else "")
     path = _home(args).control_path
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -279,7 +286,8 @@ def _nc(args: argparse.Namespace) -> int:
     sock.sendall(encode_message({"op": "nc", "target": target}))
     reply = decode_message(read_line(sock))
     if not reply.get("ok"):
-        raise VX6Error(f"{reply.get('error')}")
+        code = reply.get("code")
+        raise VX6Error(f"{reply.get('error')}" + (f" [{code}]" if code else ""))
 
     def upstream() -> None:
         try:

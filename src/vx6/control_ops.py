@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from vx6.wire.records import Kind, decode_record
 
 if TYPE_CHECKING:
     from vx6.daemon import Node
+
+log = logging.getLogger("vx6.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -47,6 +50,7 @@ class ControlOps:
         try:
             result = await handler(request)
         except StreamFailed as exc:
+            log.warning("%s %s failed: %s", op, _subject(request), exc)
             return {"ok": False, "error": str(exc), "code": exc.code.name}
         return {"ok": True, **result}
 
@@ -190,3 +194,7 @@ class ControlOps:
     async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self.node.stop)
         return {"stopping": True}
+
+
+def _subject(request: dict[str, Any]) -> str:
+    return str(request.get("service") or request.get("address") or "")

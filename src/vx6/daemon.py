@@ -281,7 +281,10 @@ def _source(link: LinkProtocol) -> str:
 def _listen_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket; for '::' one dual-stack socket (IPv6 and IPv4-mapped)."""
     family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio enables TCP_NODELAY on accepted sockets only when
+    # the listener says it is TCP, and Nagle would hold back small frames (OPEN_OK, 64-byte
+    # echoes) behind the peer's delayed ACK for ~40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:

@@ -38,6 +38,7 @@ class HandshakeResult:
     receive: CipherState
     peer_identity: bytes
     peer_link_key: bytes
+    peer_window: int
     handshake_hash: bytes
 
 
@@ -54,6 +55,7 @@ class LinkHandshake:
         ephemeral: bytes,
         remote_link_key: bytes | None = None,
         expected_identity: bytes | None = None,
+        window: int = 2 * 1024 * 1024,
     ) -> None:
         self._initiator = initiator
         self._identity = identity
@@ -61,12 +63,13 @@ class LinkHandshake:
         self._ephemeral = ephemeral
         self._expected = expected_identity
         self._payload = encode_handshake_payload(
-            HandshakePayload(identity.public, link_key_proof(identity, link_key.public))
+            HandshakePayload(identity.public, link_key_proof(identity, link_key.public), window)
         )
         self._pattern = PATTERN_IK if (initiator and remote_link_key) else PATTERN_XX
         self._remote_link_key = remote_link_key
         self._noise: HandshakeState | None = None
         self._peer_identity: bytes | None = None
+        self._peer_window = 0
         self.result: HandshakeResult | None = None
         if initiator:
             self._noise = self._make_noise(self._pattern)
@@ -129,6 +132,7 @@ class LinkHandshake:
         if self._expected is not None and proof.identity != self._expected:
             raise LinkError(CloseCode.IDENTITY_MISMATCH, "peer is not the node we dialled")
         self._peer_identity = proof.identity
+        self._peer_window = proof.window
 
     def _finish(self) -> None:
         assert self._noise is not None and self._peer_identity is not None
@@ -138,5 +142,10 @@ class LinkHandshake:
         link = self._noise.remote_static
         assert link is not None
         self.result = HandshakeResult(
-            send, receive, self._peer_identity, link, self._noise.handshake_hash
+            send,
+            receive,
+            self._peer_identity,
+            link,
+            self._peer_window,
+            self._noise.handshake_hash,
         )

@@ -42,6 +42,10 @@ class LinkConfig:
     idle_timeout: float = 45.0  # give up after this long without hearing anything
     handshake_timeout: float = 10.0
 
+    def __post_init__(self) -> None:
+        if not fr.MIN_STREAM_WINDOW <= self.window <= fr.MAX_STREAM_CREDIT:
+            raise ValueError("window out of range")
+
 
 class Link:
     def __init__(
@@ -65,10 +69,14 @@ class Link:
             ephemeral=ephemeral,
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
+            window=self.config.window,
         )
         self._keys: HandshakeResult | None = None
         self.streams = StreamTable(
-            odd_ids=initiator, window=self.config.window, max_streams=self.config.max_streams
+            odd_ids=initiator,
+            window=self.config.window,
+            max_streams=self.config.max_streams,
+            initial_credit=0,  # set from the peer's handshake
         )
         self._out: list[bytes] = []
         self._events: list[ev.Event] = []
@@ -170,6 +178,7 @@ class Link:
         if self._hs.result is not None:
             self._keys = self._hs.result
             self._hs = None
+            self.streams.initial_credit = self._keys.peer_window
             self._events.append(
                 ev.LinkEstablished(self._keys.peer_identity, self._keys.peer_link_key)
             )
@@ -204,7 +213,7 @@ class Link:
             if self.streams.is_stale_id(sid):
                 return  # crossed our RESET; the peer will learn soon enough
             raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA for unknown stream {sid}")
-        if stream.state not in CAN_RECEIVE:
+        if stream.state not in CAN_RECEIVE or stream.fin_received:
             raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA on stream {sid} after FIN")
         stream.recv_allowance -= len(payload)
         if stream.recv_allowance < 0:
@@ -237,7 +246,7 @@ class Link:
             case fr.Credit(sid, inc):
                 if (s := self._known(sid)) is not None:
                     s.send_credit += inc
-                    if s.send_credit > 4 * self.config.window:
+                    if s.send_credit > fr.MAX_STREAM_CREDIT:
                         raise LinkError(CloseCode.FLOW_CONTROL, "credit beyond any window")
                     self._flush_pending(sid)
             case fr.Fin(sid):
@@ -285,7 +294,7 @@ class Link:
 
     def accept_stream(self, sid: int) -> None:
         stream = self.streams.get(sid)
-        if stream is None:
+        if stream is None or self.closed:
             return
         stream.apply(StreamInput.ACCEPT)
         self._send_frame(fr.OpenOk(sid))
@@ -293,7 +302,7 @@ class Link:
 
     def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
         stream = self.streams.get(sid)
-        if stream is None:
+        if stream is None or self.closed:
             return
         stream.apply(StreamInput.REJECT)
         self.streams.drop(sid)
@@ -303,8 +312,10 @@ class Link:
         """Queue application bytes for a stream. Returns False when the caller should
         stop reading its source until `StreamWritable(sid)`; excess bytes are kept."""
         stream = self.streams.get(sid)
-        if stream is None or self.closed or stream.state not in CAN_SEND:
+        if stream is None or self.closed or stream.state not in CAN_SEND or stream.fin_sent:
             return False
+        if not data:
+            return not stream.blocked
         if stream.pending or stream.send_credit <= 0:
             data = bytes(data)  # the caller may reuse its buffer
             stream.pending.append(data)
@@ -392,7 +403,7 @@ class Link:
     def finish(self, sid: int) -> None:
         """Half-close our direction once every queued byte has gone out."""
         stream = self.streams.get(sid)
-        if stream is None or self.closed:
+        if stream is None or self.closed or stream.fin_sent or stream.fin_after_pending:
             return
         if stream.pending:
             stream.fin_after_pending = True

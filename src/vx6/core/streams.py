@@ -79,16 +79,20 @@ class Stream:
     fin_after_pending: bool = False
     fin_received_early: bool = False  # FIN arrived while still ACCEPTING/OPENING
     fin_sent_early: bool = False
+    fin_sent: bool = False  # our direction is finished: no more send()
+    fin_received: bool = False  # the peer's direction is finished: no more DATA
     blocked: bool = False  # we told the caller to stop feeding us
 
     def apply(self, event: StreamInput) -> StreamState:
         new = _TRANSITIONS.get((self.state, event))
         if new is None:
             raise TransitionError(f"stream {self.stream_id}: {event.name} in {self.state.name}")
-        if event is In.FIN_RECEIVED and new is self.state:
-            self.fin_received_early = True
-        if event is In.FIN_SENT and new is self.state:
-            self.fin_sent_early = True
+        if event is In.FIN_RECEIVED:
+            self.fin_received = True
+            self.fin_received_early = new is self.state
+        if event is In.FIN_SENT:
+            self.fin_sent = True
+            self.fin_sent_early = new is self.state
         self.state = new
         if new is S.OPEN:
             # Half-closes that raced the open take effect now.
@@ -104,11 +108,14 @@ class Stream:
 class StreamTable:
     """All streams of one link, with id allocation and the concurrency cap."""
 
-    def __init__(self, *, odd_ids: bool, window: int, max_streams: int) -> None:
+    def __init__(
+        self, *, odd_ids: bool, window: int, max_streams: int, initial_credit: int
+    ) -> None:
         self._next_id = 1 if odd_ids else 2
         self._own_parity = 1 if odd_ids else 0
         self._max_peer_id = 0
         self.window = window
+        self.initial_credit = initial_credit
         self.max_streams = max_streams
         self.streams: dict[int, Stream] = {}
 
@@ -118,14 +125,14 @@ class StreamTable:
     def new_local(self) -> Stream:
         sid = self._next_id
         self._next_id += 2
-        stream = Stream(sid, S.OPENING, self.window, self.window)
+        stream = Stream(sid, S.OPENING, self.initial_credit, self.window)
         self.streams[sid] = stream
         return stream
 
     def new_remote(self, sid: int) -> Stream:
         """Peer ids only grow; the caller checks `is_new_peer_id` first."""
         self._max_peer_id = sid
-        stream = Stream(sid, S.ACCEPTING, self.window, self.window)
+        stream = Stream(sid, S.ACCEPTING, self.initial_credit, self.window)
         self.streams[sid] = stream
         return stream
 

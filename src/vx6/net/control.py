@@ -91,6 +91,7 @@ class ControlProtocol(asyncio.Protocol):
             await self._handle_nc(target, pipe)
         except (StreamFailed, VX6Error) as exc:
             code = exc.code.name if isinstance(exc, StreamFailed) else "ERROR"
+            log.warning("nc %s failed: %s", target, exc)
             self._reply({"ok": False, "error": str(exc), "code": code})
             self._close()
             return

@@ -14,8 +14,10 @@ drains; per-stream credit is handled by the core and surfaces as `on_writable`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Protocol
 
@@ -103,6 +105,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
             transport.abort()
             return
         transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
+        set_nodelay(transport)
         self._pump()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -306,6 +309,14 @@ class LinkProtocol(asyncio.BufferedProtocol):
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         self.core.close(code, reason)
         self._pump()
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Frames are whole messages: send them now, never wait for Nagle."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _code_name(code: int) -> str:

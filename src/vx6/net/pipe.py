@@ -21,11 +21,14 @@ socket so the application sees an error rather than a clean end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
 
 from vx6.errors import StreamError, StreamFailed
-from vx6.net.link import LinkProtocol
+from vx6.net.link import LinkProtocol, set_nodelay
 
 log = logging.getLogger("vx6.pipe")
 
@@ -34,6 +37,7 @@ LOCAL_LOW_WATER = 64 * 1024
 
 
 READ_BUFFER = 256 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class StreamPipe(asyncio.BufferedProtocol):
@@ -82,6 +86,7 @@ class StreamPipe(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
+        set_nodelay(transport)
         self._update_reading()
         early, self._early = self._early, []
         for chunk in early:
@@ -218,6 +223,13 @@ class StreamPipe(asyncio.BufferedProtocol):
 
     def _abort(self) -> None:
         if self.transport is not None:
+            # A broken stream must reach the application as an error, not as a clean end
+            # of data that could pass a truncated reply off as complete: linger 0 makes
+            # the close send a TCP RST.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             self.transport.abort()
         else:
             self._finish()

@@ -28,11 +28,16 @@ MAX_REASON = 200
 MAX_RECORD_BYTES = 1024
 MAX_RECORDS_PER_FRAME = 60
 
+# Each side announces its per-stream receive window in its handshake payload; the peer
+# starts every stream with exactly that much credit.
+MIN_STREAM_WINDOW = 4 * 1024
+MAX_STREAM_CREDIT = 64 * 1024 * 1024
+
 LINK_PROLOGUE = b"vx6-link-v1"
 PATTERN_XX = 1
 PATTERN_IK = 2
 HANDSHAKE_VERSION = 1
-HANDSHAKE_PAYLOAD_LEN = 1 + 32 + 64
+HANDSHAKE_PAYLOAD_LEN = 1 + 32 + 64 + 4
 
 
 class FrameType(IntEnum):
@@ -265,17 +270,20 @@ def _decode_records(data: bytes) -> Records:
 
 @dataclass(frozen=True, slots=True)
 class HandshakePayload:
-    """What each side proves inside the Noise handshake: its identity key and a
-    signature by it over its Noise static (link) key."""
+    """What each side says inside the Noise handshake: its identity key, a signature by
+    it over its Noise static (link) key, and the per-stream window it grants."""
 
     identity: bytes
     link_proof: bytes
+    window: int
 
 
 def encode_handshake_payload(p: HandshakePayload) -> bytes:
     if len(p.identity) != 32 or len(p.link_proof) != 64:
         raise ValueError("identity is 32 bytes and proof 64")
-    return bytes([HANDSHAKE_VERSION]) + p.identity + p.link_proof
+    if not MIN_STREAM_WINDOW <= p.window <= MAX_STREAM_CREDIT:
+        raise ValueError("window out of range")
+    return bytes([HANDSHAKE_VERSION]) + p.identity + p.link_proof + _U32.pack(p.window)
 
 
 def decode_handshake_payload(data: bytes) -> HandshakePayload:
@@ -283,4 +291,7 @@ def decode_handshake_payload(data: bytes) -> HandshakePayload:
         raise DecodeError(f"handshake payload must be {HANDSHAKE_PAYLOAD_LEN} bytes")
     if data[0] != HANDSHAKE_VERSION:
         raise DecodeError(f"unsupported link version {data[0]}")
-    return HandshakePayload(bytes(data[1:33]), bytes(data[33:97]))
+    window = _U32.unpack_from(data, 97)[0]
+    if not MIN_STREAM_WINDOW <= window <= MAX_STREAM_CREDIT:
+        raise DecodeError(f"stream window {window} out of range")
+    return HandshakePayload(bytes(data[1:33]), bytes(data[33:97]), window)
