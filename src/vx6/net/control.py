@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vx6.errors import DecodeError, StreamFailed, VX6Error
 from vx6.net.pipe import StreamPipe
@@ -39,8 +39,7 @@ class ControlProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         if self._pipe is not None:
@@ -168,8 +167,11 @@ def request(path: Path, message: dict[str, Any], timeout: float = 30.0) -> dict[
             raise VX6Error(
                 f"no node is running with home {path.parent} (start one with `vx6 run`)"
             ) from exc
-        s.sendall(encode_message(message))
-        return decode_message(read_line(s))
+        try:
+            s.sendall(encode_message(message))
+            return decode_message(read_line(s))
+        except OSError as exc:
+            raise VX6Error(f"the node dropped the control connection: {exc}") from exc
 
 
 def read_line(s: socket.socket) -> bytes:

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from vx6.core import events as ev
 from vx6.core.link import Link, LinkConfig
@@ -95,8 +95,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
 
     # ---------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_address = (peer[0], peer[1])
@@ -160,14 +159,20 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        # Activity only pushes the core's deadline later, so an armed timer that would
+        # fire early is kept (it re-arms when it fires) instead of being replaced on
+        # every frame: the data path creates no timer objects.
         deadline = self.core.next_deadline()
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
         if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+            if self._timer.when() <= deadline:
                 return
             self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

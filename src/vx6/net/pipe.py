@@ -26,6 +26,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from vx6.errors import StreamError, StreamFailed
 from vx6.net.link import LinkProtocol, set_nodelay
@@ -83,8 +84,7 @@ class StreamPipe(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ local socket side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
         set_nodelay(transport)
         self._update_reading()
