@@ -23,11 +23,10 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
