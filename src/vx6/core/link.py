@@ -312,7 +312,13 @@ class Link:
         """Queue application bytes for a stream. Returns False when the caller should
         stop reading its source until `StreamWritable(sid)`; excess bytes are kept."""
         stream = self.streams.get(sid)
-        if stream is None or self.closed or stream.state not in CAN_SEND or stream.fin_sent:
+        if (
+            stream is None
+            or self.closed
+            or stream.state not in CAN_SEND
+            or stream.fin_sent
+            or stream.fin_after_pending
+        ):
             return False
         if not data:
             return not stream.blocked
