@@ -1220,3 +1220,21 @@ def test_window_out_of_range_is_refused_locally() -> None:
     for window in (fr.MIN_STREAM_WINDOW - 1, fr.MAX_STREAM_CREDIT + 1):
         with pytest.raises(ValueError):
             LinkConfig(window=window)
+
+
+def test_acceptor_bytes_before_accept_wait_for_it() -> None:
+    """A target may speak (a banner) before the owner has accepted the stream: the bytes
+    are held, not dropped, and go out right after OPEN_OK."""
+    net = make_net()
+    net.b.auto_accept = False
+    sid = net.a.link.open_stream("s")
+    net.pump()
+    assert net.b.of(ev.StreamOpenRequested)
+    assert net.b.link.send(sid, b"SSH-2.0-banner\r\n") is False  # held: caller pauses
+    net.pump()
+    assert net.a.received.get(sid, b"") == b""
+    net.b.link.accept_stream(sid)
+    net.pump()
+    assert net.a.of(ev.StreamOpened) == [ev.StreamOpened(sid)]
+    assert net.a.received[sid] == b"SSH-2.0-banner\r\n"
+    assert ev.StreamWritable(sid) in net.b.log

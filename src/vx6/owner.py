@@ -131,7 +131,7 @@ class OwnerSide:
         if flags & OPEN_FLAG_PROBE:
             self.node.spawn(self._probe_target(link, sid, svc))
             return
-        pipe = StreamPipe(on_done=self.active.discard)
+        pipe = StreamPipe(on_done=self.active.discard, on_connected=lambda: link.accept_stream(sid))
         self.active.add(pipe)
         link.attach(sid, pipe)
         pipe.bind(link, sid)
@@ -158,12 +158,12 @@ class OwnerSide:
     async def _connect_target(
         self, link: LinkProtocol, sid: int, svc: ServiceConfig, pipe: StreamPipe
     ) -> None:
+        # The pipe accepts the stream itself the moment the target connection exists
+        # (before the target can say anything), see stream_requested.
         error = await self._open_target(svc, lambda: pipe)
         if error is not None:
             self.active.discard(pipe)
             link.reject_stream(sid, StreamError.TARGET_REFUSED, error)
-            return
-        link.accept_stream(sid)
 
     async def _probe_target(self, link: LinkProtocol, sid: int, svc: ServiceConfig) -> None:
         error = await self._open_target(svc, _ClosingProtocol)

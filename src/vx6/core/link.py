@@ -299,6 +299,7 @@ class Link:
         stream.apply(StreamInput.ACCEPT)
         self._send_frame(fr.OpenOk(sid))
         self._after_transition(sid)
+        self._flush_pending(sid)
 
     def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
         stream = self.streams.get(sid)
@@ -315,14 +316,16 @@ class Link:
         if (
             stream is None
             or self.closed
-            or stream.state not in CAN_SEND
+            or (stream.state not in CAN_SEND and stream.state is not StreamState.ACCEPTING)
             or stream.fin_sent
             or stream.fin_after_pending
         ):
             return False
         if not data:
             return not stream.blocked
-        if stream.pending or stream.send_credit <= 0:
+        # Bytes from the target may arrive before our application accepted the stream:
+        # keep them (bounded by the caller pausing) until accept_stream() flushes them.
+        if stream.pending or stream.send_credit <= 0 or stream.state is StreamState.ACCEPTING:
             data = bytes(data)  # the caller may reuse its buffer
             stream.pending.append(data)
             stream.pending_bytes += len(data)

@@ -42,7 +42,12 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class StreamPipe(asyncio.BufferedProtocol):
-    def __init__(self, *, on_done: Callable[[StreamPipe], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_done: Callable[[StreamPipe], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
         self.link: LinkProtocol | None = None
         self.sid = 0
         self.transport: asyncio.Transport | None = None
@@ -57,6 +62,7 @@ class StreamPipe(asyncio.BufferedProtocol):
         self._remote_end = False
         self._done = False
         self._on_done = on_done
+        self._on_connected = on_connected
         self.bytes_up = 0
         self.bytes_down = 0
         self.error: str | None = None
@@ -87,6 +93,8 @@ class StreamPipe(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
         set_nodelay(transport)
+        if self._on_connected is not None:
+            self._on_connected()  # e.g. the owner accepts the stream before any reply
         self._update_reading()
         early, self._early = self._early, []
         for chunk in early:
