@@ -129,10 +129,13 @@ def test_daemon_logs_the_failure(errnet: Trio, case: Case) -> None:
 def assert_closed_promptly(port: int) -> None:
     """A connection through the forward ends (EOF or reset) instead of hanging."""
     started = time.monotonic()
-    with connect(port, timeout=CLOSE_BOUND) as sock:
-        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-            sock.sendall(b"anyone?")
-        assert read_to_end(sock) in ("eof", "reset")
+    try:
+        with connect(port, timeout=CLOSE_BOUND) as sock:
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                sock.sendall(b"anyone?")
+            assert read_to_end(sock) in ("eof", "reset")
+    except ConnectionResetError:
+        pass  # the forward reset us before we even got to read: also a prompt error
     assert time.monotonic() - started < CLOSE_BOUND
 
 

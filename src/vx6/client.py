@@ -18,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from vx6.config import ForwardConfig
 from vx6.core.names import ServiceAddress, parse_service_address, resolve_owner
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, LinkError, StreamError, StreamFailed, UsageError
-from vx6.net.addresses import format_endpoint
+from vx6.net.addresses import format_endpoint, parse_endpoint
 from vx6.net.forward import Forward
 from vx6.net.link import LinkProtocol
 from vx6.net.pipe import StreamPipe
 from vx6.wire.frames import OPEN_FLAG_PROBE
-from vx6.wire.records import Kind, NodeBody, decode_body
+from vx6.wire.records import Kind, NodeBody, decode_body, decode_record
 
 if TYPE_CHECKING:
     from vx6.daemon import Node
@@ -63,8 +64,6 @@ class ClientSide:
         stored = self.node.registry.get_record(int(Kind.NODE), key, "")
         if stored is None or stored.expires <= time.time():
             return None
-        from vx6.wire.records import decode_record
-
         try:
             body = decode_body(Kind.NODE, decode_record(stored.raw).body)
         except DecodeError:
@@ -80,10 +79,13 @@ class ClientSide:
             return link
         return await self._shared_dial(key, lambda: self._dial_owner(addr, key))
 
-    async def _shared_dial(self, key: object, make: object) -> LinkProtocol:
+    async def _shared_dial(
+        self, key: object, make: Callable[[], Awaitable[LinkProtocol]]
+    ) -> LinkProtocol:
+        """Concurrent first connections to one owner share one dial."""
         pending = self._dialing.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(make())  # type: ignore[operator]
+            pending = asyncio.ensure_future(make())
             self._dialing[key] = pending
             pending.add_done_callback(lambda _f: self._dialing.pop(key, None))
         return await asyncio.shield(pending)
@@ -202,7 +204,7 @@ class ClientSide:
         except OSError as exc:
             raise UsageError(f"cannot listen on {cfg.local_host}:{cfg.local_port}: {exc}") from exc
         self.forwards[cfg.name] = fwd
-        fwd.setup = result  # type: ignore[attr-defined]
+        fwd.setup = result
         return fwd
 
     async def disconnect(self, name: str) -> bool:
@@ -231,8 +233,6 @@ class ClientSide:
 
 def _split_via(target: str) -> tuple[ServiceAddress, tuple[str, int] | None]:
     """`nc` accepts 'alice.ssh' or 'alice.ssh@[::1]:4243' (direct mode)."""
-    from vx6.net.addresses import parse_endpoint
-
     text, _, via_text = target.partition("@")
     via = None
     if via_text:

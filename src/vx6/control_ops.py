@@ -143,7 +143,7 @@ class ControlOps:
         name = str(req.get("name") or service)
         cfg = forward_config(name, service, str(req.get("local", "")), req.get("via") or None)
         fwd = await self.node.client.connect(cfg)
-        return {"forward": fwd.describe(), "setup": getattr(fwd, "setup", {})}
+        return {"forward": fwd.describe(), "setup": fwd.setup}
 
     async def disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))

@@ -34,7 +34,8 @@ from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
 from vx6.core.records import check_record
-from vx6.errors import DecodeError, RecordRejected, VX6Error
+from vx6.crypto.keys import fingerprint
+from vx6.errors import CloseCode, DecodeError, RecordRejected, VX6Error
 from vx6.home import Home
 from vx6.net.control import serve_control
 from vx6.net.link import LinkOwner, LinkProtocol, dial
@@ -123,7 +124,7 @@ class Node(LinkOwner):
         for server in self._servers:
             server.close()
         for link in list(self.all_links):
-            link.close(4 + 3, "node shutting down")  # CloseCode.SHUTDOWN
+            link.close(CloseCode.SHUTDOWN, "node shutting down")
         with contextlib.suppress(FileNotFoundError):
             self.home.control_path.unlink()
         self.registry.close()
@@ -147,8 +148,6 @@ class Node(LinkOwner):
 
     @property
     def fingerprint(self) -> str:
-        from vx6.crypto.keys import fingerprint
-
         return fingerprint(self.identity.public)
 
     # ------------------------------------------------------------------ links
@@ -221,7 +220,7 @@ class Node(LinkOwner):
         self.sync_links.discard(link)
         if link.peer_identity is not None and self.links.get(link.peer_identity) is link:
             del self.links[link.peer_identity]
-        if code not in (0, 7):
+        if code not in (CloseCode.NORMAL, CloseCode.SHUTDOWN):
             self.count("links_failed")
 
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:

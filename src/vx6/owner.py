@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vx6.config import ServiceConfig
@@ -138,11 +139,13 @@ class OwnerSide:
         self.streams_total += 1
         self.node.spawn(self._connect_target(link, sid, svc, pipe))
 
-    async def _open_target(self, svc: ServiceConfig, factory: object) -> str | None:
+    async def _open_target(
+        self, svc: ServiceConfig, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> str | None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(TARGET_CONNECT_TIMEOUT):
-                await loop.create_connection(factory, svc.target_host, svc.target_port)  # type: ignore[arg-type]
+                await loop.create_connection(factory, svc.target_host, svc.target_port)
         except (OSError, TimeoutError) as exc:
             log.warning(
                 "target %s:%d of %s refused: %s",

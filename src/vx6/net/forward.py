@@ -55,6 +55,7 @@ class Forward:
         self.bytes_up = 0
         self.bytes_down = 0
         self.created = time.time()
+        self.setup: dict[str, object] = {}  # what the probe at creation found
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

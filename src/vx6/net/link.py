@@ -35,7 +35,7 @@ LINK_LOW_WATER = 256 * 1024
 class StreamSink(Protocol):
     def on_opened(self) -> None: ...
     def on_open_failed(self, code: int, reason: str) -> None: ...
-    def on_data(self, data: bytes) -> None: ...
+    def on_data(self, data: bytes | memoryview) -> None: ...
     def on_end(self) -> None: ...
     def on_reset(self, code: int) -> None: ...
     def on_writable(self) -> None: ...
@@ -96,14 +96,14 @@ class LinkProtocol(asyncio.BufferedProtocol):
     # ---------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
+        peer = self.transport.get_extra_info("peername")
         if peer:
             self.peer_address = (peer[0], peer[1])
         if self.refuse:
             log.warning("refused link from %s: too many links", self.peer_address)
-            transport.abort()
+            self.transport.abort()
             return
-        transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
+        self.transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
         set_nodelay(transport)
         self._pump()
 
@@ -275,7 +275,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.core.reject_stream(sid, code, reason)
         self._pump()
 
-    def send(self, sid: int, data: bytes) -> bool:
+    def send(self, sid: int, data: bytes | memoryview) -> bool:
         more = self.core.send(sid, data)
         out = self.core.data_to_send()
         if out and self.transport is not None:

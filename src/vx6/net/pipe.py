@@ -51,7 +51,9 @@ class StreamPipe(asyncio.BufferedProtocol):
         self.link: LinkProtocol | None = None
         self.sid = 0
         self.transport: asyncio.Transport | None = None
-        self._early: list[bytes] = []  # stream bytes that arrived before the socket existed
+        self._early: list[
+            bytes | memoryview
+        ] = []  # stream bytes that arrived before the socket existed
         self._early_up: list[bytes] = []  # socket bytes read before the stream existed
         self._written = 0
         self._reported = 0
@@ -91,7 +93,7 @@ class StreamPipe(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ local socket side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
+        self.transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
         set_nodelay(transport)
         if self._on_connected is not None:
             self._on_connected()  # e.g. the owner accepts the stream before any reply
@@ -154,7 +156,7 @@ class StreamPipe(asyncio.BufferedProtocol):
         log.info("stream %d refused by owner: %s", self.sid, reason)
         self._abort()
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         self.bytes_down += len(data)
         if self.transport is None:
             self._early.append(data)
@@ -192,7 +194,7 @@ class StreamPipe(asyncio.BufferedProtocol):
                 err = StreamError.PROTOCOL_ERROR
             self._opened.set_exception(StreamFailed(err, reason))
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
         self.transport.write(data)
         self._written += len(data)

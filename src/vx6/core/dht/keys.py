@@ -1,0 +1,61 @@
+"""Where each record lives in the DHT, and the identity a DHT node speaks with.
+
+DHT keys (256 bits, the same space as node ids):
+
+    node record     node id of the signer (SHA-256("vx6-node-id\\0" + key))
+    name claim      SHA-256("vx6-name-key\\0" + name)
+    service record  SHA-256("vx6-service-key\\0" + signer key + service name)
+
+A stored value must sit under the key computed from its own content ("wrong-key"
+otherwise), so nobody can park a record where it does not belong.
+
+`Credentials` bundle what the node core needs from an identity: its public key, a
+signing callable, a verifying callable and the key -> node id function. The real ones
+(`credentials_for`) use Ed25519 through `vx6.crypto`; the simulator injects cheap table
+lookups instead, so that ten thousand nodes fit in minutes (see docs/dht.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vx6.crypto.keys import Identity, node_id, verify
+from vx6.wire.records import Kind, NameClaimBody, Record, ServiceBody
+
+NAME_KEY_DOMAIN = b"vx6-name-key\x00"
+SERVICE_KEY_DOMAIN = b"vx6-service-key\x00"
+
+
+def name_key(name: str) -> bytes:
+    return hashlib.sha256(NAME_KEY_DOMAIN + name.encode("ascii")).digest()
+
+
+def service_key(owner: bytes, service: str) -> bytes:
+    return hashlib.sha256(SERVICE_KEY_DOMAIN + owner + service.encode("ascii")).digest()
+
+
+def record_key(record: Record) -> bytes:
+    """The DHT key `record` must be stored under (DecodeError if its body is bad)."""
+    if record.kind == Kind.NODE:
+        return node_id(record.signer)
+    body = record.parsed_body()
+    if isinstance(body, NameClaimBody):
+        return name_key(body.name)
+    if isinstance(body, ServiceBody):
+        return service_key(record.signer, body.service)
+    raise ValueError(f"no DHT key for record kind {record.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    public: bytes
+    sign: Callable[[bytes], bytes]
+    verify: Callable[[bytes, bytes, bytes], bool] = verify
+    id_of: Callable[[bytes], bytes] = node_id
+
+
+def credentials_for(identity: Identity) -> Credentials:
+    """Ed25519 credentials of a real node."""
+    return Credentials(identity.public, identity.sign)

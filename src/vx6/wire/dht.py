@@ -1,0 +1,412 @@
+"""DHT datagrams: one signed message per UDP payload, at most 1232 bytes.
+
+Every message, all integers big-endian:
+
+    version u8 = 1 | type u8 | txid u64 | sender key 32 | body | signature 64
+
+The signature is Ed25519 by the sender's identity key over `SIGNING_DOMAIN` followed by
+every byte before the signature, so no node can speak, answer or store under an id
+(SHA-256 of "vx6-node-id\\0" + key) whose key it does not hold. This module does not
+sign or verify: encoders take a `sign` callable, decoders return the signed bytes.
+
+Bodies, by type:
+
+    PING        (empty)
+    PONG        observed endpoint of the requester (what its source address looked like)
+    FIND_NODE   target 32
+    NODES       token 16 | count u8 (<= 20) | contacts
+    FIND_VALUE  target 32
+    VALUES      token 16 | count u8 (>= 1) | records, each u16 length (1..1024) + bytes
+    STORE       target 32 | token 16 | record (u16 length (1..1024) + bytes)
+    STORED      status u8 | reason (u8 length <= 64, printable ASCII)
+
+    endpoint = family u8 (4 or 6) | address 4 or 16 | port u16 (not 0)
+    contact  = node id 32 | endpoint
+
+One encoding per value (no trailing bytes, IPv4 only as family 4, no port 0), so
+`encode(decode(b)) == b` for every accepted `b`. Sizes are checked before parsing;
+malformed input raises DecodeError, values with no encoding raise ValueError.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import lru_cache
+
+from vx6.errors import DecodeError
+
+MAX_DATAGRAM = 1232
+VERSION = 1
+SIGNING_DOMAIN = b"vx6-dht-v1\x00"
+KEY_LEN = 32
+NODE_ID_LEN = 32
+TOKEN_LEN = 16
+SIGNATURE_LEN = 64
+MAX_CONTACTS = 20
+MAX_VALUE_LEN = 1024
+MAX_REASON_LEN = 64
+
+_HEADER = struct.Struct(">BBQ32s")
+HEADER_LEN = _HEADER.size
+OVERHEAD = HEADER_LEN + SIGNATURE_LEN
+MAX_TXID = 2**64 - 1
+_PORT = struct.Struct(">H")
+_U16 = struct.Struct(">H")
+_ADDR_LEN = {4: 4, 6: 16}
+
+Sign = Callable[[bytes], bytes]
+
+
+class MessageType(IntEnum):
+    PING = 1
+    PONG = 2
+    FIND_NODE = 3
+    NODES = 4
+    FIND_VALUE = 5
+    VALUES = 6
+    STORE = 7
+    STORED = 8
+
+
+class StoreStatus(IntEnum):
+    OK = 0
+    BAD_TOKEN = 1
+    REFUSED = 2  # the record failed a record rule; the reason says which
+    FULL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WireContact:
+    node_id: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    txid: int
+    sender: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    txid: int
+    sender: bytes
+    observed_host: str
+    observed_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode:
+    txid: int
+    sender: bytes
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    txid: int
+    sender: bytes
+    token: bytes
+    contacts: tuple[WireContact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FindValue:
+    txid: int
+    sender: bytes
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Values:
+    txid: int
+    sender: bytes
+    token: bytes
+    records: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    txid: int
+    sender: bytes
+    target: bytes
+    token: bytes
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    txid: int
+    sender: bytes
+    status: StoreStatus
+    reason: str
+
+
+Message = Ping | Pong | FindNode | Nodes | FindValue | Values | Store | Stored
+Request = Ping | FindNode | FindValue | Store
+Response = Pong | Nodes | Values | Stored
+
+_TYPE_OF: dict[type, MessageType] = {
+    Ping: MessageType.PING,
+    Pong: MessageType.PONG,
+    FindNode: MessageType.FIND_NODE,
+    Nodes: MessageType.NODES,
+    FindValue: MessageType.FIND_VALUE,
+    Values: MessageType.VALUES,
+    Store: MessageType.STORE,
+    Stored: MessageType.STORED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """A decoded message and what its signature must cover."""
+
+    message: Message
+    signed: bytes
+    signature: bytes
+
+
+# --- addresses ----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1 << 16)
+def _packed_host(host: str) -> tuple[int, bytes]:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP literal: {host[:64]!r}") from None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id is not None:
+            raise ValueError("an endpoint cannot carry an IPv6 zone")
+        if addr.ipv4_mapped is not None:
+            raise ValueError("write an IPv4-mapped address as plain IPv4")
+    if str(addr) != host:
+        raise ValueError(f"host {host!r} is not in canonical form ({addr})")
+    return addr.version, addr.packed
+
+
+@lru_cache(maxsize=1 << 16)
+def _host_text(packed: bytes) -> str:
+    if len(packed) == 4:
+        return str(ipaddress.IPv4Address(packed))
+    addr = ipaddress.IPv6Address(packed)
+    if addr.ipv4_mapped is not None:
+        raise DecodeError("IPv4-mapped address must be sent as family 4")
+    return str(addr)
+
+
+def can_encode_host(host: str) -> bool:
+    """True if `host` is a canonical IP literal an endpoint can carry."""
+    try:
+        _packed_host(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _pack_endpoint(host: str, port: int) -> bytes:
+    family, packed = _packed_host(host)
+    if not isinstance(port, int) or not 1 <= port <= 0xFFFF:
+        raise ValueError(f"port must be 1..65535, got {port!r}")
+    return bytes([family]) + packed + _PORT.pack(port)
+
+
+# --- encoding -----------------------------------------------------------------------
+
+
+def _check_len(value: bytes, length: int, what: str) -> None:
+    if len(value) != length:
+        raise ValueError(f"{what} is {length} bytes, got {len(value)}")
+
+
+def _pack_value(value: bytes) -> bytes:
+    if not 1 <= len(value) <= MAX_VALUE_LEN:
+        raise ValueError(f"a value is 1..{MAX_VALUE_LEN} bytes, got {len(value)}")
+    return _U16.pack(len(value)) + bytes(value)
+
+
+def _pack_body(message: Message) -> bytes:
+    if isinstance(message, Ping):
+        return b""
+    if isinstance(message, Pong):
+        return _pack_endpoint(message.observed_host, message.observed_port)
+    if isinstance(message, FindNode | FindValue):
+        _check_len(message.target, NODE_ID_LEN, "target")
+        return bytes(message.target)
+    if isinstance(message, Nodes):
+        _check_len(message.token, TOKEN_LEN, "token")
+        if len(message.contacts) > MAX_CONTACTS:
+            raise ValueError(f"at most {MAX_CONTACTS} contacts per message")
+        parts = [bytes(message.token), bytes([len(message.contacts)])]
+        for contact in message.contacts:
+            _check_len(contact.node_id, NODE_ID_LEN, "node id")
+            parts.append(bytes(contact.node_id) + _pack_endpoint(contact.host, contact.port))
+        return b"".join(parts)
+    if isinstance(message, Values):
+        _check_len(message.token, TOKEN_LEN, "token")
+        if not 1 <= len(message.records) <= 255:
+            raise ValueError("VALUES carries 1..255 records")
+        records = b"".join(_pack_value(r) for r in message.records)
+        return bytes(message.token) + bytes([len(message.records)]) + records
+    if isinstance(message, Store):
+        _check_len(message.target, NODE_ID_LEN, "target")
+        _check_len(message.token, TOKEN_LEN, "token")
+        return bytes(message.target) + bytes(message.token) + _pack_value(message.record)
+    if isinstance(message, Stored):
+        text = message.reason
+        if len(text) > MAX_REASON_LEN or not (text.isascii() and text.isprintable()):
+            raise ValueError(f"reason must be <= {MAX_REASON_LEN} printable ASCII characters")
+        reason = text.encode("ascii")
+        return bytes([StoreStatus(message.status)]) + bytes([len(reason)]) + reason
+    raise TypeError(f"not a DHT message: {message!r}")
+
+
+def unsigned_bytes(message: Message) -> bytes:
+    """The message's encoding up to (not including) the signature."""
+    _check_len(message.sender, KEY_LEN, "sender key")
+    if not isinstance(message.txid, int) or not 0 <= message.txid <= MAX_TXID:
+        raise ValueError(f"txid must be an unsigned 64-bit integer, got {message.txid!r}")
+    header = _HEADER.pack(VERSION, _TYPE_OF[type(message)], message.txid, bytes(message.sender))
+    return header + _pack_body(message)
+
+
+def encode_message(message: Message, sign: Sign) -> bytes:
+    """Encode and sign; ValueError if the result would exceed MAX_DATAGRAM."""
+    unsigned = unsigned_bytes(message)
+    if len(unsigned) + SIGNATURE_LEN > MAX_DATAGRAM:
+        raise ValueError(f"message of {len(unsigned) + SIGNATURE_LEN} bytes exceeds {MAX_DATAGRAM}")
+    signature = sign(SIGNING_DOMAIN + unsigned)
+    _check_len(signature, SIGNATURE_LEN, "signature")
+    return unsigned + signature
+
+
+def fits_in_datagram(body_len: int) -> bool:
+    return OVERHEAD + body_len <= MAX_DATAGRAM
+
+
+# --- decoding -----------------------------------------------------------------------
+
+
+class _Reader:
+    """Bounds-checked cursor over the body: every read past the end is a DecodeError."""
+
+    __slots__ = ("_data", "_end", "_pos")
+
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self._data = data
+        self._pos = start
+        self._end = end
+
+    def take(self, n: int) -> bytes:
+        end = self._pos + n
+        if end > self._end:
+            raise DecodeError("DHT message truncated")
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def u8(self) -> int:
+        if self._pos >= self._end:
+            raise DecodeError("DHT message truncated")
+        value = self._data[self._pos]
+        self._pos += 1
+        return value
+
+    def u16(self) -> int:
+        return int(_U16.unpack(self.take(2))[0])
+
+    def endpoint(self) -> tuple[str, int]:
+        family = self.u8()
+        addr_len = _ADDR_LEN.get(family)
+        if addr_len is None:
+            raise DecodeError(f"unknown address family {family}")
+        host = _host_text(self.take(addr_len))
+        port = self.u16()
+        if port == 0:
+            raise DecodeError("endpoint port 0")
+        return host, port
+
+    def value(self) -> bytes:
+        length = self.u16()
+        if not 1 <= length <= MAX_VALUE_LEN:
+            raise DecodeError(f"value length {length} is outside 1..{MAX_VALUE_LEN}")
+        return self.take(length)
+
+    def finish(self) -> None:
+        if self._pos != self._end:
+            raise DecodeError("trailing bytes in DHT message")
+
+
+def _decode_body(kind: int, txid: int, sender: bytes, reader: _Reader) -> Message:
+    if kind == MessageType.PING:
+        return Ping(txid, sender)
+    if kind == MessageType.PONG:
+        host, port = reader.endpoint()
+        return Pong(txid, sender, host, port)
+    if kind == MessageType.FIND_NODE:
+        return FindNode(txid, sender, reader.take(NODE_ID_LEN))
+    if kind == MessageType.FIND_VALUE:
+        return FindValue(txid, sender, reader.take(NODE_ID_LEN))
+    if kind == MessageType.NODES:
+        token = reader.take(TOKEN_LEN)
+        count = reader.u8()
+        if count > MAX_CONTACTS:
+            raise DecodeError(f"NODES lists {count} contacts, more than {MAX_CONTACTS}")
+        contacts = []
+        for _ in range(count):
+            node = reader.take(NODE_ID_LEN)
+            host, port = reader.endpoint()
+            contacts.append(WireContact(node, host, port))
+        return Nodes(txid, sender, token, tuple(contacts))
+    if kind == MessageType.VALUES:
+        token = reader.take(TOKEN_LEN)
+        count = reader.u8()
+        if count == 0:
+            raise DecodeError("VALUES without a value")
+        return Values(txid, sender, token, tuple(reader.value() for _ in range(count)))
+    if kind == MessageType.STORE:
+        target = reader.take(NODE_ID_LEN)
+        token = reader.take(TOKEN_LEN)
+        return Store(txid, sender, target, token, reader.value())
+    if kind == MessageType.STORED:
+        status_code = reader.u8()
+        try:
+            status = StoreStatus(status_code)
+        except ValueError:
+            raise DecodeError(f"unknown store status {status_code}") from None
+        raw = reader.take(reader.u8())
+        if len(raw) > MAX_REASON_LEN or not all(0x20 <= b < 0x7F for b in raw):
+            raise DecodeError("STORED reason is not printable ASCII")
+        return Stored(txid, sender, status, raw.decode("ascii"))
+    raise DecodeError(f"unknown DHT message type {kind}")
+
+
+def peek_type(data: bytes) -> int | None:
+    """The type byte of a datagram that at least has a header, else None (no parsing)."""
+    if len(data) < OVERHEAD or len(data) > MAX_DATAGRAM:
+        return None
+    return data[1]
+
+
+def decode_message(data: bytes) -> SignedMessage:
+    """Parse one datagram; the caller verifies `signature` over `signed` by the sender."""
+    size = len(data)
+    if size > MAX_DATAGRAM:
+        raise DecodeError(f"DHT datagram of {size} bytes exceeds {MAX_DATAGRAM}")
+    if size < OVERHEAD:
+        raise DecodeError(f"DHT datagram of {size} bytes is shorter than the minimum")
+    data = bytes(data)
+    version, kind, txid, sender = _HEADER.unpack_from(data, 0)
+    if version != VERSION:
+        raise DecodeError(f"unsupported DHT version {version}")
+    body_end = size - SIGNATURE_LEN
+    reader = _Reader(data, HEADER_LEN, body_end)
+    message = _decode_body(kind, txid, sender, reader)
+    reader.finish()
+    return SignedMessage(message, SIGNING_DOMAIN + data[:body_end], data[body_end:])
