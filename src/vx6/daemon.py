@@ -42,7 +42,7 @@ from vx6.net.link import LinkOwner, LinkProtocol, dial
 from vx6.owner import OwnerSide
 from vx6.publisher import Publisher
 from vx6.store import Registry
-from vx6.wire.records import decode_record
+from vx6.wire.records import Kind, NodeBody, decode_record
 
 log = logging.getLogger("vx6.node")
 
@@ -190,6 +190,7 @@ class Node(LinkOwner):
             expected_identity=expected_identity,
         )
         self.all_links.add(link)
+        link.dialled = (host, port)
         if link.peer_identity is not None:
             self.registry.upsert_peer(host, port, time.time(), key=link.peer_identity)
         if sync and link.is_open:
@@ -263,7 +264,23 @@ class Node(LinkOwner):
             if stored:
                 self.count("records_accepted")
                 fresh.append(raw)
+                if rec.kind == Kind.NODE:
+                    self._node_moved(rec.signer, rec.parsed_body())
         return fresh
+
+    def _node_moved(self, key: bytes, body: object) -> None:
+        """A peer published new addresses: a link we dialled to an address it no longer
+        has is stale (its packets go nowhere), so close it now; the next stream redials
+        the new address instead of waiting for the idle timeout."""
+        if not isinstance(body, NodeBody):
+            return
+        current = {(ep.host, ep.port) for ep in body.addresses}
+        for link in list(self.all_links):
+            if link.peer_identity == key and link.dialled and link.dialled not in current:
+                log.info(
+                    "peer %s moved away from %s; closing that link", fingerprint(key), link.dialled
+                )
+                link.close(CloseCode.NORMAL, "peer moved to a new address")
 
 
 class _Stopping(Exception):

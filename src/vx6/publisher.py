@@ -36,7 +36,7 @@ log = logging.getLogger("vx6.publish")
 
 RECORD_LIFETIME = 24 * 3600
 REPUBLISH_EVERY = 6 * 3600
-ADDRESS_CHECK_EVERY = 30.0
+ADDRESS_CHECK_EVERY = 2.0  # cheap: reads kernel tables, sends nothing
 MAX_ADDRESSES = 8
 
 

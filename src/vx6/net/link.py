@@ -87,6 +87,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.close_reason = ""
         self._timer: asyncio.TimerHandle | None = None
         self.refuse = False  # set by the node when it is over its link limit
+        self.dialled: tuple[str, int] | None = None  # the address we dialled, if we did
         self._paused = False
         self._pong_waiters: list[asyncio.Future[float]] = []
         # Reads land in one reused buffer (no allocation per read); the core copies
