@@ -299,7 +299,7 @@ class Testbed:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         if isinstance(e, Exception):
-            e.add_note(self.logs())  # before close() deletes the logs
+            self._note_logs(e)  # before close() deletes the logs
         self.close()
 
     @contextlib.contextmanager
@@ -308,8 +308,13 @@ class Testbed:
         try:
             yield
         except Exception as exc:
-            exc.add_note(self.logs())
+            self._note_logs(exc)
             raise
+
+    def _note_logs(self, exc: Exception) -> None:
+        if not getattr(exc, "_vx6_logs_noted", False) and self.net.nodes:
+            exc.add_note(self.logs())
+            exc._vx6_logs_noted = True  # type: ignore[attr-defined]
 
     def _build(self) -> None:
         br = self.bridge_ns

@@ -8,8 +8,11 @@ from hypothesis import strategies as st
 
 from vx6.core.names import (
     ServiceAddress,
+    follow_rotations,
+    name_pow_ok,
     parse_service_address,
     resolve_owner,
+    solve_name_pow,
     validate_label,
 )
 from vx6.crypto.keys import Identity, fingerprint, key_to_text
@@ -267,3 +270,38 @@ def test_key_form_with_wrong_fingerprint_is_a_mismatch() -> None:
     with pytest.raises(StreamFailed) as info:
         resolve_owner(address, [], None)
     assert info.value.code == StreamError.KEY_MISMATCH
+
+
+# --- proof of work and rotations ------------------------------------------------------
+
+
+def test_name_pow_round_trip_and_binding() -> None:
+    key = Identity(bytes(range(32))).public
+    nonce = solve_name_pow("alice", key, bits=12)
+    assert name_pow_ok("alice", key, nonce, bits=12)
+    # The work is bound to the name and the key: neither can be swapped.
+    other = Identity(bytes(range(1, 33))).public
+    assert not all(name_pow_ok("alice", other, nonce + i, bits=12) for i in range(3))
+    assert name_pow_ok("x", key, 0, bits=0)
+
+
+def test_rotation_chain_moves_a_pin() -> None:
+    old, mid, new = (Identity(bytes([i]) * 32).public for i in (1, 2, 3))
+    addr = parse_service_address("alice.ssh")
+    rotations = {old: mid, mid: new}
+    assert resolve_owner(addr, [("alice", new)], old, rotations) == new
+    assert follow_rotations(old, rotations, {new}) == new
+
+
+def test_rotation_not_signed_by_the_pinned_key_is_ignored() -> None:
+    old, thief, other = (Identity(bytes([i]) * 32).public for i in (4, 5, 6))
+    addr = parse_service_address("alice.ssh")
+    # A rotation that starts from some other key does not move a pin on `old`.
+    with pytest.raises(StreamFailed) as info:
+        resolve_owner(addr, [("alice", thief)], old, {other: thief})
+    assert info.value.code is StreamError.KEY_MISMATCH
+
+
+def test_rotation_cycles_end() -> None:
+    a, b, c = (Identity(bytes([i]) * 32).public for i in (7, 8, 9))
+    assert follow_rotations(a, {a: b, b: a}, {c}) is None

@@ -36,6 +36,7 @@ from vx6.wire.records import (
     NameClaimBody,
     NodeBody,
     Record,
+    RotationBody,
     ServiceBody,
     decode_body,
     decode_record,
@@ -65,6 +66,8 @@ def golden_body(vector: dict[str, Any]) -> Body:
         )
     if kind == Kind.NAME_CLAIM:
         return NameClaimBody(fields["name"], fields["pow_nonce"])
+    if kind == Kind.ROTATION:
+        return RotationBody(fields["name"], bytes.fromhex(fields["new_key"]))
     return ServiceBody(fields["service"], fields["modes"], fields["public"])
 
 
@@ -136,7 +139,7 @@ def test_subject_per_kind() -> None:
     subjects = {
         v["kind"]: decode_record(bytes.fromhex(v["record_hex"])).subject for v in GOLDEN["vectors"]
     }
-    assert subjects == {"NODE": "", "NAME_CLAIM": "alice", "SERVICE": "ssh"}
+    assert subjects == {"NODE": "", "NAME_CLAIM": "alice", "SERVICE": "ssh", "ROTATION": "alice"}
     record = decode_record(bytes.fromhex(GOLDEN["vectors"][1]["record_hex"]))
     assert record_slot(record) == (Kind.NAME_CLAIM, ALICE.public, "alice")
 
@@ -166,7 +169,10 @@ claim_bodies = st.builds(NameClaimBody, labels, u64)
 service_bodies = st.builds(
     ServiceBody, labels, st.integers(min_value=0, max_value=255), st.booleans()
 )
-bodies: st.SearchStrategy[Body] = st.one_of(node_bodies, claim_bodies, service_bodies)
+rotation_bodies = st.builds(RotationBody, labels, keys32)
+bodies: st.SearchStrategy[Body] = st.one_of(
+    node_bodies, claim_bodies, service_bodies, rotation_bodies
+)
 
 
 @st.composite

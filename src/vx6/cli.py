@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("ping", "measure the round trip to an owner's node", True)
     sp.add_argument("owner", help="OWNER or OWNER.SERVICE")
     sp.add_argument("--count", type=int, default=3)
+    sp = cmd("rotate", "hand this node's name to a new key (signed by this key)", True)
+    sp.add_argument("to", help="the new owner key (52 characters, from `vx6 id` there)")
     cmd("stop", "stop the running node")
     sp = cmd("demo", "run a local multi-node network and exercise every mode", True)
     sp.add_argument("--mib", type=int, default=64, help="MiB moved per throughput row")
@@ -238,6 +240,8 @@ def _control_command(args: argparse.Namespace) -> int:
         msg["address"] = args.address
     elif c == "ping":
         msg.update(address=args.owner, count=args.count)
+    elif c == "rotate":
+        msg["to"] = args.to
     reply = _request(args, msg)
     reply.pop("ok", None)
     if getattr(args, "json", False):

@@ -88,6 +88,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
         return f"{reply['owner']}: rtt " + " ".join(f"{r} ms" for r in reply["rtt_ms"])
     if command in ("unexpose", "disconnect"):
         return f"removed {reply['removed']}"
+    if command == "rotate":
+        return f"{reply['name']} now points to {reply['fingerprint']} ({reply['to']})"
     if command == "stop":
         return "stopping"
     return "\n".join(f"{k}: {v}" for k, v in reply.items())

@@ -30,7 +30,7 @@ from vx6.net.forward import Forward
 from vx6.net.link import LinkProtocol
 from vx6.net.pipe import StreamPipe
 from vx6.wire.frames import OPEN_FLAG_PROBE
-from vx6.wire.records import Kind, NodeBody, decode_body, decode_record
+from vx6.wire.records import Kind, NodeBody, RotationBody, decode_body, decode_record
 
 if TYPE_CHECKING:
     from vx6.daemon import Node
@@ -47,18 +47,34 @@ class ClientSide:
         self._dialing: dict[object, asyncio.Future[LinkProtocol]] = {}
 
     # ------------------------------------------------------------------ resolution
-    def resolve(self, addr: ServiceAddress) -> bytes:
+    def resolve(self, addr: ServiceAddress, follow_pin: bool = True) -> bytes:
+        """The owner's key by the claim-and-pin rule, from the registry alone. A pinned
+        name that moved to a new key by a chain of rotation records is re-pinned."""
         reg = self.node.registry
         name = addr.owner_name
-        claims = (
-            [
-                (r.subject, r.signer)
-                for r in reg.records(kind=int(Kind.NAME_CLAIM), subject=name, now=time.time())
-            ]
-            if name
-            else []
-        )
-        return resolve_owner(addr, claims, reg.get_pin(name) if name else None)
+        if not name:
+            return resolve_owner(addr, [], None)
+        now = time.time()
+        claims = [
+            (r.subject, r.signer)
+            for r in reg.records(kind=int(Kind.NAME_CLAIM), subject=name, now=now)
+        ]
+        rotations: dict[bytes, bytes] = {}
+        for r in reg.records(kind=int(Kind.ROTATION), subject=name, now=now):
+            body = decode_record(r.raw).parsed_body()
+            if isinstance(body, RotationBody):
+                rotations[r.signer] = body.new_key
+        pinned = reg.get_pin(name)
+        key = resolve_owner(addr, claims, pinned, rotations)
+        if follow_pin and pinned is not None and key != pinned and addr.fingerprint is None:
+            reg.set_pin(name, key, now)
+            log.warning(
+                "%s moved from %s to %s by a rotation signed by the old key; pin updated",
+                name,
+                fingerprint(pinned),
+                fingerprint(key),
+            )
+        return key
 
     def node_record(self, key: bytes) -> NodeBody | None:
         stored = self.node.registry.get_record(int(Kind.NODE), key, "")

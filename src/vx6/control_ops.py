@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from vx6 import __version__
 from vx6.config import forward_config, service_config
 from vx6.core.names import parse_service_address
-from vx6.crypto.keys import fingerprint, key_to_text
+from vx6.crypto.keys import fingerprint, key_from_text, key_to_text
 from vx6.errors import StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint
 from vx6.wire.records import Kind, decode_record
@@ -40,6 +40,7 @@ class ControlOps:
             "resolve": self.resolve,
             "ping": self.ping,
             "stop": self.stop,
+            "rotate": self.rotate,
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +191,18 @@ class ControlOps:
                 rtt = await link.ping()
             rtts.append(round(rtt * 1000, 3))
         return {"owner": fingerprint(link.peer_identity or b""), "rtt_ms": rtts}
+
+    async def rotate(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            new_key = key_from_text(str(req.get("to", "")))
+        except ValueError as exc:
+            raise UsageError(f"--to must be a 52-character key: {exc}") from exc
+        self.node.publisher.publish_rotation(new_key)
+        return {
+            "name": self.node.name,
+            "to": key_to_text(new_key),
+            "fingerprint": fingerprint(new_key),
+        }
 
     async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self.node.stop)

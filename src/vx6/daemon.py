@@ -33,7 +33,8 @@ from typing import Any
 from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
-from vx6.core.records import check_record
+from vx6.core.names import NAME_POW_BITS
+from vx6.core.records import check_claim_policy, check_record
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, RecordRejected, VX6Error
 from vx6.home import Home
@@ -252,6 +253,7 @@ class Node(LinkOwner):
                 subject = rec.subject
                 held = self.registry.held_seq(rec.kind, rec.signer, subject)
                 rec = check_record(raw, now, held)
+                check_claim_policy(rec, NAME_POW_BITS)
             except (DecodeError, RecordRejected) as exc:
                 reason = exc.reason if isinstance(exc, RecordRejected) else "malformed"
                 self.count(f"records_refused_{reason}")

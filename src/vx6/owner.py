@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vx6.config import ServiceConfig
-from vx6.core.names import parse_service_address, resolve_owner
+from vx6.core.names import parse_service_address
 from vx6.crypto.keys import fingerprint, key_from_text
 from vx6.errors import StreamError, StreamFailed, UsageError
 from vx6.net.link import LinkProtocol
 from vx6.net.pipe import StreamPipe
 from vx6.store import LocalService
 from vx6.wire.frames import OPEN_FLAG_PROBE
-from vx6.wire.records import Kind
 
 if TYPE_CHECKING:
     from vx6.daemon import Node
@@ -80,7 +78,6 @@ class OwnerSide:
 
     def allowed_keys(self, svc: ServiceConfig) -> set[bytes]:
         keys: set[bytes] = set()
-        reg = self.node.registry
         for entry in svc.allow:
             try:
                 keys.add(key_from_text(entry))
@@ -89,18 +86,7 @@ class OwnerSide:
                 pass
             try:
                 addr = parse_service_address(f"{entry}.{svc.name}")
-                name = addr.owner_name
-                claims = (
-                    [
-                        (r.subject, r.signer)
-                        for r in reg.records(
-                            kind=int(Kind.NAME_CLAIM), subject=name, now=time.time()
-                        )
-                    ]
-                    if name
-                    else []
-                )
-                keys.add(resolve_owner(addr, claims, reg.get_pin(name) if name else None))
+                keys.add(self.node.client.resolve(addr, follow_pin=False))
             except (UsageError, StreamFailed):
                 continue  # a name we cannot resolve yet allows nobody
         return keys

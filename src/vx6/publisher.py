@@ -17,7 +17,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from vx6.core.names import name_pow_ok, solve_name_pow
 from vx6.core.records import make_record
+from vx6.errors import UsageError
 from vx6.net.addresses import is_wildcard, local_addresses
 from vx6.wire.records import (
     Body,
@@ -26,6 +28,7 @@ from vx6.wire.records import (
     Mode,
     NameClaimBody,
     NodeBody,
+    RotationBody,
     ServiceBody,
 )
 
@@ -63,6 +66,24 @@ class Publisher:
             link.send_records([raw])
         return raw
 
+    def _name_pow(self) -> int:
+        """The claim's proof of work, solved once per (name, key) and kept."""
+        name = self.node.name or ""
+        meta_key = f"name_pow:{name}"
+        reg = self.node.registry
+        cached = reg.get_meta(meta_key)
+        if cached is not None and name_pow_ok(name, self.node.identity.public, int(cached)):
+            return int(cached)
+        nonce = solve_name_pow(name, self.node.identity.public)
+        reg.set_meta(meta_key, str(nonce))
+        return nonce
+
+    def publish_rotation(self, new_key: bytes) -> None:
+        """Hand this node's name to `new_key`: clients that pinned us follow it."""
+        if not self.node.name:
+            raise UsageError("this node has no name to rotate")
+        self.publish(RotationBody(name=self.node.name, new_key=new_key))
+
     def advertised(self) -> tuple[Endpoint, ...]:
         cfg = self.node.config
         if cfg.advertise:
@@ -71,8 +92,10 @@ class Publisher:
             pairs = []
             for host, port in self.node.listen_addresses:
                 if is_wildcard(host):
-                    pairs += [(a, port) for a in local_addresses()]
-                    pairs += [("::1", port), ("127.0.0.1", port)] if host != "0.0.0.0" else []
+                    found = [(a, port) for a in local_addresses()]
+                    # Loopback only when the host has nothing else: a peer dialling our
+                    # ::1 would reach itself.
+                    pairs += found or [("::1", port), ("127.0.0.1", port)]
                 else:
                     pairs.append((host, port))
         v6 = [p for p in pairs if ":" in p[0]]
@@ -100,7 +123,7 @@ class Publisher:
     def publish_all(self) -> None:
         self.publish_node()
         if self.node.name:
-            self.publish(NameClaimBody(name=self.node.name))
+            self.publish(NameClaimBody(name=self.node.name, pow_nonce=self._name_pow()))
         for svc in self.node.owner.services.values():
             self.publish_service(svc.name, svc.public)
 

@@ -20,11 +20,14 @@ node holds for the name, and the key the user pinned for it on first use, if any
 2. The address carries a fingerprint: the pinned key if it has that fingerprint, else
    the one claiming key with that fingerprint, else UNKNOWN_NAME. Typing a fingerprint
    is the user's explicit choice, so it selects a key even when another key is pinned.
-3. A key is pinned: the pinned key, if it still claims the name or nobody does (a claim
-   that lapsed must not lock the user out). If only other keys claim the name, refuse
-   loudly with KEY_MISMATCH: a name that changed hands is either a theft or a re-key,
-   and only the user can tell which.
-4. Nothing pinned: exactly one claiming key wins. No claim is UNKNOWN_NAME. Several
+3. A key is pinned: if a chain of rotation records ("name moves to key K", each signed
+   by the key it moves away from) leads from the pinned key to a claiming key, that key
+   (the pin moves there). Otherwise the pinned key, if it still claims the name or
+   nobody does (a claim that lapsed must not lock the user out). If only other keys
+   claim the name, refuse loudly with KEY_MISMATCH: a name that changed hands without
+   the old key's signature is a theft as far as we can tell.
+4. Nothing pinned: keys that rotated the name away do not count; exactly one claiming
+   key wins. No claim is UNKNOWN_NAME. Several
    distinct claiming keys is UNKNOWN_NAME "ambiguous", listing their fingerprints so
    the user can pick one with alice#FINGERPRINT.ssh. A thief that claims a held name
    therefore never takes it over: pinned clients ignore it, new clients are asked.
@@ -32,7 +35,9 @@ node holds for the name, and the key the user pinned for it on first use, if any
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vx6.crypto.keys import fingerprint, key_from_text, key_to_text
@@ -43,6 +48,9 @@ KEY_TEXT_LEN = 52
 FINGERPRINT_LEN = 16
 MAX_ADDRESS_LEN = KEY_TEXT_LEN + 1 + FINGERPRINT_LEN + 1 + MAX_LABEL_LEN
 _BASE32 = re.compile(r"[a-z2-7]+")
+MAX_ROTATIONS = 8  # longest chain of re-keys followed from a pin
+NAME_POW_BITS = 16  # leading zero bits: ~65k SHA-256 per (name, key), once
+_POW_DOMAIN = b"vx6-name-pow-v1\x00"
 _EXAMPLE = "expected NAME.SERVICE, NAME#FINGERPRINT.SERVICE or KEY.SERVICE (e.g. alice.ssh)"
 
 
@@ -138,8 +146,45 @@ def _distinct(keys: list[bytes]) -> list[bytes]:
     return list(dict.fromkeys(keys))
 
 
+def name_pow_ok(name: str, key: bytes, nonce: int, bits: int = NAME_POW_BITS) -> bool:
+    """The claim's proof of work: SHA-256(domain, name, key, nonce) starts with `bits`
+    zero bits. It binds the name to the key, so it is solved once per (name, key) and
+    costs a squatter that much per name and key it wants to hold."""
+    digest = hashlib.sha256(
+        _POW_DOMAIN + bytes([len(name)]) + name.encode("ascii") + key + nonce.to_bytes(8, "big")
+    ).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - bits) == 0 if bits else True
+
+
+def solve_name_pow(name: str, key: bytes, bits: int = NAME_POW_BITS) -> int:
+    nonce = 0
+    while not name_pow_ok(name, key, nonce, bits):
+        nonce += 1
+    return nonce
+
+
+def follow_rotations(
+    start: bytes, rotations: Mapping[bytes, bytes], wanted: set[bytes]
+) -> bytes | None:
+    """From `start`, follow old -> new rotations (at most MAX_ROTATIONS, no cycles) to a
+    key in `wanted`; None if the chain does not get there."""
+    key, seen = start, {start}
+    for _ in range(MAX_ROTATIONS):
+        nxt = rotations.get(key)
+        if nxt is None or nxt in seen:
+            return None
+        if nxt in wanted:
+            return nxt
+        key = nxt
+        seen.add(nxt)
+    return None
+
+
 def resolve_owner(
-    address: ServiceAddress, claims: list[tuple[str, bytes]], pinned: bytes | None
+    address: ServiceAddress,
+    claims: list[tuple[str, bytes]],
+    pinned: bytes | None,
+    rotations: Mapping[bytes, bytes] | None = None,
 ) -> bytes:
     """Apply the claim rule (module docstring) and return the owner's identity key.
 
@@ -174,7 +219,12 @@ def resolve_owner(
             StreamError.UNKNOWN_NAME,
             f"several keys claiming {name!r} share fingerprint {wanted}; use KEY.{address.service}",
         )
+    moved_away = rotations or {}
     if pinned is not None:
+        # The old key's own signature saying "the name moved" outranks its old claim.
+        rotated = follow_rotations(pinned, moved_away, set(keys))
+        if rotated is not None:
+            return rotated
         if not keys or pinned in keys:
             return pinned
         others = ", ".join(fingerprint(key) for key in keys)
@@ -182,6 +232,7 @@ def resolve_owner(
             StreamError.KEY_MISMATCH,
             f"{name!r} is pinned to {fingerprint(pinned)} but is now claimed only by {others}",
         )
+    keys = [key for key in keys if key not in moved_away]  # it handed the name on
     if len(keys) == 1:
         return keys[0]
     if not keys:

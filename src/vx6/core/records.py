@@ -17,6 +17,7 @@ machine-friendly reason (the REASON_* constants below).
 
 from __future__ import annotations
 
+from vx6.core.names import name_pow_ok
 from vx6.crypto.keys import Identity
 from vx6.crypto.records import sign_record, verify_record
 from vx6.errors import RecordRejected
@@ -24,6 +25,7 @@ from vx6.wire.records import (
     MAX_RECORD_SIZE,
     Body,
     Kind,
+    NameClaimBody,
     Record,
     decode_record,
     encode_body,
@@ -42,6 +44,7 @@ REASON_BAD_LIFETIME = "bad-lifetime"
 REASON_LIFETIME_TOO_LONG = "lifetime-too-long"
 REASON_STALE_SEQUENCE = "stale-sequence"
 REASON_BAD_SIGNATURE = "bad-signature"
+REASON_WEAK_WORK = "weak-proof-of-work"
 
 RecordSlot = tuple[Kind, bytes, str]
 
@@ -91,3 +94,13 @@ def make_record(
         identity, kind_of_body(body), seq, issued, issued + lifetime, encode_body(body)
     )
     return record, encode_record(record)
+
+
+def check_claim_policy(record: Record, pow_bits: int) -> None:
+    """Rules beyond the envelope: a name claim must carry its proof of work, so that
+    squatting names in bulk costs work per name and key."""
+    body = record.parsed_body()
+    if isinstance(body, NameClaimBody) and not name_pow_ok(
+        body.name, record.signer, body.pow_nonce, pow_bits
+    ):
+        raise RecordRejected(REASON_WEAK_WORK)

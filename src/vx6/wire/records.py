@@ -70,6 +70,7 @@ class Kind(IntEnum):
     NAME_CLAIM = 2
     SERVICE = 3
     # 4 is reserved for hidden-service descriptors.
+    ROTATION = 5  # "my name moves to this new key", signed by the old key
 
 
 class Capability(IntFlag):
@@ -143,7 +144,13 @@ class ServiceBody:
     public: bool
 
 
-Body = NodeBody | NameClaimBody | ServiceBody
+@dataclass(frozen=True)
+class RotationBody:
+    name: str
+    new_key: bytes
+
+
+Body = NodeBody | NameClaimBody | ServiceBody | RotationBody
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,8 @@ class Record:
             return body.name
         if isinstance(body, ServiceBody):
             return body.service
+        if isinstance(body, RotationBody):
+            return body.name
         return ""
 
 
@@ -179,6 +188,8 @@ def kind_of_body(body: Body) -> Kind:
         return Kind.NAME_CLAIM
     if isinstance(body, ServiceBody):
         return Kind.SERVICE
+    if isinstance(body, RotationBody):
+        return Kind.ROTATION
     raise TypeError(f"not a record body: {body!r}")
 
 
@@ -223,6 +234,10 @@ def encode_body(body: Body) -> bytes:
         if not isinstance(body.modes, int) or not 0 <= body.modes <= 0xFF:
             raise ValueError("modes must fit in 8 bits")
         return _pack_label(body.service, "service") + bytes([body.modes, int(bool(body.public))])
+    if isinstance(body, RotationBody):
+        if len(body.new_key) != SIGNER_LEN:
+            raise ValueError("new_key is a 32-byte Ed25519 public key")
+        return _pack_label(body.name, "name") + bytes(body.new_key)
     raise TypeError(f"not a record body: {body!r}")
 
 
@@ -379,4 +394,10 @@ def decode_body(kind: Kind, data: bytes) -> Body:
             raise DecodeError("service 'public' flag must be 0 or 1")
         reader.finish()
         return ServiceBody(service, modes, public == 1)
+    if kind == Kind.ROTATION:
+        reader = _Reader(data, "rotation body")
+        name = reader.label("name")
+        new_key = reader.take(SIGNER_LEN)
+        reader.finish()
+        return RotationBody(name, new_key)
     raise DecodeError(f"unknown record kind {kind!r}")
