@@ -38,6 +38,7 @@ from vx6.core.records import check_claim_policy, check_record
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, RecordRejected, VX6Error
 from vx6.home import Home
+from vx6.net.addresses import is_loopback, network_of
 from vx6.net.control import serve_control
 from vx6.net.link import LinkOwner, LinkProtocol, dial
 from vx6.owner import OwnerSide
@@ -95,7 +96,7 @@ class Node(LinkOwner):
                 )
                 self.owner.load_services()
                 self.publisher.publish_all()
-                for host, port in self.config.peers:
+                for host, port in self.config.peers or self._remembered_peers():
                     tg.create_task(self._keep_peer(host, port))
                 await self.client.start_config_forwards()
                 tg.create_task(self.publisher.republish_loop())
@@ -198,6 +199,34 @@ class Node(LinkOwner):
             self.sync_links.add(link)
             link.send_records(self.records_for_sync())
         return link
+
+    def _remembered_peers(self, count: int = 3) -> list[tuple[str, int]]:
+        """With no peer given, rejoin through nodes we reached before: the most recently
+        seen, at most one per network (/48 for IPv6, /24 for IPv4) for diversity."""
+        chosen: list[tuple[str, int]] = []
+        networks: set[str] = set()
+        for peer in self.registry.peers(limit=200):
+            if peer.key == self.identity.public:
+                continue
+            net = network_of(peer.host)
+            if net in networks:
+                continue
+            networks.add(net)
+            chosen.append((peer.host, peer.port))
+            if len(chosen) == count:
+                break
+        if chosen:
+            log.info("rejoining through remembered peers: %s", chosen)
+        return chosen
+
+    def own_addresses_changed(self, hosts: set[str]) -> None:
+        """Our address changed: links bound to an address we no longer have are dead
+        (nothing will ever arrive on them), so close them now; the peer keepers redial
+        at once from a current address and push the fresh node record."""
+        for link in list(self.all_links):
+            local = link.local_address
+            if local and not is_loopback(local[0]) and local[0] not in hosts:
+                link.close(CloseCode.NORMAL, "our address changed")
 
     async def _keep_peer(self, host: str, port: int) -> None:
         """Keep one sync link to a configured peer, redialling with backoff."""

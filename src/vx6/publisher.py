@@ -137,3 +137,4 @@ class Publisher:
             elif self.advertised() != self._addresses:
                 log.info("addresses changed: republishing the node record")
                 self.publish_node()
+                self.node.own_addresses_changed({ep.host for ep in self._addresses})

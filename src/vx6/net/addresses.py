@@ -55,6 +55,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def network_of(host: str) -> str:
+    """The /48 (IPv6) or /24 (IPv4) a host is in: the unit of diversity and of caps."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    prefix = 48 if addr.version == 6 else 24
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
 def is_wildcard(host: str) -> bool:
     return host in ("", "::", "0.0.0.0")
 

@@ -88,6 +88,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self.refuse = False  # set by the node when it is over its link limit
         self.dialled: tuple[str, int] | None = None  # the address we dialled, if we did
+        self.local_address: tuple[str, int] | None = None
         self._paused = False
         self._pong_waiters: list[asyncio.Future[float]] = []
         # Reads land in one reused buffer (no allocation per read); the core copies
@@ -100,6 +101,9 @@ class LinkProtocol(asyncio.BufferedProtocol):
         peer = self.transport.get_extra_info("peername")
         if peer:
             self.peer_address = (peer[0], peer[1])
+        local = self.transport.get_extra_info("sockname")
+        if local:
+            self.local_address = (local[0], local[1])
         if self.refuse:
             log.warning("refused link from %s: too many links", self.peer_address)
             self.transport.abort()
