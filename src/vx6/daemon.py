@@ -35,6 +35,7 @@ from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
 from vx6.core.names import NAME_POW_BITS
 from vx6.core.records import check_claim_policy, check_record
+from vx6.core.sync import RECONCILE_BATCH, RECONCILE_EVERY, Neighbour
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, RecordRejected, VX6Error
 from vx6.home import Home
@@ -70,7 +71,7 @@ class Node(LinkOwner):
         self.started = time.time()
         self.links: dict[bytes, LinkProtocol] = {}
         self.all_links: set[LinkProtocol] = set()
-        self.sync_links: set[LinkProtocol] = set()
+        self.sync_links: dict[LinkProtocol, Neighbour] = {}
         self.listen_addresses: list[tuple[str, int]] = []
         self.counters: dict[str, int] = {}
         self.publisher = Publisher(self)
@@ -100,6 +101,7 @@ class Node(LinkOwner):
                     tg.create_task(self._keep_peer(host, port))
                 await self.client.start_config_forwards()
                 tg.create_task(self.publisher.republish_loop())
+                tg.create_task(self.reconcile_loop())
                 log.info(
                     "node %s (%s) listening on %s",
                     self.name or "-",
@@ -196,8 +198,7 @@ class Node(LinkOwner):
         if link.peer_identity is not None:
             self.registry.upsert_peer(host, port, time.time(), key=link.peer_identity)
         if sync and link.is_open:
-            self.sync_links.add(link)
-            link.send_records(self.records_for_sync())
+            self._start_sync(link)
         return link
 
     def _remembered_peers(self, count: int = 3) -> list[tuple[str, int]]:
@@ -248,7 +249,7 @@ class Node(LinkOwner):
 
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         self.all_links.discard(link)
-        self.sync_links.discard(link)
+        self.sync_links.pop(link, None)
         if link.peer_identity is not None and self.links.get(link.peer_identity) is link:
             del self.links[link.peer_identity]
         if code not in (CloseCode.NORMAL, CloseCode.SHUTDOWN):
@@ -262,16 +263,38 @@ class Node(LinkOwner):
         now = time.time()
         return [r.raw for r in self.registry.records(now=now, limit=SYNC_DUMP_LIMIT)]
 
+    def _start_sync(self, link: LinkProtocol) -> None:
+        """Make `link` a sync neighbour and send it everything we hold, once."""
+        now = time.time()
+        self.sync_links[link] = Neighbour.new(now)
+        link.send_records(self.records_for_sync())
+
+    def push_records(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
+        """Pass newly accepted records on to the sync neighbours, within their budgets."""
+        now = time.time()
+        for other, neighbour in list(self.sync_links.items()):
+            if other is not skip and neighbour.may_push(len(fresh), now):
+                other.send_records(fresh)
+
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
         if link not in self.sync_links:
-            # The dialler asked to sync: answer with everything we hold, once.
-            self.sync_links.add(link)
-            link.send_records(self.records_for_sync())
+            self._start_sync(link)  # the dialler asked to sync: answer in kind
+        if not self.sync_links[link].accept_inbound(len(records), time.time()):
+            self.count("records_dropped_rate_limit")
+            return
         fresh = self.accept_records(records, source=_source(link))
         if fresh:
-            for other in list(self.sync_links):
-                if other is not link:
-                    other.send_records(fresh)
+            self.push_records(fresh, skip=link)
+
+    async def reconcile_loop(self) -> None:
+        """Every RECONCILE_EVERY, send each neighbour what changed since its cursor."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
+            for link, neighbour in list(self.sync_links.items()):
+                changed = self.registry.records_changed_since(neighbour.cursor, RECONCILE_BATCH)
+                if changed:
+                    link.send_records([r.raw for r in changed if r.expires > time.time()])
+                    neighbour.cursor = max(r.received_at for r in changed)
 
     def accept_records(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
         now = time.time()

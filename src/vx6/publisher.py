@@ -62,8 +62,7 @@ class Publisher:
         node.registry.put_record(
             rec.kind, rec.signer, rec.subject, rec.seq, rec.issued, rec.expires, raw, "self", now
         )
-        for link in list(node.sync_links):
-            link.send_records([raw])
+        node.push_records([raw])
         return raw
 
     def _name_pow(self) -> int:
