@@ -1238,3 +1238,34 @@ def test_acceptor_bytes_before_accept_wait_for_it() -> None:
     assert net.a.of(ev.StreamOpened) == [ev.StreamOpened(sid)]
     assert net.a.received[sid] == b"SSH-2.0-banner\r\n"
     assert ev.StreamWritable(sid) in net.b.log
+
+
+def test_unanswered_open_probes_the_peer_then_gives_the_link_up() -> None:
+    """A peer that vanished (e.g. changed address) is found out in seconds, not after
+    the idle timeout, once a stream open goes unanswered."""
+    net = make_net()
+    link = net.a.link
+    cfg = link.config
+    link.open_stream("s", now=1.0)
+    link.data_to_send()  # lost: the peer never sees (or answers) anything from now on
+    assert link.next_deadline() == pytest.approx(1.0 + cfg.probe_after)
+    link.handle_timer(1.0 + cfg.probe_after)
+    assert not link.closed
+    assert link.data_to_send()  # a PING went out (and is lost too)
+    link.handle_timer(1.0 + cfg.probe_after + cfg.probe_timeout)
+    net.a.collect()
+    assert net.a.closed_with is not None
+    assert net.a.closed_with.code == CloseCode.IDLE_TIMEOUT
+
+
+def test_a_slow_but_live_owner_keeps_the_link() -> None:
+    """The owner takes long to accept (slow target) but answers PINGs: no give-up."""
+    net = make_net()
+    net.b.auto_accept = False
+    cfg = net.a.link.config
+    net.a.link.open_stream("s", now=1.0)
+    net.pump()
+    for step in range(1, 8):
+        net.tick(1.0 + step * cfg.probe_after)
+        net.pump()
+    assert not net.a.link.closed and net.a.closed_with is None

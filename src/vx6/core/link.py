@@ -41,6 +41,8 @@ class LinkConfig:
     keepalive: float = 15.0  # send PING after this long without hearing from the peer
     idle_timeout: float = 45.0  # give up after this long without hearing anything
     handshake_timeout: float = 10.0
+    probe_after: float = 2.0  # an open unanswered this long: PING the peer
+    probe_timeout: float = 3.0  # and give the link up if that goes unanswered too
 
     def __post_init__(self) -> None:
         if not fr.MIN_STREAM_WINDOW <= self.window <= fr.MAX_STREAM_CREDIT:
@@ -88,6 +90,7 @@ class Link:
         self._ping_token = 0
         self._ping_sent_at: float | None = None
         self._rtt_start: float | None = None
+        self._waiting_since: float | None = None
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -284,8 +287,12 @@ class Link:
             self._events.append(ev.StreamClosed(sid))
 
     # ------------------------------------------------------------------ stream API
-    def open_stream(self, service: str, flags: int = 0) -> int:
+    def open_stream(self, service: str, flags: int = 0, now: float | None = None) -> int:
+        """Open a stream to `service`; with `now`, an unanswered open makes the link
+        probe its peer quickly (see next_deadline)."""
         self._require_open()
+        if now is not None and self._waiting_since is None:
+            self._waiting_since = now
         if len(self.streams) >= self.streams.max_streams:
             raise LinkError(CloseCode.RESOURCE_LIMIT, "too many streams on this link")
         stream = self.streams.new_local()
@@ -451,14 +458,34 @@ class Link:
             raise LinkError(CloseCode.PROTOCOL_ERROR, "link is not established")
 
     # ------------------------------------------------------------------ timers & close
+    def _awaiting_answer(self) -> float | None:
+        """While a stream open is unanswered, the time since when we expect to hear
+        from the peer soon (None if nothing is outstanding)."""
+        if self._waiting_since is None:
+            return None
+        if not any(st.state is StreamState.OPENING for st in self.streams.streams.values()):
+            self._waiting_since = None
+            return None
+        return max(self._last_heard, self._waiting_since)
+
     def next_deadline(self) -> float | None:
         if self.closed:
             return None
         if self._keys is None:
             return self._started + self.config.handshake_timeout
         if self._ping_sent_at is None:
-            return self._last_heard + self.config.keepalive
-        return self._last_heard + self.config.idle_timeout
+            deadline = self._last_heard + self.config.keepalive
+        else:
+            deadline = self._last_heard + self.config.idle_timeout
+        since = self._awaiting_answer()
+        if since is not None:
+            # A dead peer (e.g. it changed address) must not swallow new streams for the
+            # whole idle timeout: probe quickly while an open is unanswered.
+            probe = self.config.probe_after + (
+                self.config.probe_timeout if self._ping_sent_at is not None else 0.0
+            )
+            deadline = min(deadline, since + probe)
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         if self.closed:
@@ -467,9 +494,22 @@ class Link:
             if now >= self._started + self.config.handshake_timeout:
                 self._fail(CloseCode.HANDSHAKE_FAILED, "handshake timed out")
             return
-        if now >= self._last_heard + self.config.idle_timeout:
+        since = self._awaiting_answer()
+        cfg = self.config
+        if now >= self._last_heard + cfg.idle_timeout:
             self._fail(CloseCode.IDLE_TIMEOUT, "peer silent too long")
-        elif self._ping_sent_at is None and now >= self._last_heard + self.config.keepalive:
+        elif (
+            since is not None
+            and self._ping_sent_at is not None
+            and now >= since + cfg.probe_after + cfg.probe_timeout
+        ):
+            self._fail(
+                CloseCode.IDLE_TIMEOUT, "peer stopped answering (a stream open went unanswered)"
+            )
+        elif self._ping_sent_at is None and (
+            now >= self._last_heard + cfg.keepalive
+            or (since is not None and now >= since + cfg.probe_after)
+        ):
             self._ping_sent_at = now
             self.ping(now)
 

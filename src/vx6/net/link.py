@@ -263,7 +263,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         return self._paused
 
     def open_stream(self, service: str, flags: int, sink: StreamSink) -> int:
-        sid = self.core.open_stream(service, flags)
+        sid = self.core.open_stream(service, flags, self.clock())
         self.sinks[sid] = sink
         self._pump()
         return sid
