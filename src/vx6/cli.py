@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a live node to sync records with; repeatable",
     )
     sp.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="any live node, for first contact with the DHT; repeatable",
+    )
+    sp.add_argument(
         "--advertise",
         action="append",
         default=[],
@@ -168,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             name=validate_label(args.name, "name") if args.name else None,
             listen=[parse_endpoint(x, DEFAULT_PORT) for x in args.listen],
             peers=[parse_endpoint(x, DEFAULT_PORT) for x in args.peer],
+            bootstrap=[parse_endpoint(x, DEFAULT_PORT) for x in args.bootstrap],
             advertise=[parse_endpoint(x) for x in args.advertise],
             relay=args.relay,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -25,6 +26,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _ago(when: float | None) -> str:
+    if not when:
+        return "never"
+    return f"{max(0.0, time.time() - when):.0f} s ago"
+
+
 def render(command: str, reply: dict[str, Any]) -> str:
     if command == "status":
         lines = [
@@ -36,6 +43,9 @@ def render(command: str, reply: dict[str, Any]) -> str:
             f"uptime:      {reply['uptime_s']} s",
             f"links:       {reply['links']} ({reply['sync_links']} syncing)",
             f"records:     {reply['records']}",
+            f"dht:         {reply['dht']['table_size']} contacts, "
+            f"{reply['dht']['records_held']} records held, last successful lookup "
+            f"{_ago(reply['dht']['last_successful_lookup'])}",
             f"services:    {reply['services']}  (streams now {reply['streams_owner_active']},"
             f" total {reply['streams_owner_total']})",
             "forwards:",
@@ -62,6 +72,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
             )
             + "\nknown peers:\n"
             + table(reply["known"], ["address", "fingerprint", "rtt_ms"])
+            + "\nDHT routing table:\n"
+            + table(reply["dht_table"], ["node_id", "address"])
         )
     if command == "services":
         return table(reply["services"], ["name", "target", "public", "allow"])

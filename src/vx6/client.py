@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from vx6.config import ForwardConfig
+from vx6.core.dht.keys import name_key
 from vx6.core.names import ServiceAddress, parse_service_address, resolve_owner
-from vx6.crypto.keys import fingerprint
+from vx6.crypto.keys import fingerprint, node_id
 from vx6.errors import CloseCode, DecodeError, LinkError, StreamError, StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint, parse_endpoint
 from vx6.net.forward import Forward
@@ -45,6 +46,7 @@ class ClientSide:
         self.node = node
         self.forwards: dict[str, Forward] = {}
         self._dialing: dict[object, asyncio.Future[LinkProtocol]] = {}
+        self._suspects: set[bytes] = set()
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, addr: ServiceAddress, follow_pin: bool = True) -> bytes:
@@ -89,11 +91,22 @@ class ClientSide:
     async def link_for(self, addr: ServiceAddress, via: tuple[str, int] | None) -> LinkProtocol:
         if via is not None:
             return await self._link_via(addr, via)
-        key = self.resolve(addr)
+        key = await self.resolve_with_dht(addr)
         link = self.node.links.get(key)
         if link is not None and link.is_open:
             return link
         return await self._shared_dial(key, lambda: self._dial_owner(addr, key))
+
+    async def resolve_with_dht(self, addr: ServiceAddress) -> bytes:
+        """Registry first; if it does not know the name, ask the DHT and try again."""
+        try:
+            return self.resolve(addr)
+        except StreamFailed as exc:
+            if exc.code is not StreamError.UNKNOWN_NAME or addr.owner_name is None:
+                raise
+            if not await self.node.lookup_records(name_key(addr.owner_name)):
+                raise
+        return self.resolve(addr)
 
     async def _shared_dial(
         self, key: object, make: Callable[[], Awaitable[LinkProtocol]]
@@ -106,12 +119,37 @@ class ClientSide:
             pending.add_done_callback(lambda _f: self._dialing.pop(key, None))
         return await asyncio.shield(pending)
 
+    def suspect(self, key: bytes) -> None:
+        """The link to `key` died without a word: it may have moved. Look it up afresh
+        before the next dial instead of first timing out on its old address."""
+        self._suspects.add(key)
+
     async def _dial_owner(self, addr: ServiceAddress, key: bytes) -> LinkProtocol:
+        if key in self._suspects:
+            self._suspects.discard(key)
+            await self.node.lookup_records(node_id(key))
         body = self.node_record(key)
+        if body is None or not body.addresses:
+            await self.node.lookup_records(node_id(key))
+            body = self.node_record(key)
         if body is None or not body.addresses:
             raise StreamFailed(
                 StreamError.OWNER_UNREACHABLE, f"no address known for {fingerprint(key)}"
             )
+        try:
+            return await self._dial_addresses(addr, key, body)
+        except StreamFailed:
+            # The owner may have moved: a fresh lookup before the failure is reported.
+            if not await self.node.lookup_records(node_id(key)):
+                raise
+            fresh = self.node_record(key)
+            if fresh is None or fresh.addresses == body.addresses:
+                raise
+            return await self._dial_addresses(addr, key, fresh)
+
+    async def _dial_addresses(
+        self, addr: ServiceAddress, key: bytes, body: NodeBody
+    ) -> LinkProtocol:
         errors = []
         for ep in body.addresses:
             try:

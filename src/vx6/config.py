@@ -61,6 +61,7 @@ class NodeConfig:
     name: str | None = None
     listen: list[tuple[str, int]] = field(default_factory=list)
     peers: list[tuple[str, int]] = field(default_factory=list)
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
     advertise: list[tuple[str, int]] = field(default_factory=list)
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
@@ -118,6 +119,7 @@ def load_config(path: Path) -> NodeConfig:
         cfg.name = validate_label(str(data["name"]), "name")
     cfg.listen = _endpoints(data.get("listen", []), "listen")
     cfg.peers = _endpoints(data.get("peers", []), "peers")
+    cfg.bootstrap = _endpoints(data.get("bootstrap", []), "bootstrap")
     cfg.advertise = _endpoints(data.get("advertise", []), "advertise")
     cfg.relay = bool(data.get("relay", False))
     for name, svc in dict(data.get("services", {})).items():

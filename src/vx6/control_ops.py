@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from vx6 import __version__
 from vx6.config import forward_config, service_config
 from vx6.core.names import parse_service_address
-from vx6.crypto.keys import fingerprint, key_from_text, key_to_text
+from vx6.crypto.keys import fingerprint, key_from_text, key_to_text, node_id
 from vx6.errors import StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint
 from vx6.wire.records import Kind, decode_record
@@ -81,6 +81,7 @@ class ControlOps:
             "services": len(node.owner.services),
             "forwards": [f.describe() for f in node.client.forwards.values()],
             "counters": dict(sorted(node.counters.items())),
+            "dht": node.dht.health(),
         }
 
     async def peers(self, _: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +112,11 @@ class ControlOps:
             }
             for p in node.registry.peers(limit=200)
         ]
-        return {"links": links, "known": known}
+        table = [
+            {"node_id": c.node_id.hex()[:16], "address": format_endpoint(*c.address)}
+            for c in node.dht.node.table.contacts()
+        ]
+        return {"links": links, "known": known, "dht_table": table}
 
     async def expose(self, req: dict[str, Any]) -> dict[str, Any]:
         svc = service_config(
@@ -157,7 +162,14 @@ class ControlOps:
 
     async def resolve(self, req: dict[str, Any]) -> dict[str, Any]:
         addr = parse_service_address(str(req.get("address", "")))
-        key = self.node.client.resolve(addr)
+        started = time.perf_counter()
+        client = self.node.client
+        lookups_before = self.node.counters.get("dht_lookups", 0)
+        key = await client.resolve_with_dht(addr)
+        if client.node_record(key) is None:
+            await self.node.lookup_records(node_id(key))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        via = "dht" if self.node.counters.get("dht_lookups", 0) > lookups_before else "registry"
         reg = self.node.registry
         records = []
         for stored in reg.records(signer=key, now=time.time()):
@@ -177,6 +189,8 @@ class ControlOps:
             "key": key_to_text(key),
             "fingerprint": fingerprint(key),
             "pinned": reg.get_pin(addr.owner_name) == key if addr.owner_name else None,
+            "resolved_via": via,
+            "elapsed_ms": round(elapsed_ms, 3),
             "records": records,
         }
 

@@ -33,6 +33,8 @@ from typing import Any
 from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
+from vx6.core.dht import events as dht_events
+from vx6.core.dht.contacts import prefix_of
 from vx6.core.names import NAME_POW_BITS
 from vx6.core.records import check_claim_policy, check_record
 from vx6.core.sync import RECONCILE_BATCH, RECONCILE_EVERY, Neighbour
@@ -41,6 +43,7 @@ from vx6.errors import CloseCode, DecodeError, RecordRejected, VX6Error
 from vx6.home import Home
 from vx6.net.addresses import is_loopback, network_of
 from vx6.net.control import serve_control
+from vx6.net.dht import DhtService
 from vx6.net.link import LinkOwner, LinkProtocol, dial
 from vx6.owner import OwnerSide
 from vx6.publisher import Publisher
@@ -53,6 +56,7 @@ PEER_RETRY_MIN = 1.0
 PEER_RETRY_MAX = 30.0
 SYNC_DUMP_LIMIT = 2000
 MAX_LINKS = 1024
+REMEMBER_EVERY = 60.0
 
 
 class Node(LinkOwner):
@@ -78,6 +82,7 @@ class Node(LinkOwner):
         self.owner = OwnerSide(self)
         self.client = ClientSide(self)
         self.ops = ControlOps(self)
+        self.dht = DhtService(self.identity, self._on_dht_event)
         self._servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -92,16 +97,22 @@ class Node(LinkOwner):
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 await self._listen()
+                host, port = self.listen_addresses[0]
+                await self.dht.start(host, port)
+                cfg = self.config
+                remembered = [] if (cfg.peers or cfg.bootstrap) else self._remembered_peers()
+                self.dht.bootstrap(cfg.bootstrap + cfg.peers + remembered)
                 self._servers.append(
                     await serve_control(self.home.control_path, self.ops.handle, self.client.nc)
                 )
                 self.owner.load_services()
                 self.publisher.publish_all()
-                for host, port in self.config.peers or self._remembered_peers():
+                for host, port in cfg.peers or remembered:
                     tg.create_task(self._keep_peer(host, port))
                 await self.client.start_config_forwards()
                 tg.create_task(self.publisher.republish_loop())
                 tg.create_task(self.reconcile_loop())
+                tg.create_task(self.remember_loop())
                 log.info(
                     "node %s (%s) listening on %s",
                     self.name or "-",
@@ -125,6 +136,9 @@ class Node(LinkOwner):
 
     async def _shutdown(self) -> None:
         await self.client.stop_all()
+        with contextlib.suppress(Exception):  # best effort: the registry may be the problem
+            self.remember_contacts()
+        self.dht.close()
         for server in self._servers:
             server.close()
         for link in list(self.all_links):
@@ -209,7 +223,8 @@ class Node(LinkOwner):
         for peer in self.registry.peers(limit=200):
             if peer.key == self.identity.public:
                 continue
-            net = network_of(peer.host)
+            # Loopback and the test prefixes count per host, like the DHT's caps.
+            net = network_of(peer.host) if prefix_of(peer.host) is not None else peer.host
             if net in networks:
                 continue
             networks.add(net)
@@ -219,6 +234,19 @@ class Node(LinkOwner):
         if chosen:
             log.info("rejoining through remembered peers: %s", chosen)
         return chosen
+
+    def remember_contacts(self, count: int = 8) -> None:
+        """Keep a few DHT contacts that are in our table now (they answered recently),
+        so a restart without any bootstrap can rejoin through them."""
+        now = time.time()
+        for contact in self.dht.node.table.contacts()[:count]:
+            host, port = contact.address
+            self.registry.upsert_peer(host, port, now)
+
+    async def remember_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REMEMBER_EVERY)  # periodic timer, not synchronisation
+            self.remember_contacts()
 
     def own_addresses_changed(self, hosts: set[str]) -> None:
         """Our address changed: links bound to an address we no longer have are dead
@@ -254,9 +282,43 @@ class Node(LinkOwner):
             del self.links[link.peer_identity]
         if code not in (CloseCode.NORMAL, CloseCode.SHUTDOWN):
             self.count("links_failed")
+        if code == CloseCode.IDLE_TIMEOUT and link.peer_identity is not None:
+            self.client.suspect(link.peer_identity)
 
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
         self.owner.stream_requested(link, sid, service, flags)
+
+    # ------------------------------------------------------------------ DHT
+    async def lookup_records(self, target: bytes) -> bool:
+        """Ask the DHT for the records under `target` and store what passes the rules
+        (if the event handler has not already); True if the DHT had any."""
+        self.count("dht_lookups")
+        try:
+            result = await self.dht.lookup(target)
+        except TimeoutError:
+            self.count("dht_lookups_timed_out")
+            return False
+        self.accept_records(list(result.records), source="dht")
+        return bool(result.records)
+
+    def _on_dht_event(self, event: dht_events.Event) -> None:
+        if isinstance(event, dht_events.LookupFinished | dht_events.RecordFound):
+            if event.records:
+                self.accept_records(list(event.records), source="dht")
+        elif isinstance(event, dht_events.ValueStored):
+            self.count("dht_values_stored")
+        elif isinstance(event, dht_events.RecordRefused):
+            self.count(f"dht_refused_{event.reason}")
+            log.info("DHT refused a record from %s: %s", event.source, event.reason)
+        elif isinstance(event, dht_events.EquivocationDetected):
+            self.count("dht_equivocations")
+            log.warning(
+                "key %s signed two different records with one sequence number (from %s)",
+                fingerprint(event.signer),
+                event.source,
+            )
+        elif isinstance(event, dht_events.RepublishDue):
+            self.publisher.publish_all()
 
     # ------------------------------------------------------------------ records
     def records_for_sync(self) -> list[bytes]:
@@ -373,6 +435,7 @@ def _merge(file_cfg: NodeConfig, cli: NodeConfig) -> NodeConfig:
         name=cli.name or file_cfg.name,
         listen=cli.listen or file_cfg.listen,
         peers=file_cfg.peers + [p for p in cli.peers if p not in file_cfg.peers],
+        bootstrap=file_cfg.bootstrap + [p for p in cli.bootstrap if p not in file_cfg.bootstrap],
         advertise=cli.advertise or file_cfg.advertise,
         services=dict(file_cfg.services),
         forwards=dict(file_cfg.forwards),

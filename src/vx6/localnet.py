@@ -104,6 +104,7 @@ class LocalNet:
         extra: tuple[str, ...] = (),
         claim: bool = True,
         env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> LocalNode:
         home = self.base / name
         home.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,8 @@ class LocalNet:
             )
         node = LocalNode(name, home, proc, log_path)
         self.nodes[name] = node
-        self.wait_ready(node)
+        if wait:
+            self.wait_ready(node)
         return node
 
     def wait_ready(self, node: LocalNode, timeout: float = READY_TIMEOUT) -> None:

@@ -217,6 +217,14 @@ def _pack_endpoint(host: str, port: int) -> bytes:
     return bytes([family]) + packed + _PORT.pack(port)
 
 
+@lru_cache(maxsize=1 << 16)
+def _pack_contact(node_id: bytes, host: str, port: int) -> bytes:
+    # Cached: a node hands out the same few hundred contacts over and over.
+    if len(node_id) != NODE_ID_LEN:
+        raise ValueError(f"node id is {NODE_ID_LEN} bytes, got {len(node_id)}")
+    return node_id + _pack_endpoint(host, port)
+
+
 # --- encoding -----------------------------------------------------------------------
 
 
@@ -245,8 +253,7 @@ def _pack_body(message: Message) -> bytes:
             raise ValueError(f"at most {MAX_CONTACTS} contacts per message")
         parts = [bytes(message.token), bytes([len(message.contacts)])]
         for contact in message.contacts:
-            _check_len(contact.node_id, NODE_ID_LEN, "node id")
-            parts.append(bytes(contact.node_id) + _pack_endpoint(contact.host, contact.port))
+            parts.append(_pack_contact(bytes(contact.node_id), contact.host, contact.port))
         return b"".join(parts)
     if isinstance(message, Values):
         _check_len(message.token, TOKEN_LEN, "token")
@@ -284,10 +291,6 @@ def encode_message(message: Message, sign: Sign) -> bytes:
     signature = sign(SIGNING_DOMAIN + unsigned)
     _check_len(signature, SIGNATURE_LEN, "signature")
     return unsigned + signature
-
-
-def fits_in_datagram(body_len: int) -> bool:
-    return OVERHEAD + body_len <= MAX_DATAGRAM
 
 
 # --- decoding -----------------------------------------------------------------------
@@ -332,6 +335,25 @@ class _Reader:
             raise DecodeError("endpoint port 0")
         return host, port
 
+    def contact(self) -> WireContact:
+        pos = self._pos
+        family_at = pos + NODE_ID_LEN
+        if family_at >= self._end:
+            raise DecodeError("DHT message truncated")
+        family = self._data[family_at]
+        addr_len = _ADDR_LEN.get(family)
+        if addr_len is None:
+            raise DecodeError(f"unknown address family {family}")
+        end = family_at + 1 + addr_len + 2
+        if end > self._end:
+            raise DecodeError("DHT message truncated")
+        data = self._data
+        port = (data[end - 2] << 8) | data[end - 1]
+        if port == 0:
+            raise DecodeError("endpoint port 0")
+        self._pos = end
+        return WireContact(data[pos:family_at], _host_text(data[family_at + 1 : end - 2]), port)
+
     def value(self) -> bytes:
         length = self.u16()
         if not 1 <= length <= MAX_VALUE_LEN:
@@ -358,11 +380,7 @@ def _decode_body(kind: int, txid: int, sender: bytes, reader: _Reader) -> Messag
         count = reader.u8()
         if count > MAX_CONTACTS:
             raise DecodeError(f"NODES lists {count} contacts, more than {MAX_CONTACTS}")
-        contacts = []
-        for _ in range(count):
-            node = reader.take(NODE_ID_LEN)
-            host, port = reader.endpoint()
-            contacts.append(WireContact(node, host, port))
+        contacts = [reader.contact() for _ in range(count)]
         return Nodes(txid, sender, token, tuple(contacts))
     if kind == MessageType.VALUES:
         token = reader.take(TOKEN_LEN)
@@ -385,13 +403,6 @@ def _decode_body(kind: int, txid: int, sender: bytes, reader: _Reader) -> Messag
             raise DecodeError("STORED reason is not printable ASCII")
         return Stored(txid, sender, status, raw.decode("ascii"))
     raise DecodeError(f"unknown DHT message type {kind}")
-
-
-def peek_type(data: bytes) -> int | None:
-    """The type byte of a datagram that at least has a header, else None (no parsing)."""
-    if len(data) < OVERHEAD or len(data) > MAX_DATAGRAM:
-        return None
-    return data[1]
 
 
 def decode_message(data: bytes) -> SignedMessage:

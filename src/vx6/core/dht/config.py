@@ -28,6 +28,7 @@ class DhtConfig:
     rate_sources: int = 4096  # source addresses tracked at once
     max_records: int = 20000  # records stored for others
     max_slots_per_target: int = 16  # (kind, signer, subject) slots under one DHT key
+    background_answers: int = 20  # answers a value lookup still collects after it found one
     stale_corrections: int = 3  # STOREs a finished lookup sends to stale or empty holders
 
 

@@ -9,7 +9,6 @@ all share one prefix still works.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 ID_BITS = 256
@@ -23,14 +22,26 @@ EXEMPT_NETWORKS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class Contact:
-    node_id: bytes
-    address: Address
-    id_int: int = field(init=False, repr=False, compare=False)
+    """A node id and its UDP address. Immutable; equal when id and address are."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "id_int", int.from_bytes(self.node_id, "big"))
+    __slots__ = ("address", "id_int", "node_id")
+
+    def __init__(self, node_id: bytes, address: Address) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.id_int = int.from_bytes(node_id, "big")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Contact):
+            return NotImplemented
+        return self.node_id == other.node_id and self.address == other.address
+
+    def __hash__(self) -> int:
+        return hash((self.node_id, self.address))
+
+    def __repr__(self) -> str:
+        return f"Contact({self.node_id.hex()[:16]}, {self.address!r})"
 
 
 def id_to_int(node_id: bytes) -> int:
@@ -71,23 +82,3 @@ def prefix_of(host: str) -> bytes | None:
         return None
     packed = addr.packed
     return bytes([addr.version]) + (packed[:6] if addr.version == 6 else packed[:3])
-
-
-def diverse_closest(contacts: list[Contact], target: int, count: int, cap: int) -> list[Contact]:
-    """The `count` contacts closest to `target`, keeping at most `cap` per prefix."""
-    ordered = sorted(contacts, key=lambda c: c.id_int ^ target)
-    if cap <= 0:
-        return ordered[:count]
-    chosen: list[Contact] = []
-    per_prefix: dict[bytes, int] = {}
-    for contact in ordered:
-        prefix = prefix_of(contact.address[0])
-        if prefix is not None:
-            seen = per_prefix.get(prefix, 0)
-            if seen >= cap:
-                continue
-            per_prefix[prefix] = seen + 1
-        chosen.append(contact)
-        if len(chosen) >= count:
-            break
-    return chosen

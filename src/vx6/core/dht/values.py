@@ -26,8 +26,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from vx6.core.dht.keys import record_key
-from vx6.core.records import REASON_STALE_SEQUENCE, REASON_TOO_LARGE, RecordSlot, check_record
-from vx6.core.records import record_slot as _record_slot
+from vx6.core.records import (
+    REASON_EXPIRED,
+    REASON_STALE_SEQUENCE,
+    REASON_TOO_LARGE,
+    RecordSlot,
+    check_record,
+    record_slot,
+)
 from vx6.errors import DecodeError, RecordRejected
 from vx6.wire.records import MAX_RECORD_SIZE, Record, decode_record
 
@@ -65,10 +71,6 @@ class Held:
     stored_at: float
 
 
-def record_slot(record: Record) -> RecordSlot:
-    return _record_slot(record)
-
-
 def check_value(
     raw: bytes,
     target: bytes,
@@ -93,7 +95,7 @@ def check_value(
         return Checked(Outcome.REFUSED, REASON_FULL, record, slot)
     if current is not None and current.raw == raw:
         if record.expires <= now:
-            return Checked(Outcome.REFUSED, "expired", record, slot)
+            return Checked(Outcome.REFUSED, REASON_EXPIRED, record, slot)
         return Checked(Outcome.SAME, "", current.record, slot)
     held_seq = None if current is None else current.record.seq
     try:

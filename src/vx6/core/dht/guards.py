@@ -1,0 +1,71 @@
+"""Store tokens and per-source rate limits: the DHT's defences against spoofed and
+flooding sources.
+
+Tokens: a node answering FIND_NODE / FIND_VALUE hands the requester a token, a keyed
+hash of the requester's IP address under a secret that rotates every
+`token_rotation` seconds; a STORE is accepted only with a token for its own source
+address under the current or the previous secret. Someone who spoofs a victim's address
+never sees the victim's token, so it cannot make us store (and later send) on the
+victim's behalf. Secrets come from the caller's randomness.
+
+Rate limits: one token bucket per source IP address (refill `rate` per second up to
+`burst`), checked before any parsing or signature work. The table of sources is bounded:
+when full, the source heard from least recently is forgotten (a forgotten source starts
+again with a full bucket, which is the generous direction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from vx6.wire.dht import TOKEN_LEN
+
+
+class TokenIssuer:
+    def __init__(self, entropy: Callable[[int], bytes], rotation: float, now: float) -> None:
+        self._entropy = entropy
+        self._rotation = rotation
+        self._current = entropy(32)
+        self._previous = self._current
+        self._rotated_at = now
+
+    def _mac(self, secret: bytes, host: str) -> bytes:
+        return hashlib.blake2b(host.encode("ascii"), key=secret, digest_size=TOKEN_LEN).digest()
+
+    def maybe_rotate(self, now: float) -> None:
+        if now - self._rotated_at >= self._rotation:
+            self._previous, self._current = self._current, self._entropy(32)
+            self._rotated_at = now
+
+    def issue(self, host: str) -> bytes:
+        return self._mac(self._current, host)
+
+    def valid(self, host: str, token: bytes) -> bool:
+        return token in (self._mac(self._current, host), self._mac(self._previous, host))
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: float, max_sources: int) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, at)
+
+    def allow(self, host: str, now: float) -> bool:
+        state = self._buckets.pop(host, None)
+        if state is None:
+            tokens = self._burst
+            if len(self._buckets) >= self._max_sources:
+                del self._buckets[next(iter(self._buckets))]
+        else:
+            tokens, at = state
+            tokens = min(self._burst, tokens + (now - at) * self._rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[host] = (tokens, now)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -1,0 +1,196 @@
+"""asyncio adapter for the sans-IO DHT node (vx6.core.dht): one UDP socket.
+
+Theory of operation. `DhtService` owns a UDP endpoint (for `::` one dual-stack socket,
+so IPv4 peers arrive as IPv4-mapped addresses and are sent to the same way) and one
+`DhtNode`. Every datagram goes into the core with the wall clock (records carry wall
+clock times); after every call into the core the service sends what the core queued,
+hands events to waiting lookups and to the node's `on_event`, and keeps one timer armed
+at the core's next deadline. `lookup()` and `publish()` turn the core's lookup ids into
+awaitables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+from vx6.core.dht import events as ev
+from vx6.core.dht.contacts import Address
+from vx6.core.dht.keys import credentials_for
+from vx6.core.dht.node import DhtNode
+from vx6.crypto.keys import Identity
+
+log = logging.getLogger("vx6.dht")
+
+LOOKUP_TIMEOUT = 10.0
+
+
+class DhtService(asyncio.DatagramProtocol):
+    def __init__(self, identity: Identity, on_event: Callable[[ev.Event], None]) -> None:
+        self.node = DhtNode(credentials_for(identity), entropy=os.urandom, now=time.time())
+        self.on_event = on_event
+        self.transport: asyncio.DatagramTransport | None = None
+        self.mapped = False  # a dual-stack IPv6 socket: IPv4 peers as ::ffff:a.b.c.d
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiters: dict[int, asyncio.Future[ev.Event]] = {}
+        self.last_lookup_ok: float | None = None
+        self._own: dict[bytes, bytes] = {}  # our records, by slot, to re-store after joining
+        self._thresholds = [1, 8, self.node.config.k]
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                wildcard = host in ("", "::")
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if wildcard else 1)
+                self.mapped = wildcard
+            sock.bind((host or "::", port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        bound = sock.getsockname()
+        return bound[0], bound[1]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        host, port = str(addr[0]), int(cast(int, addr[1]))
+        try:
+            self.node.datagram_received(data, (host, port), time.time())
+        except Exception:  # a bug of ours must not stop the DHT; the datagram is lost
+            log.exception("DHT datagram from %s handling failed", host)
+        self._pump()
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DHT socket error: %s", exc)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+
+    # ------------------------------------------------------------------ pumping
+    def _pump(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            for (host, port), payload in self.node.datagrams_to_send():
+                with contextlib.suppress(OSError):
+                    self.transport.sendto(payload, (self._wire_host(host), port))
+        for event in self.node.events():
+            if isinstance(event, ev.RecordFound | ev.LookupFinished | ev.PublishFinished):
+                fut = self._waiters.get(event.lookup_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(event)
+                if isinstance(event, ev.LookupFinished) and event.found:
+                    self.last_lookup_ok = time.time()
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("DHT event handler failed on %r", type(event).__name__)
+        self._store_again_as_we_learn()
+        self._arm()
+
+    def _store_again_as_we_learn(self) -> None:
+        """Records published while we knew few nodes went to the wrong (or no) holders:
+        store them again each time the routing table first reaches 1, 8 and k contacts
+        (a first node with no bootstrap learns the network only as others join it)."""
+        size = len(self.node.table)
+        while self._thresholds and size >= self._thresholds[0]:
+            self._thresholds.pop(0)
+            for raw in self._own.values():
+                with contextlib.suppress(Exception):
+                    self.node.publish(raw, time.time())
+            self._flush_only()
+
+    def _flush_only(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            for (host, port), payload in self.node.datagrams_to_send():
+                with contextlib.suppress(OSError):
+                    self.transport.sendto(payload, (self._wire_host(host), port))
+
+    def _wire_host(self, host: str) -> str:
+        if self.mapped and ":" not in host:
+            return f"::ffff:{host}"
+        return host
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        when = self.node.next_timer()
+        delay = max(0.0, when - time.time())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.node.handle_timer(time.time())
+        self._pump()
+
+    # ------------------------------------------------------------------ API
+    def bootstrap(self, addresses: list[Address]) -> None:
+        usable = [a for a in addresses if _is_ip(a[0])]
+        if usable:
+            self.node.bootstrap(usable, time.time())
+            self._pump()
+
+    async def lookup(
+        self, target: bytes, *, want_value: bool = True, timeout: float = LOOKUP_TIMEOUT
+    ) -> ev.RecordFound | ev.LookupFinished:
+        """The first answer of a lookup: RecordFound as soon as a valid record is held
+        (the lookup finishes in the background), else LookupFinished."""
+        now = time.time()
+        if want_value:
+            lookup_id = self.node.find_value(target, now, interactive=True)
+        else:
+            lookup_id = self.node.find_node(target, now, interactive=True)
+        fut: asyncio.Future[ev.Event] = asyncio.get_running_loop().create_future()
+        self._waiters[lookup_id] = fut
+        self._pump()
+        try:
+            async with asyncio.timeout(timeout):
+                result = await fut
+        finally:
+            self._waiters.pop(lookup_id, None)
+        assert isinstance(result, ev.RecordFound | ev.LookupFinished)
+        return result
+
+    def publish(self, raw: bytes, slot: bytes = b"") -> None:
+        self._own[slot or raw] = raw
+        try:
+            self.node.publish(raw, time.time())
+        except Exception as exc:  # our own record should always pass: say so if not
+            log.warning("DHT publish refused our own record: %s", exc)
+        self._pump()
+
+    def health(self) -> dict[str, object]:
+        stats = dict(self.node.stats)
+        return {
+            "table_size": len(self.node.table),
+            "records_held": len(self.node.store),
+            "active_lookups": self.node.active_lookups,
+            "last_successful_lookup": self.last_lookup_ok,
+            "stats": stats,
+        }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
