@@ -1,12 +1,14 @@
 """`vx6 demo`: a small VX6 network on this machine, every mode exercised end to end.
 
-It starts real node processes (hub, alice, bob, carol), each in its own temporary home
-on loopback, plus a local echo service for alice and an HTTP server. alice exposes
-both (private: only bob and carol may connect). bob reaches them by name through the
-hub (named direct); carol, who knows nobody, reaches alice by her IPv6 endpoint (direct
-IPv6: no discovery at all). Each row moves a fixed amount of data through the forward,
-checks it byte for byte (SHA-256), and reports setup time and throughput. Everything is
-torn down at the end; the exit status is 0 only if every row worked.
+It starts real node processes (hub, alice, bob, carol, dave), each in its own temporary
+home on loopback, plus a local echo service for alice and an HTTP server. alice exposes
+both (private: only bob, carol and dave may connect). bob reaches them by name through
+records synced via the hub (named direct); dave, started with only `--bootstrap`,
+resolves alice through the DHT; carol, who knows nobody, reaches alice by her IPv6
+endpoint (direct IPv6: no discovery at all). Each row moves a fixed amount of data
+through the forward, checks it byte for byte (SHA-256), and reports setup time and
+throughput. Everything is torn down at the end; the exit status is 0 only if every row
+worked.
 """
 
 from __future__ import annotations
@@ -128,13 +130,15 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
     body = os.urandom(1 << 20)
     http_server, http_port = _start_http(body)
     try:
-        log("starting nodes: hub, alice, bob, carol ...")
+        log("starting nodes: hub, alice, bob, carol, dave ...")
         hub = net.start("hub")
         alice = net.start("alice", peers=(hub.listen,))
         bob = net.start("bob", peers=(hub.listen,))
         carol = net.start("carol")  # knows nobody: direct IPv6 only
+        dave = net.start("dave", extra=("--bootstrap", hub.listen))  # DHT only, no sync
+        allowed = ["bob", carol.key, dave.key]
         for service, port in (("echo", echo_port), ("web", http_port)):
-            alice.call("expose", name=service, target=f"127.0.0.1:{port}", allow=["bob", carol.key])
+            alice.call("expose", name=service, target=f"127.0.0.1:{port}", allow=allowed)
         log(f"alice exposes echo and web; alice listens on {alice.listen}")
 
         def named() -> dict[str, Any]:
@@ -149,6 +153,11 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
             mb_s = len(got) / (time.perf_counter() - started) / 1e6
             return {"setup_ms": round(setup, 1), "mb_s": round(mb_s), "ok": got == body}
 
+        def named_dht() -> dict[str, Any]:
+            port, setup = _connect(dave, "alice.echo")
+            mb_s, ok = echo_transfer(port, mib)
+            return {"setup_ms": round(setup, 1), "mb_s": round(mb_s), "ok": ok}
+
         def direct_ipv6() -> dict[str, Any]:
             port, setup = _connect(carol, "alice.echo", via=alice.listen)
             mb_s, ok = echo_transfer(port, mib)
@@ -157,6 +166,7 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
         return [
             _row("named direct", "bob -> alice (echo)", named),
             _row("named direct", "bob -> alice (http)", named_http),
+            _row("named via DHT", "dave -> alice (echo)", named_dht),
             _row("direct IPv6", f"carol -> {alice.listen} (echo)", direct_ipv6),
         ]
     finally:
