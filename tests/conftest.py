@@ -21,6 +21,7 @@ from helpers_net import (
     echo_handler,
     sha_after_eof_handler,
 )
+from netns import no_leftover_namespaces  # noqa: F401  (a fixture, shared by the netns tests)
 from vx6.localnet import LocalNet, LocalNode, wait_for
 
 NET_READY_TIMEOUT = 15.0

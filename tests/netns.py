@@ -167,6 +167,17 @@ def leftover_namespaces() -> list[str]:
     return [n for n in namespaces(RUN_PREFIX) if not n.startswith(live)]
 
 
+@pytest.fixture(scope="module")
+def no_leftover_namespaces() -> Iterator[None]:
+    """Fails a module loudly if a namespace of this run outlives its test bed. Modules
+    that build test beds use it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    yield
+    left = leftover_namespaces()
+    for name in left:
+        delete_namespace(name)
+    assert not left, f"namespaces left behind (now deleted): {left}"
+
+
 def delete_namespace(name: str) -> None:
     """Kill whatever still runs inside `name` (only test processes can), then delete it."""
     with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

@@ -12,32 +12,24 @@ from dataclasses import dataclass
 
 import pytest
 
+from conftest import knows_owner
 from netns import (
     Host,
     NetnsNode,
     Testbed,
-    delete_namespace,
-    leftover_namespaces,
     namespaces,
     require_testbed,
 )
 from vx6.localnet import LocalNode, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.usefixtures("no_leftover_namespaces"),
+]
 
 SYNC_TIMEOUT = 20.0
 HUB, ALICE, V4_ONLY = 0, 1, 8
 CLIENTS = range(2, 8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leftover_namespaces() -> Iterator[None]:
-    """Fails the module loudly if a namespace of this run outlives its test bed."""
-    yield
-    left = leftover_namespaces()
-    for name in left:
-        delete_namespace(name)
-    assert not left, f"namespaces left behind (now deleted): {left}"
 
 
 @dataclass
@@ -48,11 +40,6 @@ class Bed:
 
     def host(self, index: int) -> Host:
         return self.tb.hosts[index]
-
-
-def knows_owner(node: LocalNode, owner: str) -> bool:
-    reply = node.try_call("resolve", address=f"{owner}.any")
-    return bool(reply.get("ok")) and any(r["kind"] == "node" for r in reply["records"])
 
 
 def link_addresses(node: LocalNode) -> list[str]:

@@ -12,23 +12,21 @@ from dataclasses import dataclass
 
 import pytest
 
-from netns import NetnsNode, Testbed, delete_namespace, leftover_namespaces, require_testbed
+from netns import (
+    NetnsNode,
+    Testbed,
+    require_testbed,
+)
 from vx6.localnet import wait_for
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.usefixtures("no_leftover_namespaces"),
+]
 
 HUB, ALICE, V4_ONLY = 0, 1, 8
 CLIENTS = range(2, 9)
 MOVE_DEADLINE = 10.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leftover_namespaces() -> Iterator[None]:
-    yield
-    left = leftover_namespaces()
-    for name in left:
-        delete_namespace(name)
-    assert not left, f"namespaces left behind (now deleted): {left}"
 
 
 @dataclass

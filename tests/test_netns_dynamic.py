@@ -4,31 +4,23 @@ client's live forward, and a restarted node finds the network again with no peer
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from netns import Testbed, delete_namespace, leftover_namespaces, require_testbed
-from vx6.localnet import LocalNode, wait_for
+from conftest import knows_owner
+from netns import (
+    Testbed,
+    require_testbed,
+)
+from vx6.localnet import wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.usefixtures("no_leftover_namespaces"),
+]
 
 HUB, ALICE, BOB = 0, 1, 2
 MOVE_DEADLINE = 10.0  # the issue: new connections succeed within 10 s of the change
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leftover_namespaces() -> Iterator[None]:
-    yield
-    left = leftover_namespaces()
-    for name in left:
-        delete_namespace(name)
-    assert not left, f"namespaces left behind (now deleted): {left}"
-
-
-def knows_owner(node: LocalNode, owner: str) -> bool:
-    reply = node.try_call("resolve", address=f"{owner}.any")
-    return bool(reply.get("ok")) and any(r["kind"] == "node" for r in reply["records"])
 
 
 def test_owner_moves_and_a_live_forward_follows_then_a_node_rejoins_alone() -> None:
