@@ -1,0 +1,35 @@
+"""Onion circuits, sans-IO: the client end (`client.py`), the relay and exit side
+(`relay.py`), their events and the relay limits. See docs/circuits.md."""
+
+from __future__ import annotations
+
+from vx6.core.circuit.client import ClientCircuit, ClientState, HopSpec
+from vx6.core.circuit.events import (
+    CellQueued,
+    CircuitBuilt,
+    CircuitDestroyed,
+    CircuitEvent,
+    ExtendRequested,
+    HopAdded,
+    StreamMessageReceived,
+)
+from vx6.core.circuit.limits import RelayLimits, SourceLimiter, TokenBucket
+from vx6.core.circuit.relay import RelayCore, RelayState
+
+__all__ = [
+    "CellQueued",
+    "CircuitBuilt",
+    "CircuitDestroyed",
+    "CircuitEvent",
+    "ClientCircuit",
+    "ClientState",
+    "ExtendRequested",
+    "HopAdded",
+    "HopSpec",
+    "RelayCore",
+    "RelayLimits",
+    "RelayState",
+    "SourceLimiter",
+    "StreamMessageReceived",
+    "TokenBucket",
+]

@@ -1,0 +1,277 @@
+"""The client end of one circuit, sans-IO.
+
+Theory of operation. The client knows the whole path (each hop's identity key, onion
+key and endpoints) and one link, to hop 1. `start()` sends CREATE (depth 1) with an ntor
+onionskin for hop 1; each CREATED or EXTENDED answer completes one hop's handshake, and
+while hops remain the client sends EXTEND, wrapped for the newest hop, naming the next
+hop and carrying its onionskin. The path is at most MAX_DEPTH hops (five relays and
+the exit); a longer one is refused here, and the relays enforce the same cap (see
+docs/circuits.md). Once every hop is keyed the circuit is OPEN: `send()` wraps a relay
+message for the last hop, and cells coming back are unwrapped layer by layer.
+
+Anything wrong (a bad layer, an answer out of turn, a malformed message) destroys the
+circuit: DESTROY goes to hop 1 with the reason, and a CircuitDestroyed event says why.
+States and inputs form the table `_TRANSITIONS`; an input missing from it is a
+protocol error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from vx6.core.circuit.events import (
+    CellQueued,
+    CircuitBuilt,
+    CircuitDestroyed,
+    CircuitEvent,
+    HopAdded,
+    StreamMessageReceived,
+)
+from vx6.crypto.keys import KEY_LEN, node_id
+from vx6.crypto.onion import (
+    MAX_DEPTH,
+    HopCrypto,
+    HopKeys,
+    NtorClientState,
+    decrypt_layers,
+    encrypt_layers,
+    ntor_client_finish,
+    ntor_client_start,
+    relay_plaintext_size,
+)
+from vx6.errors import CryptoError, DecodeError, UsageError
+from vx6.wire.cells import (
+    RELAY_HEADER,
+    Cell,
+    Create,
+    Created,
+    Destroy,
+    DestroyReason,
+    Endpoint,
+    Extend,
+    Relay,
+    RelayCommand,
+    RelayMessage,
+    decode_relay_message,
+    encode_cell,
+    encode_extend,
+    encode_relay_message,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HopSpec:
+    """One hop as the client knows it from the hop's signed node record."""
+
+    identity: bytes  # Ed25519 identity key
+    onion_key: bytes  # X25519 onion public key
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+class ClientState(Enum):
+    NEW = auto()
+    CREATING = auto()  # CREATE sent to hop 1
+    EXTENDING = auto()  # EXTEND sent through the circuit
+    OPEN = auto()
+    DESTROYED = auto()
+
+
+class ClientInput(Enum):
+    START = auto()
+    HOP_KEYED = auto()  # a handshake finished and hops remain
+    LAST_HOP_KEYED = auto()
+    MESSAGE = auto()  # a stream message came back
+    SEND = auto()
+    DESTROY = auto()
+
+
+_S, _I = ClientState, ClientInput
+_TRANSITIONS: dict[tuple[ClientState, ClientInput], ClientState] = {
+    (_S.NEW, _I.START): _S.CREATING,
+    (_S.CREATING, _I.HOP_KEYED): _S.EXTENDING,
+    (_S.CREATING, _I.LAST_HOP_KEYED): _S.OPEN,
+    (_S.EXTENDING, _I.HOP_KEYED): _S.EXTENDING,
+    (_S.EXTENDING, _I.LAST_HOP_KEYED): _S.OPEN,
+    (_S.OPEN, _I.MESSAGE): _S.OPEN,
+    (_S.OPEN, _I.SEND): _S.OPEN,
+    (_S.NEW, _I.DESTROY): _S.DESTROYED,
+    (_S.CREATING, _I.DESTROY): _S.DESTROYED,
+    (_S.EXTENDING, _I.DESTROY): _S.DESTROYED,
+    (_S.OPEN, _I.DESTROY): _S.DESTROYED,
+}
+
+
+class _ProtocolViolation(Exception):
+    def __init__(self, reason: DestroyReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class ClientCircuit:
+    def __init__(
+        self,
+        link: int,
+        circuit_id: int,
+        path: Sequence[HopSpec],
+        ephemerals: Sequence[bytes],
+    ) -> None:
+        """`ephemerals`: one fresh 32-byte X25519 private key per hop, from the caller."""
+        if not 1 <= len(path) <= MAX_DEPTH:
+            raise UsageError(
+                f"a circuit has 1..{MAX_DEPTH} hops (at most {MAX_DEPTH - 1} relays and "
+                f"the exit), not {len(path)}"
+            )
+        if len(ephemerals) != len(path) or any(len(e) != KEY_LEN for e in ephemerals):
+            raise UsageError("one 32-byte ephemeral key per hop")
+        if not 0 < circuit_id <= 0xFFFFFFFF:
+            raise UsageError(f"bad circuit id {circuit_id}")
+        self.link = link
+        self.circuit_id = circuit_id
+        self.state = ClientState.NEW
+        self._path = tuple(path)
+        self._ephemerals = tuple(ephemerals)
+        self._hops: list[HopCrypto] = []
+        self._pending: NtorClientState | None = None
+
+    @property
+    def hops_keyed(self) -> int:
+        return len(self._hops)
+
+    @property
+    def max_data(self) -> int:
+        """Largest stream payload one cell carries to the last hop."""
+        return relay_plaintext_size(len(self._path)) - RELAY_HEADER
+
+    def _step(self, event: ClientInput) -> None:
+        new = _TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise _ProtocolViolation(
+                DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}"
+            )
+        self.state = new
+
+    def _onionskin(self, depth: int) -> bytes:
+        hop = self._path[depth - 1]
+        state, skin = ntor_client_start(
+            node_id(hop.identity), hop.onion_key, self._ephemerals[depth - 1]
+        )
+        self._pending = state
+        return skin
+
+    def _queue(self, cell: Cell) -> CellQueued:
+        return CellQueued(self.link, encode_cell(cell))
+
+    def _wrap(self, message: RelayMessage) -> CellQueued:
+        plaintext = encode_relay_message(message, relay_plaintext_size(len(self._hops)))
+        return self._queue(Relay(self.circuit_id, encrypt_layers(self._hops, plaintext)))
+
+    def start(self) -> list[CircuitEvent]:
+        self._step(ClientInput.START)
+        return [self._queue(Create(self.circuit_id, 1, self._onionskin(1)))]
+
+    def send(self, command: RelayCommand, stream_id: int, data: bytes) -> list[CircuitEvent]:
+        """Wrap one stream message for the last hop. UsageError if the circuit is not open
+        or the data does not fit one cell (split by `max_data`)."""
+        if self.state is not ClientState.OPEN:
+            raise UsageError(f"circuit is {self.state.name}, not OPEN")
+        if len(data) > self.max_data:
+            raise UsageError(f"{len(data)} bytes over one cell's {self.max_data}")
+        self._step(ClientInput.SEND)
+        return [self._wrap(RelayMessage(command, stream_id, data))]
+
+    def destroy(self, reason: DestroyReason = DestroyReason.NONE) -> list[CircuitEvent]:
+        if self.state is ClientState.DESTROYED:
+            return []
+        sent_create = self.state is not ClientState.NEW
+        self._step(ClientInput.DESTROY)
+        out: list[CircuitEvent] = []
+        if sent_create:
+            out.append(self._queue(Destroy(self.circuit_id, reason)))
+        out.append(CircuitDestroyed(self.link, self.circuit_id, reason, "closed locally", True))
+        return out
+
+    def link_lost(self) -> list[CircuitEvent]:
+        if self.state is ClientState.DESTROYED:
+            return []
+        self._step(ClientInput.DESTROY)
+        reason = DestroyReason.LINK_LOST
+        return [CircuitDestroyed(self.link, self.circuit_id, reason, "link to hop 1 lost", False)]
+
+    def cell_received(self, cell: Cell) -> list[CircuitEvent]:
+        """Handle one decoded cell from hop 1 (the adapter routes by circuit id)."""
+        if self.state is ClientState.DESTROYED:
+            return []  # late cells after a destroy are dropped quietly
+        if isinstance(cell, Destroy):
+            self._step(ClientInput.DESTROY)
+            reason = _reason(cell.reason)
+            detail = f"destroyed by the circuit ({reason.name})"
+            return [CircuitDestroyed(self.link, self.circuit_id, reason, detail, False)]
+        try:
+            return self._handle(cell)
+        except _ProtocolViolation as exc:
+            return self._fail(exc.reason, exc.detail)
+        except CryptoError as exc:
+            return self._fail(DestroyReason.DECRYPT_FAILED, str(exc))
+        except DecodeError as exc:
+            return self._fail(DestroyReason.PROTOCOL_ERROR, str(exc))
+
+    def _fail(self, reason: DestroyReason, detail: str) -> list[CircuitEvent]:
+        self.state = ClientState.DESTROYED
+        return [
+            self._queue(Destroy(self.circuit_id, reason)),
+            CircuitDestroyed(self.link, self.circuit_id, reason, detail, True),
+        ]
+
+    def _handle(self, cell: Cell) -> list[CircuitEvent]:
+        if isinstance(cell, Created):
+            if self.state is not ClientState.CREATING:
+                raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "unexpected CREATED")
+            return self._hop_keyed(cell.reply)
+        if not isinstance(cell, Relay):
+            raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "unexpected cell")
+        index, plaintext = decrypt_layers(self._hops, cell.body)
+        message = decode_relay_message(plaintext)
+        if message.command == RelayCommand.EXTENDED:
+            if self.state is not ClientState.EXTENDING or index != len(self._hops) - 1:
+                raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "unexpected EXTENDED")
+            return self._hop_keyed(message.data)
+        if message.command == RelayCommand.EXTEND:
+            raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "EXTEND from a relay")
+        self._step(ClientInput.MESSAGE)
+        if index != len(self._hops) - 1:
+            raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
+        return [
+            StreamMessageReceived(
+                self.link, self.circuit_id, message.command, message.stream_id, message.data
+            )
+        ]
+
+    def _hop_keyed(self, reply: bytes) -> list[CircuitEvent]:
+        assert self._pending is not None
+        try:
+            material = ntor_client_finish(self._pending, reply)
+        except CryptoError as exc:
+            raise _ProtocolViolation(DestroyReason.HANDSHAKE_FAILED, str(exc)) from None
+        self._pending = None
+        self._hops.append(HopCrypto(HopKeys.from_material(material)))
+        depth = len(self._hops)
+        out: list[CircuitEvent] = [HopAdded(self.link, self.circuit_id, depth)]
+        if depth == len(self._path):
+            self._step(ClientInput.LAST_HOP_KEYED)
+            out.append(CircuitBuilt(self.link, self.circuit_id, depth))
+            return out
+        self._step(ClientInput.HOP_KEYED)
+        following = self._path[depth]
+        extend = Extend(following.identity, self._onionskin(depth + 1), following.endpoints)
+        out.append(self._wrap(RelayMessage(RelayCommand.EXTEND, 0, encode_extend(extend))))
+        return out
+
+
+def _reason(code: int) -> DestroyReason:
+    try:
+        return DestroyReason(code)
+    except ValueError:
+        return DestroyReason.PROTOCOL_ERROR

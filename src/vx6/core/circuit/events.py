@@ -1,0 +1,79 @@
+"""What the circuit cores hand back to their adapter: frozen events, named in the past
+tense. A link is an opaque integer chosen by the adapter; a circuit on a link is the
+pair (link, circuit id)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vx6.wire.cells import DestroyReason, Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class CellQueued:
+    """An encoded cell (exactly CELL_SIZE bytes) waiting to be written to `link`."""
+
+    link: int
+    cell: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendRequested:
+    """A relay needs a link to the node with this identity key. The adapter answers with
+    `RelayCore.link_ready(request_id, ...)` or `RelayCore.link_failed(request_id)`."""
+
+    request_id: int
+    identity: bytes
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HopAdded:
+    """Client: the handshake with the hop at `depth` completed."""
+
+    link: int
+    circuit_id: int
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBuilt:
+    """Client: every hop of the path is keyed; streams may start."""
+
+    link: int
+    circuit_id: int
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitDestroyed:
+    """The circuit is gone on this node. `local` says this node decided it (and sent
+    DESTROY); otherwise a neighbour's DESTROY or a lost link ended it. One log line."""
+
+    link: int
+    circuit_id: int
+    reason: DestroyReason
+    detail: str
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessageReceived:
+    """A relay message for a stream reached its end of the circuit (the client, or the
+    hop the client addressed, normally the exit)."""
+
+    link: int
+    circuit_id: int
+    command: int
+    stream_id: int
+    data: bytes
+
+
+CircuitEvent = (
+    CellQueued
+    | ExtendRequested
+    | HopAdded
+    | CircuitBuilt
+    | CircuitDestroyed
+    | StreamMessageReceived
+)

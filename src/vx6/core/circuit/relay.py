@@ -1,0 +1,373 @@
+"""The relay (and exit) side of circuits, sans-IO: one object per node for all circuits.
+
+Theory of operation. A circuit at a relay joins two (link, circuit id) pairs: `prev`
+(towards the client) and, once extended, `next`. Both pairs index the same record, and
+which one a cell arrived on says its direction.
+
+* CREATE on prev: checks limits (table size, creations per source via token buckets),
+  the depth carried in the cell (1..MAX_DEPTH), answers the ntor handshake with this
+  node's onion key and sends CREATED. The circuit is OPEN; this node is its end.
+* A RELAY cell from prev loses one layer (`peel`). If the layer says "for you", the relay
+  message is handled here: EXTEND asks the adapter for a link to the named node
+  (ExtendRequested), then `link_ready` sends CREATE with depth + 1 on that link and
+  CREATED comes back as EXTENDED, wrapped by this hop; stream messages become
+  StreamMessageReceived events (this is how the exit delivers data). Otherwise the
+  peeled body goes to next. A RELAY cell from next gains one layer and goes to prev.
+* The hop cap: the depth in CREATE is set by the node that sends it (a relay always
+  writes its own depth + 1), and a hop at MAX_DEPTH refuses EXTEND with HOP_LIMIT.
+* Any failure (bad tag, unexpected cell, failed link) destroys the circuit: DESTROY
+  with the reason goes to both neighbours, and DESTROY from one neighbour is passed to
+  the other with its reason unchanged.
+* Memory: each circuit is charged a fixed overhead plus the bytes the adapter reports
+  queued for it (`buffered`); over the budget the oldest circuits are destroyed first.
+
+States and inputs form the table `_TRANSITIONS`; an input missing from it destroys the
+circuit with PROTOCOL_ERROR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from enum import Enum, auto
+
+from vx6.core.circuit.events import (
+    CellQueued,
+    CircuitDestroyed,
+    CircuitEvent,
+    ExtendRequested,
+    StreamMessageReceived,
+)
+from vx6.core.circuit.limits import RelayLimits, SourceLimiter
+from vx6.crypto.keys import StaticKey, node_id
+from vx6.crypto.onion import (
+    MAX_DEPTH,
+    HopCrypto,
+    HopKeys,
+    add_layer,
+    ntor_server,
+    peel,
+    relay_plaintext_size,
+)
+from vx6.errors import CryptoError, DecodeError
+from vx6.wire.cells import (
+    MAX_CIRCUIT_ID,
+    Cell,
+    Create,
+    Created,
+    Destroy,
+    DestroyReason,
+    Relay,
+    RelayCommand,
+    RelayMessage,
+    decode_extend,
+    decode_relay_message,
+    encode_cell,
+    encode_relay_message,
+)
+
+CircuitKey = tuple[int, int]
+
+
+class RelayState(Enum):
+    OPEN = auto()  # this node is the circuit's end
+    LINKING = auto()  # EXTEND accepted, waiting for the adapter's link
+    CREATING = auto()  # CREATE sent to the next hop
+    EXTENDED = auto()  # forwarding in both directions
+
+
+class RelayInput(Enum):
+    FOR_US = auto()
+    EXTEND = auto()
+    LINK_READY = auto()
+    CREATED = auto()
+    FORWARD = auto()
+    BACKWARD = auto()
+
+
+_S, _I = RelayState, RelayInput
+_TRANSITIONS: dict[tuple[RelayState, RelayInput], RelayState] = {
+    (_S.OPEN, _I.FOR_US): _S.OPEN,
+    (_S.OPEN, _I.EXTEND): _S.LINKING,
+    (_S.LINKING, _I.LINK_READY): _S.CREATING,
+    (_S.CREATING, _I.CREATED): _S.EXTENDED,
+    (_S.EXTENDED, _I.FOR_US): _S.EXTENDED,
+    (_S.EXTENDED, _I.FORWARD): _S.EXTENDED,
+    (_S.EXTENDED, _I.BACKWARD): _S.EXTENDED,
+}
+
+
+class _Failure(Exception):
+    def __init__(self, reason: DestroyReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Circuit:
+    __slots__ = ("buffered", "crypto", "depth", "next", "onionskin", "prev", "serial", "state")
+
+    def __init__(self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto) -> None:
+        self.serial = serial
+        self.prev = prev
+        self.next: CircuitKey | None = None
+        self.depth = depth
+        self.crypto = crypto
+        self.state = RelayState.OPEN
+        self.onionskin = b""
+        self.buffered = 0
+
+    def step(self, event: RelayInput) -> None:
+        new = _TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise _Failure(DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}")
+        self.state = new
+
+
+class RelayCore:
+    def __init__(
+        self,
+        identity_public: bytes,
+        onion_keys: Sequence[StaticKey],
+        limits: RelayLimits | None = None,
+    ) -> None:
+        self._node_id = node_id(identity_public)
+        self._onion_keys = tuple(onion_keys)
+        self.limits = limits or RelayLimits()
+        self._sources = SourceLimiter(
+            self.limits.creations_per_second, self.limits.creation_burst, self.limits.max_sources
+        )
+        self._by_key: dict[CircuitKey, _Circuit] = {}
+        self._by_serial: dict[int, _Circuit] = {}  # insertion order = age, oldest first
+        self._pending: dict[int, _Circuit] = {}  # extend request id -> circuit
+        self._serial = 0
+        self._next_id = 0
+        self.memory_used = 0
+
+    def __len__(self) -> int:
+        return len(self._by_serial)
+
+    def state_of(self, link: int, circuit_id: int) -> RelayState | None:
+        circuit = self._by_key.get((link, circuit_id))
+        return None if circuit is None else circuit.state
+
+    # --- inputs from the adapter ------------------------------------------------------
+
+    def cell_received(
+        self,
+        link: int,
+        cell: Cell,
+        *,
+        now: float,
+        source: Hashable = None,
+        ephemeral: bytes | None = None,
+    ) -> list[CircuitEvent]:
+        """One decoded cell from `link`. For CREATE the adapter passes the peer's rate
+        limit key (`source`, e.g. its address prefix) and 32 fresh random bytes."""
+        key = (link, cell.circuit_id)
+        if isinstance(cell, Create):
+            return self._create(key, cell, now, source, ephemeral)
+        circuit = self._by_key.get(key)
+        if circuit is None:
+            return []  # late cell for a circuit we already destroyed
+        from_prev = key == circuit.prev
+        if isinstance(cell, Destroy):
+            reason = _reason(cell.reason)
+            return self._remove(
+                circuit,
+                reason,
+                f"DESTROY from a neighbour ({reason.name})",
+                notify_prev=not from_prev,
+                notify_next=from_prev,
+                local=False,
+            )
+        try:
+            if isinstance(cell, Relay):
+                if from_prev:
+                    return self._forward(circuit, cell.body)
+                circuit.step(RelayInput.BACKWARD)
+                body = add_layer(circuit.crypto, cell.body, circuit.depth, originated=False)
+                return [self._queue(circuit.prev, Relay(circuit.prev[1], body))]
+            if isinstance(cell, Created) and not from_prev:
+                circuit.step(RelayInput.CREATED)
+                circuit.onionskin = b""
+                message = RelayMessage(RelayCommand.EXTENDED, 0, cell.reply)
+                return [self._originate(circuit, message)]
+            raise _Failure(DestroyReason.PROTOCOL_ERROR, f"unexpected {type(cell).__name__}")
+        except _Failure as exc:
+            return self._remove(circuit, exc.reason, exc.detail)
+        except CryptoError as exc:
+            return self._remove(circuit, DestroyReason.DECRYPT_FAILED, str(exc))
+        except DecodeError as exc:
+            return self._remove(circuit, DestroyReason.PROTOCOL_ERROR, str(exc))
+
+    def link_ready(self, request_id: int, link: int, *, we_dialled: bool) -> list[CircuitEvent]:
+        """The link asked for by ExtendRequested is up. Circuit ids we pick on a link we
+        dialled are odd, on one we accepted even, so the two ends never collide."""
+        circuit = self._pending.pop(request_id, None)
+        if circuit is None or circuit.serial not in self._by_serial:
+            return []
+        circuit.step(RelayInput.LINK_READY)
+        next_key = (link, self._free_id(link, odd=we_dialled))
+        circuit.next = next_key
+        self._by_key[next_key] = circuit
+        create = Create(next_key[1], circuit.depth + 1, circuit.onionskin)
+        return [self._queue(next_key, create)]
+
+    def link_failed(self, request_id: int, detail: str = "") -> list[CircuitEvent]:
+        circuit = self._pending.pop(request_id, None)
+        if circuit is None or circuit.serial not in self._by_serial:
+            return []
+        return self._remove(circuit, DestroyReason.CONNECT_FAILED, detail or "next hop unreachable")
+
+    def link_lost(self, link: int) -> list[CircuitEvent]:
+        out: list[CircuitEvent] = []
+        for circuit in [c for k, c in self._by_key.items() if k[0] == link]:
+            if circuit.serial in self._by_serial:
+                lost_prev = circuit.prev[0] == link
+                out += self._remove(
+                    circuit,
+                    DestroyReason.LINK_LOST,
+                    "link lost",
+                    notify_prev=not lost_prev,
+                    notify_next=lost_prev,
+                )
+        return out
+
+    def buffered(self, link: int, circuit_id: int, nbytes: int) -> list[CircuitEvent]:
+        """The adapter reports how many bytes it holds queued for this circuit."""
+        circuit = self._by_key.get((link, circuit_id))
+        if circuit is None:
+            return []
+        self.memory_used += max(0, nbytes) - circuit.buffered
+        circuit.buffered = max(0, nbytes)
+        return self._evict()
+
+    def send(
+        self, link: int, circuit_id: int, command: RelayCommand, stream_id: int, data: bytes
+    ) -> list[CircuitEvent]:
+        """The exit (or any hop the client addressed) sends a stream message back."""
+        circuit = self._by_key.get((link, circuit_id))
+        if circuit is None or circuit.prev != (link, circuit_id):
+            return []
+        return [self._originate(circuit, RelayMessage(command, stream_id, data))]
+
+    def destroy(self, link: int, circuit_id: int, reason: DestroyReason) -> list[CircuitEvent]:
+        circuit = self._by_key.get((link, circuit_id))
+        return [] if circuit is None else self._remove(circuit, reason, "closed locally")
+
+    # --- internals --------------------------------------------------------------------
+
+    def _queue(self, key: CircuitKey, cell: Cell) -> CellQueued:
+        return CellQueued(key[0], encode_cell(cell))
+
+    def _refuse(self, key: CircuitKey, reason: DestroyReason, detail: str) -> list[CircuitEvent]:
+        return [
+            self._queue(key, Destroy(key[1], reason)),
+            CircuitDestroyed(key[0], key[1], reason, detail, True),
+        ]
+
+    def _create(
+        self, key: CircuitKey, cell: Create, now: float, source: Hashable, ephemeral: bytes | None
+    ) -> list[CircuitEvent]:
+        if ephemeral is None:
+            raise ValueError("CREATE needs 32 fresh random bytes from the adapter")
+        existing = self._by_key.get(key)
+        if existing is not None:
+            return self._remove(existing, DestroyReason.PROTOCOL_ERROR, "CREATE on a used id")
+        if not 1 <= cell.depth <= MAX_DEPTH:
+            return self._refuse(key, DestroyReason.HOP_LIMIT, f"CREATE at depth {cell.depth}")
+        if len(self._by_serial) >= self.limits.max_circuits:
+            return self._refuse(key, DestroyReason.RESOURCE_LIMIT, "circuit table full")
+        if not self._sources.allow(source, now):
+            return self._refuse(key, DestroyReason.RATE_LIMITED, f"creations from {source!r}")
+        try:
+            reply, material = ntor_server(
+                cell.onionskin, self._node_id, self._onion_keys, ephemeral
+            )
+        except CryptoError as exc:
+            return self._refuse(key, DestroyReason.HANDSHAKE_FAILED, str(exc))
+        self._serial += 1
+        circuit = _Circuit(
+            self._serial, key, cell.depth, HopCrypto(HopKeys.from_material(material))
+        )
+        self._by_key[key] = circuit
+        self._by_serial[circuit.serial] = circuit
+        self.memory_used += self.limits.circuit_overhead
+        return [self._queue(key, Created(key[1], reply)), *self._evict()]
+
+    def _forward(self, circuit: _Circuit, body: bytes) -> list[CircuitEvent]:
+        for_us, data = peel(circuit.crypto, body, circuit.depth)
+        if not for_us:
+            circuit.step(RelayInput.FORWARD)
+            assert circuit.next is not None
+            return [self._queue(circuit.next, Relay(circuit.next[1], data))]
+        message = decode_relay_message(data)
+        if message.command == RelayCommand.EXTEND:
+            return self._extend(circuit, message)
+        if message.command == RelayCommand.EXTENDED:
+            raise _Failure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
+        circuit.step(RelayInput.FOR_US)
+        prev_link, prev_id = circuit.prev
+        return [
+            StreamMessageReceived(
+                prev_link, prev_id, message.command, message.stream_id, message.data
+            )
+        ]
+
+    def _extend(self, circuit: _Circuit, message: RelayMessage) -> list[CircuitEvent]:
+        if circuit.depth >= MAX_DEPTH:
+            raise _Failure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
+        extend = decode_extend(message.data)
+        circuit.step(RelayInput.EXTEND)
+        circuit.onionskin = extend.onionskin
+        self._pending[circuit.serial] = circuit
+        return [ExtendRequested(circuit.serial, extend.identity, extend.endpoints)]
+
+    def _originate(self, circuit: _Circuit, message: RelayMessage) -> CellQueued:
+        plaintext = encode_relay_message(message, relay_plaintext_size(circuit.depth))
+        body = add_layer(circuit.crypto, plaintext, circuit.depth, originated=True)
+        return self._queue(circuit.prev, Relay(circuit.prev[1], body))
+
+    def _free_id(self, link: int, *, odd: bool) -> int:
+        while True:
+            self._next_id = (self._next_id + 1) % (MAX_CIRCUIT_ID // 2)
+            candidate = 2 * self._next_id + (1 if odd else 2)
+            if (link, candidate) not in self._by_key:
+                return candidate
+
+    def _remove(
+        self,
+        circuit: _Circuit,
+        reason: DestroyReason,
+        detail: str,
+        *,
+        notify_prev: bool = True,
+        notify_next: bool = True,
+        local: bool = True,
+    ) -> list[CircuitEvent]:
+        out: list[CircuitEvent] = []
+        if self._by_serial.pop(circuit.serial, None) is None:
+            return out
+        self._pending.pop(circuit.serial, None)
+        self.memory_used -= self.limits.circuit_overhead + circuit.buffered
+        for key, notify in ((circuit.prev, notify_prev), (circuit.next, notify_next)):
+            if key is not None:
+                self._by_key.pop(key, None)
+                if notify:
+                    out.append(self._queue(key, Destroy(key[1], reason)))
+        out.append(CircuitDestroyed(circuit.prev[0], circuit.prev[1], reason, detail, local))
+        return out
+
+    def _evict(self) -> list[CircuitEvent]:
+        out: list[CircuitEvent] = []
+        while self.memory_used > self.limits.memory_budget and self._by_serial:
+            oldest = next(iter(self._by_serial.values()))
+            out += self._remove(oldest, DestroyReason.RESOURCE_LIMIT, "memory budget: oldest")
+        return out
+
+
+def _reason(code: int) -> DestroyReason:
+    try:
+        return DestroyReason(code)
+    except ValueError:
+        return DestroyReason.PROTOCOL_ERROR

@@ -1,0 +1,253 @@
+"""Circuit cells: fixed-size units that travel along an onion circuit.
+
+Every cell is exactly CELL_SIZE bytes on the wire, whatever it carries, so a cell's size
+says nothing about its content or about where the sender sits on the circuit:
+
+    circuit id u32 | command u8 | body (BODY_SIZE bytes)
+
+Circuit id 0 is reserved (never a circuit). Control bodies (CREATE, CREATED, DESTROY)
+are their fields followed by zero padding, and the padding is checked so that each
+value has exactly one encoding. A RELAY body is opaque here: it is onion-layered
+ciphertext (`vx6.crypto.onion`); only after the last layer is removed does it become a
+relay message:
+
+    relay command u8 | stream id u32 | length u16 | data (length bytes) | zero padding
+
+EXTEND and EXTENDED are relay commands, not cell commands: they travel inside the
+layers, so the relays before the one being extended do not learn the next hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from vx6.errors import DecodeError
+
+CELL_SIZE = 16 * 1024
+CELL_HEADER = 5
+BODY_SIZE = CELL_SIZE - CELL_HEADER
+MAX_CIRCUIT_ID = 0xFFFFFFFF
+MAX_STREAM_ID = 0xFFFFFFFF
+ONIONSKIN_LEN = 96  # node id 32 | onion key 32 | client ephemeral 32
+REPLY_LEN = 64  # relay ephemeral 32 | AUTH 32
+KEY_LEN = 32
+RELAY_HEADER = 7
+MAX_ENDPOINTS = 4
+
+_HEADER = struct.Struct(">IB")
+_RELAY = struct.Struct(">BIH")
+
+
+class CellCommand(IntEnum):
+    CREATE = 1
+    CREATED = 2
+    RELAY = 3
+    DESTROY = 4
+
+
+class RelayCommand(IntEnum):
+    EXTEND = 1
+    EXTENDED = 2
+    BEGIN = 3
+    CONNECTED = 4
+    DATA = 5
+    END = 6
+    CREDIT = 7
+
+
+class DestroyReason(IntEnum):
+    """Why a circuit ends; carried in DESTROY and propagated hop by hop unchanged."""
+
+    NONE = 0  # the client closed it
+    PROTOCOL_ERROR = 1
+    HOP_LIMIT = 2  # an EXTEND beyond MAX_DEPTH, or a CREATE with an impossible depth
+    DECRYPT_FAILED = 3  # an onion layer failed its tag: tampering, replay or reorder
+    RESOURCE_LIMIT = 4  # circuit table full or memory budget exceeded
+    RATE_LIMITED = 5  # too many creations from one source
+    CONNECT_FAILED = 6  # the relay could not reach the next hop
+    LINK_LOST = 7  # a link on the path went away
+    HANDSHAKE_FAILED = 8  # ntor failed (wrong onion key or node id)
+    SHUTDOWN = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    circuit_id: int
+    depth: int  # 1-based position of the receiver on the circuit; see docs/circuits.md
+    onionskin: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    circuit_id: int
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    circuit_id: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Destroy:
+    circuit_id: int
+    reason: int
+
+
+Cell = Create | Created | Relay | Destroy
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMessage:
+    command: int
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str  # an IPv4 or IPv6 address literal
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    identity: bytes  # the next hop's Ed25519 identity key (its node id is derived)
+    onionskin: bytes
+    endpoints: tuple[Endpoint, ...]
+
+
+def _check_circuit_id(circuit_id: int) -> None:
+    if not 0 < circuit_id <= MAX_CIRCUIT_ID:
+        raise ValueError(f"circuit id {circuit_id} outside 1..{MAX_CIRCUIT_ID}")
+
+
+def _padded(fields: bytes) -> bytes:
+    if len(fields) > BODY_SIZE:
+        raise ValueError("cell fields exceed the body")
+    return fields + bytes(BODY_SIZE - len(fields))
+
+
+def encode_cell(cell: Cell) -> bytes:
+    """Exactly CELL_SIZE bytes. ValueError on values the format cannot carry."""
+    _check_circuit_id(cell.circuit_id)
+    match cell:
+        case Relay(circuit_id, body):
+            if len(body) != BODY_SIZE:
+                raise ValueError(f"a relay body is {BODY_SIZE} bytes, not {len(body)}")
+            return _HEADER.pack(circuit_id, CellCommand.RELAY) + body
+        case Create(circuit_id, depth, onionskin):
+            if not 0 <= depth <= 255 or len(onionskin) != ONIONSKIN_LEN:
+                raise ValueError("bad CREATE fields")
+            fields = bytes([depth]) + onionskin
+            return _HEADER.pack(circuit_id, CellCommand.CREATE) + _padded(fields)
+        case Created(circuit_id, reply):
+            if len(reply) != REPLY_LEN:
+                raise ValueError("bad CREATED reply length")
+            return _HEADER.pack(circuit_id, CellCommand.CREATED) + _padded(reply)
+        case Destroy(circuit_id, reason):
+            if not 0 <= reason <= 255:
+                raise ValueError("bad DESTROY reason")
+            return _HEADER.pack(circuit_id, CellCommand.DESTROY) + _padded(bytes([reason]))
+    raise TypeError(f"not a cell: {cell!r}")
+
+
+def _check_padding(body: bytes, used: int, what: str) -> None:
+    if body.count(0, used) != BODY_SIZE - used:
+        raise DecodeError(f"{what} cell has non-zero padding")
+
+
+def decode_cell(data: bytes) -> Cell:
+    """Parse one cell; DecodeError on anything that is not exactly one valid cell."""
+    if len(data) != CELL_SIZE:
+        raise DecodeError(f"a cell is {CELL_SIZE} bytes, got {len(data)}")
+    circuit_id, command = _HEADER.unpack_from(data)
+    if circuit_id == 0:
+        raise DecodeError("circuit id 0 is reserved")
+    body = bytes(data[CELL_HEADER:])
+    if command == CellCommand.RELAY:
+        return Relay(circuit_id, body)
+    if command == CellCommand.CREATE:
+        _check_padding(body, 1 + ONIONSKIN_LEN, "CREATE")
+        return Create(circuit_id, body[0], body[1 : 1 + ONIONSKIN_LEN])
+    if command == CellCommand.CREATED:
+        _check_padding(body, REPLY_LEN, "CREATED")
+        return Created(circuit_id, body[:REPLY_LEN])
+    if command == CellCommand.DESTROY:
+        _check_padding(body, 1, "DESTROY")
+        return Destroy(circuit_id, body[0])
+    raise DecodeError(f"unknown cell command {command}")
+
+
+def encode_relay_message(message: RelayMessage, size: int) -> bytes:
+    """The innermost plaintext of a RELAY cell, padded with zeros to `size` bytes."""
+    if not 0 <= message.command <= 255 or not 0 <= message.stream_id <= MAX_STREAM_ID:
+        raise ValueError("bad relay header fields")
+    room = size - RELAY_HEADER
+    if len(message.data) > room:
+        raise ValueError(f"relay data of {len(message.data)} bytes over {room}")
+    header = _RELAY.pack(message.command, message.stream_id, len(message.data))
+    return header + message.data + bytes(room - len(message.data))
+
+
+def decode_relay_message(plaintext: bytes) -> RelayMessage:
+    if len(plaintext) < RELAY_HEADER:
+        raise DecodeError("relay message shorter than its header")
+    command, stream_id, length = _RELAY.unpack_from(plaintext)
+    end = RELAY_HEADER + length
+    if end > len(plaintext):
+        raise DecodeError(f"relay length {length} runs past the cell")
+    if plaintext.count(0, end) != len(plaintext) - end:
+        raise DecodeError("relay message has non-zero padding")
+    return RelayMessage(command, stream_id, plaintext[RELAY_HEADER:end])
+
+
+def encode_extend(extend: Extend) -> bytes:
+    """identity 32 | onionskin 96 | count u8 | count x (family u8 4|6, address, port u16)"""
+    if len(extend.identity) != KEY_LEN or len(extend.onionskin) != ONIONSKIN_LEN:
+        raise ValueError("bad EXTEND key or onionskin length")
+    if len(extend.endpoints) > MAX_ENDPOINTS:
+        raise ValueError(f"at most {MAX_ENDPOINTS} endpoints")
+    out = [extend.identity, extend.onionskin, bytes([len(extend.endpoints)])]
+    for endpoint in extend.endpoints:
+        address = ipaddress.ip_address(endpoint.host)
+        if not 0 < endpoint.port <= 0xFFFF:
+            raise ValueError(f"bad port {endpoint.port}")
+        out += [bytes([address.version]), address.packed, endpoint.port.to_bytes(2, "big")]
+    return b"".join(out)
+
+
+def decode_extend(data: bytes) -> Extend:
+    fixed = KEY_LEN + ONIONSKIN_LEN + 1
+    if len(data) < fixed:
+        raise DecodeError("EXTEND shorter than its fixed fields")
+    identity = data[:KEY_LEN]
+    onionskin = data[KEY_LEN : KEY_LEN + ONIONSKIN_LEN]
+    count = data[fixed - 1]
+    if count > MAX_ENDPOINTS:
+        raise DecodeError(f"EXTEND names {count} endpoints, at most {MAX_ENDPOINTS}")
+    pos = fixed
+    endpoints: list[Endpoint] = []
+    for _ in range(count):
+        if pos >= len(data):
+            raise DecodeError("EXTEND endpoint list truncated")
+        family = data[pos]
+        size = {4: 4, 6: 16}.get(family)
+        if size is None:
+            raise DecodeError(f"unknown address family {family}")
+        if pos + 1 + size + 2 > len(data):
+            raise DecodeError("EXTEND endpoint truncated")
+        raw = data[pos + 1 : pos + 1 + size]
+        host = str(ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw))
+        port = int.from_bytes(data[pos + 1 + size : pos + 3 + size], "big")
+        if port == 0:
+            raise DecodeError("endpoint port 0")
+        endpoints.append(Endpoint(host, port))
+        pos += 3 + size
+    if pos != len(data):
+        raise DecodeError("trailing bytes after EXTEND")
+    return Extend(identity, onionskin, tuple(endpoints))

@@ -1,0 +1,220 @@
+"""Circuit cells (wire/cells.py): golden bytes, round trips, and hostile input."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vx6.errors import DecodeError
+from vx6.wire import cells as c
+
+SKIN = bytes(range(96))
+REPLY = bytes(range(100, 164))
+RELAY_BODY = (bytes(range(256)) * 64)[: c.BODY_SIZE]
+
+
+def _padded(hex_fields: str) -> bytes:
+    """Golden cells are their fields followed by zeros up to CELL_SIZE."""
+    fields = bytes.fromhex(hex_fields)
+    return fields + bytes(c.CELL_SIZE - len(fields))
+
+
+GOLDEN_CELLS: list[tuple[c.Cell, bytes]] = [
+    (c.Create(1, 1, SKIN), _padded("00000001 01 01" + SKIN.hex())),
+    (c.Create(0xFFFFFFFF, 6, SKIN), _padded("ffffffff 01 06" + SKIN.hex())),
+    (c.Created(0x01020304, REPLY), _padded("01020304 02" + REPLY.hex())),
+    (c.Relay(7, RELAY_BODY), bytes.fromhex("00000007 03") + RELAY_BODY),
+    (c.Destroy(9, c.DestroyReason.DECRYPT_FAILED), _padded("00000009 04 03")),
+    (c.Destroy(2, c.DestroyReason.NONE), _padded("00000002 04")),
+]
+
+
+def test_sizes() -> None:
+    assert c.CELL_SIZE == 16384
+    assert c.BODY_SIZE == c.CELL_SIZE - 5
+
+
+@pytest.mark.parametrize(("cell", "golden"), GOLDEN_CELLS, ids=lambda x: repr(x)[:30])
+def test_golden_cells(cell: c.Cell, golden: bytes) -> None:
+    assert len(golden) == c.CELL_SIZE
+    assert c.encode_cell(cell) == golden
+    assert c.decode_cell(golden) == cell
+
+
+def test_every_cell_command_has_a_golden_vector() -> None:
+    covered = {golden[4] for _, golden in GOLDEN_CELLS}
+    assert covered == {int(cmd) for cmd in c.CellCommand}
+
+
+GOLDEN_RELAY_MESSAGES: list[tuple[c.RelayMessage, int, str]] = [
+    (c.RelayMessage(c.RelayCommand.DATA, 3, b"hi"), 12, "05 00000003 0002 6869 000000"),
+    (c.RelayMessage(c.RelayCommand.BEGIN, 1, b"ssh"), 10, "03 00000001 0003 737368"),
+    (c.RelayMessage(c.RelayCommand.END, 0xFFFFFFFF, b""), 7, "06 ffffffff 0000"),
+    (c.RelayMessage(c.RelayCommand.EXTENDED, 0, b"\xaa"), 9, "02 00000000 0001 aa 00"),
+    (c.RelayMessage(c.RelayCommand.CONNECTED, 5, b""), 8, "04 00000005 0000 00"),
+    (c.RelayMessage(c.RelayCommand.CREDIT, 5, b"\x00\x01"), 9, "07 00000005 0002 0001"),
+    (c.RelayMessage(c.RelayCommand.EXTEND, 0, b""), 7, "01 00000000 0000"),
+]
+
+
+@pytest.mark.parametrize(("message", "size", "golden"), GOLDEN_RELAY_MESSAGES)
+def test_golden_relay_messages(message: c.RelayMessage, size: int, golden: str) -> None:
+    raw = bytes.fromhex(golden)
+    assert c.encode_relay_message(message, size) == raw
+    assert c.decode_relay_message(raw) == message
+
+
+def test_every_relay_command_has_a_golden_vector() -> None:
+    assert {m.command for m, _, _ in GOLDEN_RELAY_MESSAGES} == set(c.RelayCommand)
+
+
+IDENTITY = bytes(range(32, 64))
+
+
+def test_golden_extend() -> None:
+    extend = c.Extend(
+        IDENTITY, SKIN, (c.Endpoint("2001:db8::1", 4433), c.Endpoint("192.0.2.7", 80))
+    )
+    golden = (
+        IDENTITY.hex()
+        + SKIN.hex()
+        + "02"
+        + "06 20010db8000000000000000000000001 1151"
+        + "04 c0000207 0050"
+    )
+    assert c.encode_extend(extend) == bytes.fromhex(golden)
+    assert c.decode_extend(bytes.fromhex(golden)) == extend
+    bare = c.Extend(IDENTITY, SKIN, ())
+    assert c.decode_extend(c.encode_extend(bare)) == bare
+
+
+def test_encoder_refuses_what_the_format_cannot_carry() -> None:
+    with pytest.raises(ValueError):
+        c.encode_cell(c.Create(0, 1, SKIN))
+    with pytest.raises(ValueError):
+        c.encode_cell(c.Create(1, 1, b"short"))
+    with pytest.raises(ValueError):
+        c.encode_cell(c.Relay(1, b"short"))
+    with pytest.raises(ValueError):
+        c.encode_cell(c.Created(1, b""))
+    with pytest.raises(ValueError):
+        c.encode_cell(c.Destroy(1, 300))
+    with pytest.raises(ValueError):
+        c.encode_relay_message(c.RelayMessage(5, 1, b"toolong"), 8)
+    with pytest.raises(ValueError):
+        c.encode_extend(c.Extend(IDENTITY, SKIN, (c.Endpoint("::1", 1),) * 5))
+
+
+# --- hostile input ---------------------------------------------------------------------
+
+
+def test_decoder_rejects_bad_cells() -> None:
+    good = c.encode_cell(c.Create(1, 1, SKIN))
+    for bad in (
+        b"",
+        good[:-1],
+        good + b"\x00",
+        bytes(c.CELL_SIZE),  # circuit id 0
+        good[:4] + b"\x09" + good[5:],  # unknown command
+        good[:-1] + b"\x01",  # non-zero padding
+        _padded("00000001 04 03 01"),
+        _padded("00000001 02" + REPLY.hex() + "01"),
+    ):
+        with pytest.raises(DecodeError):
+            c.decode_cell(bad)
+
+
+def test_decoder_rejects_bad_relay_messages() -> None:
+    for bad in ("", "05 000000", "05 00000001 0005 6869", "05 00000001 0001 68 01"):
+        with pytest.raises(DecodeError):
+            c.decode_relay_message(bytes.fromhex(bad))
+
+
+def test_decoder_rejects_bad_extends() -> None:
+    head = IDENTITY + SKIN
+    for bad in (
+        head,  # no count
+        head + b"\x05",  # too many endpoints
+        head + b"\x01",  # endpoint missing
+        head + b"\x01\x05" + bytes(6),  # unknown family
+        head + b"\x01\x04\x01\x02",  # truncated address
+        head + b"\x01\x04" + bytes(4) + b"\x00\x00",  # port 0
+        head + b"\x00\x00",  # trailing byte
+    ):
+        with pytest.raises(DecodeError):
+            c.decode_extend(bad)
+
+
+cell_ids = st.integers(1, c.MAX_CIRCUIT_ID)
+cells: st.SearchStrategy[c.Cell] = st.one_of(
+    st.builds(c.Create, cell_ids, st.integers(0, 255), st.binary(min_size=96, max_size=96)),
+    st.builds(c.Created, cell_ids, st.binary(min_size=64, max_size=64)),
+    st.builds(c.Relay, cell_ids, st.binary(min_size=16, max_size=16).map(lambda b: b * 1024)),
+    st.builds(c.Destroy, cell_ids, st.integers(0, 255)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells)
+def test_cells_round_trip(cell: c.Cell) -> None:
+    if isinstance(cell, c.Relay):
+        cell = c.Relay(cell.circuit_id, cell.body[: c.BODY_SIZE])
+    assert c.decode_cell(c.encode_cell(cell)) == cell
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells, st.integers(0, c.CELL_SIZE - 1), st.integers(1, 255), st.integers(0, c.CELL_SIZE))
+def test_mutated_or_truncated_cells_raise_only_decode_error(
+    cell: c.Cell, position: int, flip: int, cut: int
+) -> None:
+    if isinstance(cell, c.Relay):
+        cell = c.Relay(cell.circuit_id, cell.body[: c.BODY_SIZE])
+    raw = bytearray(c.encode_cell(cell))
+    raw[position] ^= flip
+    for candidate in (bytes(raw), bytes(raw[:cut])):
+        with contextlib.suppress(DecodeError):
+            c.decode_cell(candidate)
+
+
+endpoints = st.one_of(
+    st.ip_addresses()
+    .map(str)
+    .flatmap(lambda host: st.builds(c.Endpoint, st.just(host), st.integers(1, 0xFFFF)))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.builds(
+        c.Extend,
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=96, max_size=96),
+        st.lists(endpoints, max_size=c.MAX_ENDPOINTS).map(tuple),
+    )
+)
+def test_extend_round_trip(extend: c.Extend) -> None:
+    assert c.decode_extend(c.encode_extend(extend)) == extend
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_extend_and_relay_bytes_raise_only_decode_error(data: bytes) -> None:
+    for decoder in (c.decode_extend, c.decode_relay_message):
+        with contextlib.suppress(DecodeError):
+            decoder(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(list(c.RelayCommand)),
+    st.integers(0, c.MAX_STREAM_ID),
+    st.binary(max_size=100),
+    st.integers(0, 50),
+)
+def test_relay_messages_round_trip(command: int, stream: int, data: bytes, extra: int) -> None:
+    message = c.RelayMessage(command, stream, data)
+    raw = c.encode_relay_message(message, c.RELAY_HEADER + len(data) + extra)
+    assert c.decode_relay_message(raw) == message

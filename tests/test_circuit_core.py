@@ -1,0 +1,406 @@
+"""Circuit cores (core/circuit/): a client, relays and an owner wired in memory by plain
+function calls: build, data both ways, hop cap, tampering, destroy propagation, limits,
+and hostile input."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vx6.core.circuit import (
+    CellQueued,
+    CircuitBuilt,
+    CircuitDestroyed,
+    CircuitEvent,
+    ClientCircuit,
+    ClientState,
+    ExtendRequested,
+    HopAdded,
+    HopSpec,
+    RelayCore,
+    RelayLimits,
+    RelayState,
+    StreamMessageReceived,
+)
+from vx6.crypto.keys import Identity, StaticKey, node_id
+from vx6.crypto.onion import MAX_DEPTH, ntor_client_start
+from vx6.errors import UsageError
+from vx6.wire import cells as c
+from vx6.wire.cells import DestroyReason, RelayCommand
+
+MARKER = b"PLAINTEXT-MARKER"
+
+
+def _seed(*parts: object) -> bytes:
+    return hashlib.sha256(repr(parts).encode()).digest()
+
+
+@dataclass
+class Node:
+    name: str
+    identity: bytes
+    onion: StaticKey
+    core: RelayCore
+    events: list[CircuitEvent] = field(default_factory=list)
+
+    def spec(self) -> HopSpec:
+        return HopSpec(self.identity, self.onion.public, (c.Endpoint("::1", 7000),))
+
+
+Tamper = Callable[[str, str, bytes], bytes]
+
+
+class Net:
+    """Links are global integers; link -> (node a, node b). The client is node "client"."""
+
+    def __init__(self, relays: int, limits: RelayLimits | None = None) -> None:
+        self.nodes: dict[str, Node] = {}
+        for name in [f"R{i}" for i in range(1, relays + 1)] + ["owner"]:
+            ident = Identity.generate(_seed("id", name)).public
+            onion = StaticKey(_seed("onion", name))
+            self.nodes[name] = Node(name, ident, onion, RelayCore(ident, [onion], limits))
+        self.links: dict[int, tuple[str, str]] = {}
+        self.queue: deque[tuple[str, str, int, bytes]] = deque()
+        self.client_events: list[CircuitEvent] = []
+        self.client: ClientCircuit | None = None
+        self.tamper: Tamper | None = None
+        self.wire_log: list[bytes] = []
+        self.now = 0.0
+        self.counter = 0
+
+    def link(self, a: str, b: str) -> int:
+        for link, ends in self.links.items():
+            if set(ends) == {a, b}:
+                return link
+        link = len(self.links) + 1
+        self.links[link] = (a, b)
+        return link
+
+    def build(self, path: list[str]) -> ClientCircuit:
+        specs = [self.nodes[n].spec() for n in path]
+        keys = [_seed("x", n, i) for i, n in enumerate(path)]
+        self.client = ClientCircuit(self.link("client", path[0]), 5, specs, keys)
+        self.dispatch("client", self.client.start())
+        self.run()
+        return self.client
+
+    def dispatch(self, origin: str, events: list[CircuitEvent]) -> None:
+        for event in events:
+            if isinstance(event, CellQueued):
+                a, b = self.links[event.link]
+                self.queue.append((origin, b if origin == a else a, event.link, event.cell))
+            elif isinstance(event, ExtendRequested):
+                target = next(n for n in self.nodes.values() if n.identity == event.identity)
+                link = self.link(origin, target.name)
+                self.dispatch(
+                    origin,
+                    self.nodes[origin].core.link_ready(event.request_id, link, we_dialled=True),
+                )
+            elif origin == "client":
+                self.client_events.append(event)
+            else:
+                self.nodes[origin].events.append(event)
+
+    def run(self) -> None:
+        while self.queue:
+            sender, receiver, link, raw = self.queue.popleft()
+            assert len(raw) == c.CELL_SIZE
+            if self.tamper is not None:
+                raw = self.tamper(sender, receiver, raw)
+            self.wire_log.append(raw)
+            cell = c.decode_cell(raw)
+            if receiver == "client":
+                assert self.client is not None
+                self.dispatch("client", self.client.cell_received(cell))
+                continue
+            self.counter += 1
+            out = self.nodes[receiver].core.cell_received(
+                link, cell, now=self.now, source=sender, ephemeral=_seed("y", self.counter)
+            )
+            self.dispatch(receiver, out)
+
+    def exit_messages(self, name: str = "owner") -> list[StreamMessageReceived]:
+        return [e for e in self.nodes[name].events if isinstance(e, StreamMessageReceived)]
+
+    def destroyed(self, name: str) -> list[CircuitDestroyed]:
+        events = self.client_events if name == "client" else self.nodes[name].events
+        return [e for e in events if isinstance(e, CircuitDestroyed)]
+
+
+def _five_relay_net() -> tuple[Net, ClientCircuit]:
+    net = Net(5)
+    circuit = net.build(["R1", "R2", "R3", "R4", "R5", "owner"])
+    return net, circuit
+
+
+def test_build_through_five_relays_to_the_owner() -> None:
+    net, circuit = _five_relay_net()
+    assert circuit.state is ClientState.OPEN
+    assert [e.depth for e in net.client_events if isinstance(e, HopAdded)] == [1, 2, 3, 4, 5, 6]
+    assert [e for e in net.client_events if isinstance(e, CircuitBuilt)][-1].hops == 6
+    for name in ("R1", "R2", "R3", "R4", "R5"):
+        assert len(net.nodes[name].core) == 1
+    assert len(net.nodes["owner"].core) == 1
+    assert all(len(raw) == c.CELL_SIZE for raw in net.wire_log)
+
+
+def test_data_both_ways_with_integrity_and_no_plaintext_on_any_link() -> None:
+    net, circuit = _five_relay_net()
+    big = (MARKER * 2000)[: circuit.max_data]
+    net.dispatch("client", circuit.send(RelayCommand.BEGIN, 1, b"ssh"))
+    for i in range(5):
+        net.dispatch("client", circuit.send(RelayCommand.DATA, 1, big[i:]))
+    net.run()
+    got = net.exit_messages()
+    assert [(m.command, m.stream_id) for m in got] == [(RelayCommand.BEGIN, 1)] + [
+        (RelayCommand.DATA, 1)
+    ] * 5
+    assert [m.data for m in got[1:]] == [big[i:] for i in range(5)]
+    owner = net.nodes["owner"].core
+    exit_link, exit_circuit = got[0].link, got[0].circuit_id
+    for i in range(3):
+        reply = MARKER + bytes([i]) * 1000
+        net.dispatch("owner", owner.send(exit_link, exit_circuit, RelayCommand.DATA, 1, reply))
+    net.run()
+    back = [e for e in net.client_events if isinstance(e, StreamMessageReceived)]
+    assert [m.data for m in back] == [MARKER + bytes([i]) * 1000 for i in range(3)]
+    assert not any(MARKER in raw for raw in net.wire_log)
+    assert circuit.state is ClientState.OPEN
+
+
+def test_client_refuses_a_sixth_relay() -> None:
+    net = Net(6)
+    with pytest.raises(UsageError):
+        net.build(["R1", "R2", "R3", "R4", "R5", "R6", "owner"])
+    with pytest.raises(UsageError):
+        ClientCircuit(1, 1, [], [])
+
+
+def test_relay_at_the_cap_refuses_to_extend() -> None:
+    """A client that ignores the cap (here: it sends EXTEND by hand to hop 6) is stopped
+    by the protocol: the hop at MAX_DEPTH destroys the circuit with HOP_LIMIT."""
+    net = Net(6)
+    circuit = net.build(["R1", "R2", "R3", "R4", "R5", "R6"])
+    assert circuit.state is ClientState.OPEN
+    owner = net.nodes["owner"]
+    skin = ntor_client_start(node_id(owner.identity), owner.onion.public, _seed("x7"))[1]
+    extend = c.encode_extend(c.Extend(owner.identity, skin, ()))
+    net.dispatch("client", circuit.send(RelayCommand.EXTEND, 0, extend))
+    net.run()
+    assert circuit.state is ClientState.DESTROYED
+    assert net.destroyed("client")[-1].reason is DestroyReason.HOP_LIMIT
+    assert net.destroyed("R6")[-1].reason is DestroyReason.HOP_LIMIT
+    assert all(len(n.core) == 0 for n in net.nodes.values())
+
+
+@pytest.mark.parametrize("depth", [0, MAX_DEPTH + 1, 255])
+def test_create_with_impossible_depth_is_refused(depth: int) -> None:
+    node = Net(1).nodes["R1"]
+    skin = ntor_client_start(node_id(node.identity), node.onion.public, _seed("x"))[1]
+    out = node.core.cell_received(1, c.Create(3, depth, skin), now=0, ephemeral=_seed("y"))
+    assert c.decode_cell(_cells(out)[0]) == c.Destroy(3, DestroyReason.HOP_LIMIT)
+    assert len(node.core) == 0
+
+
+def _cells(events: list[CircuitEvent]) -> list[bytes]:
+    return [e.cell for e in events if isinstance(e, CellQueued)]
+
+
+def _flip_relay_cell(sender: str, receiver: str) -> Tamper:
+    done = False
+
+    def tamper(src: str, dst: str, raw: bytes) -> bytes:
+        nonlocal done
+        if done or (src, dst) != (sender, receiver) or raw[4] != c.CellCommand.RELAY:
+            return raw
+        done = True
+        return raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]
+
+    return tamper
+
+
+def test_cell_altered_before_hop_three_destroys_the_circuit() -> None:
+    net, circuit = _five_relay_net()
+    net.tamper = _flip_relay_cell("R2", "R3")
+    net.dispatch("client", circuit.send(RelayCommand.DATA, 1, MARKER))
+    net.run()
+    assert circuit.state is ClientState.DESTROYED
+    assert net.destroyed("client")[-1].reason is DestroyReason.DECRYPT_FAILED
+    r3 = net.destroyed("R3")[-1]
+    assert (r3.reason, r3.local) == (DestroyReason.DECRYPT_FAILED, True)
+    assert net.destroyed("owner")[-1].reason is DestroyReason.DECRYPT_FAILED
+    assert net.exit_messages() == []
+    assert all(len(n.core) == 0 for n in net.nodes.values())
+
+
+def test_backward_cell_altered_at_hop_three_is_caught_by_the_client() -> None:
+    net, circuit = _five_relay_net()
+    net.dispatch("client", circuit.send(RelayCommand.BEGIN, 1, b"x"))
+    net.run()
+    begin = net.exit_messages()[0]
+    net.tamper = _flip_relay_cell("R3", "R2")
+    owner = net.nodes["owner"].core
+    net.dispatch("owner", owner.send(begin.link, begin.circuit_id, RelayCommand.DATA, 1, b"x"))
+    net.run()
+    destroyed = net.destroyed("client")[-1]
+    assert (destroyed.reason, destroyed.local) == (DestroyReason.DECRYPT_FAILED, True)
+    assert all(len(n.core) == 0 for n in net.nodes.values())
+
+
+def test_client_destroy_propagates_with_reason() -> None:
+    net, circuit = _five_relay_net()
+    net.dispatch("client", circuit.destroy(DestroyReason.SHUTDOWN))
+    net.run()
+    assert all(len(n.core) == 0 for n in net.nodes.values())
+    assert net.destroyed("owner")[-1].reason is DestroyReason.SHUTDOWN
+    assert circuit.destroy() == []
+
+
+def test_lost_link_mid_path_reaches_both_ends() -> None:
+    net, circuit = _five_relay_net()
+    lost = net.link("R3", "R4")
+    net.dispatch("R3", net.nodes["R3"].core.link_lost(lost))
+    net.dispatch("R4", net.nodes["R4"].core.link_lost(lost))
+    net.run()
+    assert net.destroyed("client")[-1].reason is DestroyReason.LINK_LOST
+    assert net.destroyed("owner")[-1].reason is DestroyReason.LINK_LOST
+    assert all(len(n.core) == 0 for n in net.nodes.values())
+    assert circuit.state is ClientState.DESTROYED
+
+
+def test_unreachable_next_hop_ends_the_build() -> None:
+    net = Net(2)
+    r1 = net.nodes["R1"]
+    original = net.dispatch
+
+    def failing(origin: str, events: list[CircuitEvent]) -> None:
+        for event in events:
+            if isinstance(event, ExtendRequested):
+                original(origin, net.nodes[origin].core.link_failed(event.request_id, "refused"))
+            else:
+                original(origin, [event])
+
+    net.dispatch = failing  # type: ignore[method-assign]
+    circuit = net.build(["R1", "R2"])
+    assert circuit.state is ClientState.DESTROYED
+    assert net.destroyed("client")[-1].reason is DestroyReason.CONNECT_FAILED
+    assert len(r1.core) == 0
+
+
+def test_wrong_onion_key_fails_the_handshake() -> None:
+    net = Net(1)
+    spec = net.nodes["R1"].spec()
+    bad = HopSpec(spec.identity, StaticKey(_seed("other")).public)
+    net.client = ClientCircuit(net.link("client", "R1"), 9, [bad], [_seed("x")])
+    net.dispatch("client", net.client.start())
+    net.run()
+    assert net.destroyed("client")[-1].reason is DestroyReason.HANDSHAKE_FAILED
+
+
+# --- relay limits ---------------------------------------------------------------------
+
+
+def _create(node: Node, circuit_id: int) -> c.Create:
+    skin = ntor_client_start(node_id(node.identity), node.onion.public, _seed(circuit_id))[1]
+    return c.Create(circuit_id, 1, skin)
+
+
+def _last_destroy(events: list[CircuitEvent]) -> c.Cell:
+    return c.decode_cell(_cells(events)[-1])
+
+
+def test_max_circuits() -> None:
+    node = Net(1, RelayLimits(max_circuits=3)).nodes["R1"]
+    for i in range(1, 4):
+        out = node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
+        assert isinstance(c.decode_cell(_cells(out)[0]), c.Created)
+    out = node.core.cell_received(1, _create(node, 4), now=0, ephemeral=_seed(4))
+    assert _last_destroy(out) == c.Destroy(4, DestroyReason.RESOURCE_LIMIT)
+    assert len(node.core) == 3
+
+
+def test_creation_rate_per_source() -> None:
+    limits = RelayLimits(creations_per_second=1.0, creation_burst=5.0)
+    node = Net(1, limits).nodes["R1"]
+    core = node.core
+    results = []
+    for i in range(1, 9):
+        out = core.cell_received(1, _create(node, i), now=10.0, source="a", ephemeral=_seed(i))
+        results.append(type(c.decode_cell(_cells(out)[0])).__name__)
+    assert results == ["Created"] * 5 + ["Destroy"] * 3
+    out = core.cell_received(1, _create(node, 20), now=10.0, source="b", ephemeral=_seed(20))
+    assert isinstance(c.decode_cell(_cells(out)[0]), c.Created)
+    out = core.cell_received(1, _create(node, 21), now=11.0, source="a", ephemeral=_seed(21))
+    assert isinstance(c.decode_cell(_cells(out)[0]), c.Created)
+    out = core.cell_received(1, _create(node, 22), now=11.0, source="a", ephemeral=_seed(22))
+    assert _last_destroy(out) == c.Destroy(22, DestroyReason.RATE_LIMITED)
+
+
+def test_bounded_creation_flood_holds_the_limits() -> None:
+    limits = RelayLimits(max_circuits=50, creations_per_second=10, creation_burst=20)
+    node = Net(1, limits).nodes["R1"]
+    accepted = 0
+    for i in range(1, 2001):
+        now = i / 1000  # 2000 creations from 4 sources in 2 s
+        out = node.core.cell_received(
+            1, _create(node, i), now=now, source=i % 4, ephemeral=_seed(i)
+        )
+        accepted += isinstance(c.decode_cell(_cells(out)[0]), c.Created)
+    assert accepted == 50  # table cap reached; rate would allow 4 x (20 + 20) = 160
+    assert len(node.core) == 50
+
+
+def test_memory_budget_evicts_oldest_first() -> None:
+    limits = RelayLimits(memory_budget=3 * 4096 + 10_000, circuit_overhead=4096)
+    node = Net(1, limits).nodes["R1"]
+    for i in range(1, 4):
+        node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
+    out = node.core.buffered(1, 3, 15_000)
+    assert [c.decode_cell(x) for x in _cells(out)] == [
+        c.Destroy(1, DestroyReason.RESOURCE_LIMIT),
+        c.Destroy(2, DestroyReason.RESOURCE_LIMIT),
+    ]
+    assert node.core.state_of(1, 3) is RelayState.OPEN
+    assert node.core.memory_used == 4096 + 15_000
+    node.core.buffered(1, 3, 0)
+    assert node.core.memory_used == 4096
+    assert node.core.buffered(1, 99, 5) == []
+
+
+# --- hostile input ----------------------------------------------------------------------
+
+hostile_cells = st.one_of(
+    st.builds(c.Create, st.integers(1, 4), st.integers(0, 8), st.binary(min_size=96, max_size=96)),
+    st.builds(c.Created, st.integers(1, 4), st.binary(min_size=64, max_size=64)),
+    st.builds(c.Relay, st.integers(1, 4), st.binary(max_size=8).map(lambda b: (b * 9000)[:16379])),
+    st.builds(c.Destroy, st.integers(1, 4), st.integers(0, 255)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), hostile_cells), max_size=20))
+def test_hostile_cells_never_crash_a_relay(cells: list[tuple[int, c.Cell]]) -> None:
+    node = Net(1).nodes["R1"]
+    for i, (link, cell) in enumerate(cells):
+        if isinstance(cell, c.Relay) and len(cell.body) != c.BODY_SIZE:
+            cell = c.Relay(cell.circuit_id, bytes(c.BODY_SIZE))
+        node.core.cell_received(link, cell, now=i, source=link, ephemeral=_seed(i))
+        assert node.core.memory_used == len(node.core) * node.core.limits.circuit_overhead
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(hostile_cells, max_size=10))
+def test_hostile_cells_never_crash_a_client(cells: list[c.Cell]) -> None:
+    net = Net(2)
+    circuit = net.build(["R1", "R2"])
+    for cell in cells:
+        if isinstance(cell, c.Relay) and len(cell.body) != c.BODY_SIZE:
+            cell = c.Relay(cell.circuit_id, bytes(c.BODY_SIZE))
+        circuit.cell_received(cell)
+    assert circuit.state in (ClientState.OPEN, ClientState.DESTROYED)

@@ -1,0 +1,277 @@
+"""ntor handshake and onion layers (crypto/onion.py): Tor's published vector, an
+independent step-by-step re-derivation, golden values, and tampering/replay/reorder."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vx6.crypto import onion
+from vx6.crypto.keys import StaticKey, node_id
+from vx6.errors import CryptoError
+from vx6.wire.cells import BODY_SIZE
+
+VECTOR = json.loads((Path(__file__).parent / "vectors" / "ntor_arti.json").read_text())
+
+
+def _v(name: str) -> bytes:
+    return bytes.fromhex(VECTOR[name])
+
+
+def _key(seed: int) -> bytes:
+    return hashlib.sha256(b"test-key" + bytes([seed])).digest()
+
+
+# --- the published Tor vector -------------------------------------------------------
+
+
+def test_tor_published_vector_client_and_server() -> None:
+    assert StaticKey(_v("b_private")).public == _v("b_public")
+    state, onionskin = onion.ntor_client_start(
+        _v("id"), _v("b_public"), _v("x_private"), protoid=onion.TOR_PROTOID, id_len=20
+    )
+    assert onionskin == _v("client_handshake")
+    reply, server_keys = onion.ntor_server(
+        onionskin,
+        _v("id"),
+        [StaticKey(_v("b_private"))],
+        _v("y_private"),
+        key_len=72,
+        protoid=onion.TOR_PROTOID,
+    )
+    assert reply == _v("server_handshake")
+    assert server_keys == _v("keys")
+    assert onion.ntor_client_finish(state, reply, key_len=72) == _v("keys")
+
+
+def test_hkdf_expand_rfc5869_case_1() -> None:
+    ikm = b"\x0b" * 22
+    salt = bytes(range(13))
+    info = bytes(range(0xF0, 0xFA))
+    prk = hmac.digest(salt, ikm, "sha256")
+    assert prk.hex() == "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5"
+    okm = onion.hkdf_expand(prk, info, 42)
+    assert okm.hex() == (
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    )
+
+
+# --- VX6's own parameters: re-derivation and golden values ---------------------------
+
+RELAY_IDENTITY = b"\x11" * 32
+B_PRIV, X_PRIV, Y_PRIV = _key(1), _key(2), _key(3)
+
+
+def _handshake() -> tuple[bytes, bytes, bytes]:
+    relay_id = node_id(RELAY_IDENTITY)
+    b = StaticKey(B_PRIV)
+    state, skin = onion.ntor_client_start(relay_id, b.public, X_PRIV)
+    reply, server_keys = onion.ntor_server(skin, relay_id, [b], Y_PRIV)
+    client_keys = onion.ntor_client_finish(state, reply)
+    assert client_keys == server_keys
+    return skin, reply, client_keys
+
+
+def test_vx6_handshake_matches_independent_derivation() -> None:
+    skin, reply, keys = _handshake()
+    relay_id = node_id(RELAY_IDENTITY)
+    b, x, y = StaticKey(B_PRIV), StaticKey(X_PRIV), StaticKey(Y_PRIV)
+    assert skin == relay_id + b.public + x.public
+    protoid = b"vx6-ntor-curve25519-sha256-1"
+    secret = x.dh(y.public) + x.dh(b.public) + relay_id + b.public + x.public + y.public + protoid
+
+    def mac(tag: bytes, msg: bytes) -> bytes:
+        return hmac.new(protoid + tag, msg, hashlib.sha256).digest()
+
+    key_seed = mac(b":key_extract", secret)
+    verify = mac(b":verify", secret)
+    auth = mac(b":mac", verify + relay_id + b.public + y.public + x.public + protoid + b"Server")
+    assert reply == y.public + auth
+    info = protoid + b":key_expand"
+    t1 = hmac.new(key_seed, info + b"\x01", hashlib.sha256).digest()
+    t2 = hmac.new(key_seed, t1 + info + b"\x02", hashlib.sha256).digest()
+    t3 = hmac.new(key_seed, t2 + info + b"\x03", hashlib.sha256).digest()
+    assert keys == (t1 + t2 + t3)[:88]
+    hop = onion.HopKeys.from_material(keys)
+    assert (hop.forward_key, hop.backward_key) == (keys[:32], keys[32:64])
+    assert (hop.forward_nonce, hop.backward_nonce) == (keys[64:76], keys[76:88])
+
+
+def test_golden_values_vx6() -> None:
+    _, reply, keys = _handshake()
+    assert hashlib.sha256(reply + keys).hexdigest() == GOLDEN_VX6_DIGEST
+
+
+GOLDEN_VX6_DIGEST = "31566ce0923bc3d47a0020a6a41d17675973d84ad9e087f64590fe2815ab9c6c"
+
+
+# --- handshake failures ---------------------------------------------------------------
+
+
+def test_tampered_reply_fails_auth() -> None:
+    relay_id = node_id(RELAY_IDENTITY)
+    b = StaticKey(B_PRIV)
+    state, skin = onion.ntor_client_start(relay_id, b.public, X_PRIV)
+    reply, _ = onion.ntor_server(skin, relay_id, [b], Y_PRIV)
+    for i in (0, 40, 63):
+        bad = bytearray(reply)
+        bad[i] ^= 1
+        with pytest.raises(CryptoError):
+            onion.ntor_client_finish(state, bytes(bad))
+    with pytest.raises(CryptoError):
+        onion.ntor_client_finish(state, reply[:-1])
+
+
+def test_impostor_without_onion_key_fails() -> None:
+    relay_id = node_id(RELAY_IDENTITY)
+    real, impostor = StaticKey(B_PRIV), StaticKey(_key(9))
+    state, skin = onion.ntor_client_start(relay_id, real.public, X_PRIV)
+    with pytest.raises(CryptoError, match="onion key"):
+        onion.ntor_server(skin, relay_id, [impostor], Y_PRIV)
+    # An impostor that answers as if B were its own key gets AUTH wrong.
+    forged = bytearray(skin)
+    forged[32:64] = impostor.public
+    reply, _ = onion.ntor_server(bytes(forged), relay_id, [impostor], Y_PRIV)
+    with pytest.raises(CryptoError, match="AUTH"):
+        onion.ntor_client_finish(state, reply)
+    with pytest.raises(CryptoError, match="another relay"):
+        onion.ntor_server(skin, node_id(b"\x22" * 32), [real], Y_PRIV)
+
+
+def test_previous_onion_key_still_accepted() -> None:
+    relay_id = node_id(RELAY_IDENTITY)
+    old, new = StaticKey(B_PRIV), StaticKey(_key(7))
+    state, skin = onion.ntor_client_start(relay_id, old.public, X_PRIV)
+    reply, keys = onion.ntor_server(skin, relay_id, [new, old], Y_PRIV)
+    assert onion.ntor_client_finish(state, reply) == keys
+
+
+def test_degenerate_client_point_rejected() -> None:
+    relay_id = node_id(RELAY_IDENTITY)
+    b = StaticKey(B_PRIV)
+    with pytest.raises(CryptoError):
+        onion.ntor_server(relay_id + b.public + bytes(32), relay_id, [b], Y_PRIV)
+    with pytest.raises(CryptoError):
+        onion.ntor_server(b"short", relay_id, [b], Y_PRIV)
+
+
+# --- layers ----------------------------------------------------------------------------
+
+
+def _pairs(n: int) -> tuple[list[onion.HopCrypto], list[onion.HopCrypto]]:
+    material = [onion.hkdf_expand(bytes([i]) * 32, b"test", 88) for i in range(n)]
+    keys = [onion.HopKeys.from_material(m) for m in material]
+    return [onion.HopCrypto(k) for k in keys], [onion.HopCrypto(k) for k in keys]
+
+
+def _payload(depth: int, marker: bytes = b"MARKER-plaintext") -> bytes:
+    size = onion.relay_plaintext_size(depth)
+    return (marker * (size // len(marker) + 1))[:size]
+
+
+def _through(relays: list[onion.HopCrypto], body: bytes, target: int) -> bytes:
+    """Forward a body through relays 1..target; returns what the target hop reads."""
+    for depth, relay in enumerate(relays[:target], start=1):
+        for_us, body = onion.peel(relay, body, depth)
+        assert len(body) == (onion.relay_plaintext_size(depth) if for_us else BODY_SIZE)
+        if for_us:
+            assert depth == target
+            return body
+        assert b"MARKER" not in body
+    raise AssertionError("no hop took the cell")
+
+
+@pytest.mark.parametrize("hops", range(1, onion.MAX_DEPTH + 1))
+def test_layers_forward_and_backward_for_every_target(hops: int) -> None:
+    client, relays = _pairs(hops)
+    for target in range(1, hops + 1):
+        for _ in range(3):  # counters move in step
+            body = onion.encrypt_layers(client[:target], _payload(target))
+            assert len(body) == BODY_SIZE
+            assert b"MARKER" not in body
+            assert _through(relays, body, target) == _payload(target)
+            back = onion.add_layer(relays[target - 1], _payload(target), target, originated=True)
+            for depth in range(target - 1, 0, -1):
+                back = onion.add_layer(relays[depth - 1], back, depth, originated=False)
+            assert onion.decrypt_layers(client, back) == (target - 1, _payload(target))
+
+
+def test_tampering_at_any_hop_is_detected() -> None:
+    for hop in range(1, 6):
+        client, relays = _pairs(5)
+        body = onion.encrypt_layers(client, _payload(5))
+        for depth in range(1, hop):
+            _, body = onion.peel(relays[depth - 1], body, depth)
+        bad = bytearray(body)
+        bad[onion.layer_size(hop) - 1] ^= 0x80  # in the tag
+        bad[7] ^= 1
+        with pytest.raises(CryptoError):
+            onion.peel(relays[hop - 1], bytes(bad), hop)
+
+
+def test_zero_fill_is_ignored() -> None:
+    client, relays = _pairs(3)
+    _, body = onion.peel(relays[0], onion.encrypt_layers(client, _payload(3)), 1)
+    filled = body[: onion.layer_size(2)] + b"\xff" * (BODY_SIZE - onion.layer_size(2))
+    for_us, body = onion.peel(relays[1], filled, 2)
+    assert not for_us
+    assert onion.peel(relays[2], body, 3) == (True, _payload(3))
+
+
+def test_replay_and_reorder_fail() -> None:
+    client, relays = _pairs(2)
+    first = onion.encrypt_layers(client, _payload(2))
+    second = onion.encrypt_layers(client, _payload(2))
+    onion.peel(relays[0], first, 1)
+    with pytest.raises(CryptoError):
+        onion.peel(relays[0], first, 1)  # replay
+    client, relays = _pairs(2)
+    first = onion.encrypt_layers(client, _payload(2))
+    second = onion.encrypt_layers(client, _payload(2))
+    with pytest.raises(CryptoError):
+        onion.peel(relays[0], second, 1)  # reorder
+    back = onion.add_layer(relays[0], _payload(1), 1, originated=True)
+    assert onion.decrypt_layers(client, back)[0] == 0
+    with pytest.raises(CryptoError):
+        onion.decrypt_layers(client, back)
+    del first
+
+
+def test_wrong_sizes_rejected() -> None:
+    client, relays = _pairs(2)
+    with pytest.raises(CryptoError):
+        onion.encrypt_layers(client, b"x")
+    with pytest.raises(CryptoError):
+        onion.encrypt_layers([], b"")
+    with pytest.raises(CryptoError):
+        onion.peel(relays[0], b"short", 1)
+    with pytest.raises(CryptoError):
+        onion.decrypt_layers(client, b"short")
+    with pytest.raises(CryptoError):
+        onion.add_layer(relays[0], b"short", 1, originated=True)
+    with pytest.raises(CryptoError):
+        onion.HopKeys.from_material(b"short")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(min_size=0, max_size=200), st.integers(1, onion.MAX_DEPTH))
+def test_any_payload_round_trips(data: bytes, hops: int) -> None:
+    client, relays = _pairs(hops)
+    payload = (data + bytes(BODY_SIZE))[: onion.relay_plaintext_size(hops)]
+    assert _through(relays, onion.encrypt_layers(client, payload), hops) == payload
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, BODY_SIZE - 1), st.integers(1, 255))
+def test_any_flip_in_the_authenticated_prefix_fails(position: int, flip: int) -> None:
+    client, relays = _pairs(1)
+    bad = bytearray(onion.encrypt_layers(client, _payload(1)))
+    bad[position] ^= flip
+    with pytest.raises(CryptoError):
+        onion.peel(relays[0], bytes(bad), 1)
