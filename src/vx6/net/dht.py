@@ -30,6 +30,8 @@ from vx6.crypto.keys import Identity
 log = logging.getLogger("vx6.dht")
 
 LOOKUP_TIMEOUT = 10.0
+DROP_REPORT_EVERY = 10.0
+DROP_KINDS = frozenset({"malformed", "rate-limited", "refused-datagram", "bad-signature"})
 
 
 class DhtService(asyncio.DatagramProtocol):
@@ -41,6 +43,9 @@ class DhtService(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future[ev.Event]] = {}
         self.last_lookup_ok: float | None = None
+        self._reported_at = 0.0
+        self._report_handle: asyncio.TimerHandle | None = None
+        self._reported: dict[str, int] = {}
         self._own: dict[bytes, bytes] = {}  # our records, by slot, to re-store after joining
         self._thresholds = [1, 8, self.node.config.k]
 
@@ -67,11 +72,36 @@ class DhtService(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         host, port = str(addr[0]), int(cast(int, addr[1]))
+        now = time.time()
         try:
-            self.node.datagram_received(data, (host, port), time.time())
+            self.node.datagram_received(data, (host, port), now)
         except Exception:  # a bug of ours must not stop the DHT; the datagram is lost
             log.exception("DHT datagram from %s handling failed", host)
+        if self._report_handle is None:
+            self._schedule_drop_report(now)
         self._pump()
+
+    def _schedule_drop_report(self, now: float) -> None:
+        """Junk is counted per datagram but logged as one line a while after it starts
+        and at most once per interval, so a flood cannot flood the log too."""
+        dropped = sum(v for k, v in self.node.stats.items() if k in DROP_KINDS)
+        if dropped == sum(self._reported.values()):
+            return
+        delay = max(1.0, self._reported_at + DROP_REPORT_EVERY - now)
+        self._report_handle = asyncio.get_running_loop().call_later(delay, self._report_drops)
+
+    def _report_drops(self) -> None:
+        self._report_handle = None
+        self._reported_at = time.time()
+        dropped = {k: v for k, v in self.node.stats.items() if k in DROP_KINDS}
+        fresh = {k: v - self._reported.get(k, 0) for k, v in dropped.items()}
+        if any(fresh.values()):
+            log.warning(
+                "DHT dropped datagrams in the last %.0f s: %s",
+                DROP_REPORT_EVERY,
+                ", ".join(f"{k} {v}" for k, v in sorted(fresh.items()) if v),
+            )
+        self._reported = dropped
 
     def error_received(self, exc: Exception) -> None:
         log.debug("DHT socket error: %s", exc)
@@ -79,6 +109,8 @@ class DhtService(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._report_handle is not None:
+            self._report_handle.cancel()
         if self.transport is not None:
             self.transport.close()
         for fut in self._waiters.values():
