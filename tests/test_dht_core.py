@@ -453,11 +453,19 @@ def test_answers_only_from_the_asked_address_and_id() -> None:
     node.ping(("2001:db8:2::1", 1), NOW, expected_id=peer_id)
     ((address, data),) = node.datagrams_to_send()
     txid = w.decode_message(data).message.txid
-    pong_from = lambda who: w.encode_message(w.Pong(txid, who.public, "2001:db8:1::1", 1), who.sign)  # noqa: E731
+
+    def pong_from(who: Identity) -> bytes:
+        return w.encode_message(w.Pong(txid, who.public, "2001:db8:1::1", 1), who.sign)
+
     node.datagram_received(pong_from(peer), ("2001:db8:9::1", 1), NOW)  # wrong address
     assert node.stats["unsolicited"] == 1 and len(node.table) == 0
     node.datagram_received(pong_from(impostor), address, NOW)  # valid signature, wrong id
     assert node.stats["wrong-id"] == 1 and peer_id not in node.table
+    node.ping(address, NOW, expected_id=peer_id)
+    ((_, data),) = node.datagrams_to_send()
+    txid = w.decode_message(data).message.txid
+    node.datagram_received(pong_from(peer), address, NOW)
+    assert node.table.get(peer_id) == Contact(peer_id, address)
 
 
 def test_malformed_floods_are_counted_and_rate_limited() -> None:

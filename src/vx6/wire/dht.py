@@ -54,7 +54,6 @@ _HEADER = struct.Struct(">BBQ32s")
 HEADER_LEN = _HEADER.size
 OVERHEAD = HEADER_LEN + SIGNATURE_LEN
 MAX_TXID = 2**64 - 1
-_PORT = struct.Struct(">H")
 _U16 = struct.Struct(">H")
 _ADDR_LEN = {4: 4, 6: 16}
 
@@ -149,7 +148,6 @@ class Stored:
 
 Message = Ping | Pong | FindNode | Nodes | FindValue | Values | Store | Stored
 Request = Ping | FindNode | FindValue | Store
-Response = Pong | Nodes | Values | Stored
 
 _TYPE_OF: dict[type, MessageType] = {
     Ping: MessageType.PING,
@@ -214,7 +212,7 @@ def _pack_endpoint(host: str, port: int) -> bytes:
     family, packed = _packed_host(host)
     if not isinstance(port, int) or not 1 <= port <= 0xFFFF:
         raise ValueError(f"port must be 1..65535, got {port!r}")
-    return bytes([family]) + packed + _PORT.pack(port)
+    return bytes([family]) + packed + _U16.pack(port)
 
 
 @lru_cache(maxsize=1 << 16)

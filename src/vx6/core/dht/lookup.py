@@ -2,8 +2,9 @@
 
 Theory of operation: the lookup keeps every candidate it has heard of, ordered by XOR
 distance to the target. Its *window* is the k closest candidates still worth asking:
-not failed, at most `cap` per IPv6 /48 or IPv4 /24 (nodes from one address block,
-ground close to a key, cannot fill it), at most MAX_UNASKED_PER_REFERRER unasked ones
+not failed, at most `cap` per IPv6 /48 or IPv4 /24 and at most `cap` asked from each
+such block per lookup (nodes from one address block, ground close to a key, can neither
+fill the window nor take turns in it), at most MAX_UNASKED_PER_REFERRER unasked ones
 named only by the same answer (one liar's fake "closer" contacts cannot crowd out
 everyone else's), and none named only by discredited referrers (whose referrals failed
 DISCREDIT_AFTER times and more often than they answered). The owner (the DHT node) asks
@@ -95,6 +96,7 @@ class Lookup:
         self._max_depth_answered = 0
         self._referrals: dict[bytes, list[int]] = {}  # referrer -> [answered, failed]
         self._window: list[Candidate] | None = None
+        self._asked_in: dict[bytes, int] = {}  # prefix -> candidates asked from it
         for contact in initial:
             self._add(contact, 1, None)
 
@@ -156,6 +158,8 @@ class Lookup:
                     seen = per_prefix.get(prefix, 0)
                     if seen >= self.cap:
                         continue
+                    if cand.state is State.NEW and self._asked_in.get(prefix, 0) >= self.cap:
+                        continue  # this block has had its turn; a closer id from it waits
                     per_prefix[prefix] = seen + 1
             chosen.append(cand)
             if len(chosen) >= self.k:
@@ -180,6 +184,9 @@ class Lookup:
             if cand.state is State.NEW:
                 cand.state = State.ASKED
                 out.append(cand.contact)
+                prefix = prefix_of(cand.contact.address[0])
+                if prefix is not None:
+                    self._asked_in[prefix] = self._asked_in.get(prefix, 0) + 1
                 if len(out) >= room:
                     break
         if out:
