@@ -104,7 +104,7 @@ class ClientSide:
         except StreamFailed as exc:
             if exc.code is not StreamError.UNKNOWN_NAME or addr.owner_name is None:
                 raise
-            if not await self.node.lookup_records(name_key(addr.owner_name)):
+            if not await self.node.records.lookup(name_key(addr.owner_name)):
                 raise
         return self.resolve(addr)
 
@@ -127,10 +127,10 @@ class ClientSide:
     async def _dial_owner(self, addr: ServiceAddress, key: bytes) -> LinkProtocol:
         if key in self._suspects:
             self._suspects.discard(key)
-            await self.node.lookup_records(node_id(key))
+            await self.node.records.lookup(node_id(key))
         body = self.node_record(key)
         if body is None or not body.addresses:
-            await self.node.lookup_records(node_id(key))
+            await self.node.records.lookup(node_id(key))
             body = self.node_record(key)
         if body is None or not body.addresses:
             raise StreamFailed(
@@ -140,7 +140,7 @@ class ClientSide:
             return await self._dial_addresses(addr, key, body)
         except StreamFailed:
             # The owner may have moved: a fresh lookup before the failure is reported.
-            if not await self.node.lookup_records(node_id(key)):
+            if not await self.node.records.lookup(node_id(key)):
                 raise
             fresh = self.node_record(key)
             if fresh is None or fresh.addresses == body.addresses:

@@ -74,7 +74,7 @@ class ControlOps:
             "listen": [format_endpoint(h, p) for h, p in node.listen_addresses],
             "advertised": [format_endpoint(e.host, e.port) for e in node.publisher.advertised()],
             "links": len([link for link in node.all_links if link.is_open]),
-            "sync_links": len(node.sync_links),
+            "sync_links": len(node.records.neighbours),
             "streams_owner_active": len(node.owner.active),
             "streams_owner_total": node.owner.streams_total,
             "records": node.registry.count_records(now),
@@ -96,7 +96,7 @@ class ControlOps:
                     "key": key_to_text(link.peer_identity),
                     "address": format_endpoint(*link.peer_address) if link.peer_address else None,
                     "direction": "out" if link.core.initiator else "in",
-                    "sync": link in node.sync_links,
+                    "sync": link in node.records.neighbours,
                     "streams": len(link.core.streams),
                     "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
                     "bytes_in": link.core.bytes_in,
@@ -167,7 +167,7 @@ class ControlOps:
         lookups_before = self.node.counters.get("dht_lookups", 0)
         key = await client.resolve_with_dht(addr)
         if client.node_record(key) is None:
-            await self.node.lookup_records(node_id(key))
+            await self.node.records.lookup(node_id(key))
         elapsed_ms = (time.perf_counter() - started) * 1000
         via = "dht" if self.node.counters.get("dht_lookups", 0) > lookups_before else "registry"
         reg = self.node.registry

@@ -8,13 +8,13 @@ by a `LinkProtocol`, and the node only reacts to what the link reports:
 
 * link established -> remember it by the peer's identity key; if we dialled it as a
   sync peer, push our records (the seed of peer sync);
-* records received -> each is checked by the record rules and stored only if newer;
-  what was new is passed on to the other sync links (flooding with the sequence check
-  as the duplicate filter);
+* records received -> `vx6.records_hub` checks them by the record rules, stores what is
+  newer and passes it on to the other sync neighbours (and the DHT feeds it too);
 * stream requested -> the owner side (`vx6.owner`) decides: known service? allowed key?
   target reachable? and then joins the stream to a connection to the target.
 
-The client side (resolve a name, find or dial a link, open a stream) is `vx6.client`.
+The client side (resolve a name, find or dial a link, open a stream) is `vx6.client`;
+the node's own records are `vx6.publisher`; the DHT socket is `vx6.net.dht`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,9 @@ from typing import Any
 from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
-from vx6.core.dht import events as dht_events
 from vx6.core.dht.contacts import prefix_of
-from vx6.core.names import NAME_POW_BITS
-from vx6.core.records import check_claim_policy, check_record
-from vx6.core.sync import RECONCILE_BATCH, RECONCILE_EVERY, Neighbour
 from vx6.crypto.keys import fingerprint
-from vx6.errors import CloseCode, DecodeError, RecordRejected, VX6Error
+from vx6.errors import CloseCode, VX6Error
 from vx6.home import Home
 from vx6.net.addresses import is_loopback, network_of
 from vx6.net.control import serve_control
@@ -47,14 +43,13 @@ from vx6.net.dht import DhtService
 from vx6.net.link import LinkOwner, LinkProtocol, dial
 from vx6.owner import OwnerSide
 from vx6.publisher import Publisher
+from vx6.records_hub import RecordHub
 from vx6.store import Registry
-from vx6.wire.records import Kind, NodeBody, decode_record
 
 log = logging.getLogger("vx6.node")
 
 PEER_RETRY_MIN = 1.0
 PEER_RETRY_MAX = 30.0
-SYNC_DUMP_LIMIT = 2000
 MAX_LINKS = 1024
 REMEMBER_EVERY = 60.0
 
@@ -75,14 +70,14 @@ class Node(LinkOwner):
         self.started = time.time()
         self.links: dict[bytes, LinkProtocol] = {}
         self.all_links: set[LinkProtocol] = set()
-        self.sync_links: dict[LinkProtocol, Neighbour] = {}
         self.listen_addresses: list[tuple[str, int]] = []
         self.counters: dict[str, int] = {}
         self.publisher = Publisher(self)
         self.owner = OwnerSide(self)
         self.client = ClientSide(self)
         self.ops = ControlOps(self)
-        self.dht = DhtService(self.identity, self._on_dht_event)
+        self.records = RecordHub(self)
+        self.dht = DhtService(self.identity, self.records.on_dht_event)
         self._servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -111,7 +106,7 @@ class Node(LinkOwner):
                     tg.create_task(self._keep_peer(host, port))
                 await self.client.start_config_forwards()
                 tg.create_task(self.publisher.republish_loop())
-                tg.create_task(self.reconcile_loop())
+                tg.create_task(self.records.reconcile_loop())
                 tg.create_task(self.remember_loop())
                 log.info(
                     "node %s (%s) listening on %s",
@@ -212,7 +207,7 @@ class Node(LinkOwner):
         if link.peer_identity is not None:
             self.registry.upsert_peer(host, port, time.time(), key=link.peer_identity)
         if sync and link.is_open:
-            self._start_sync(link)
+            self.records.start_sync(link)
         return link
 
     def _remembered_peers(self, count: int = 3) -> list[tuple[str, int]]:
@@ -277,7 +272,7 @@ class Node(LinkOwner):
 
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         self.all_links.discard(link)
-        self.sync_links.pop(link, None)
+        self.records.neighbours.pop(link, None)
         if link.peer_identity is not None and self.links.get(link.peer_identity) is link:
             del self.links[link.peer_identity]
         if code not in (CloseCode.NORMAL, CloseCode.SHUTDOWN):
@@ -288,126 +283,13 @@ class Node(LinkOwner):
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
         self.owner.stream_requested(link, sid, service, flags)
 
-    # ------------------------------------------------------------------ DHT
-    async def lookup_records(self, target: bytes) -> bool:
-        """Ask the DHT for the records under `target` and store what passes the rules
-        (if the event handler has not already); True if the DHT had any."""
-        self.count("dht_lookups")
-        try:
-            result = await self.dht.lookup(target)
-        except TimeoutError:
-            self.count("dht_lookups_timed_out")
-            return False
-        self.accept_records(list(result.records), source="dht")
-        return bool(result.records)
-
-    def _on_dht_event(self, event: dht_events.Event) -> None:
-        if isinstance(event, dht_events.LookupFinished | dht_events.RecordFound):
-            if event.records:
-                self.accept_records(list(event.records), source="dht")
-        elif isinstance(event, dht_events.ValueStored):
-            self.count("dht_values_stored")
-        elif isinstance(event, dht_events.RecordRefused):
-            self.count(f"dht_refused_{event.reason}")
-            log.info("DHT refused a record from %s: %s", event.source, event.reason)
-        elif isinstance(event, dht_events.EquivocationDetected):
-            self.count("dht_equivocations")
-            log.warning(
-                "key %s signed two different records with one sequence number (from %s)",
-                fingerprint(event.signer),
-                event.source,
-            )
-        elif isinstance(event, dht_events.RepublishDue):
-            self.publisher.publish_all()
-
     # ------------------------------------------------------------------ records
-    def records_for_sync(self) -> list[bytes]:
-        now = time.time()
-        return [r.raw for r in self.registry.records(now=now, limit=SYNC_DUMP_LIMIT)]
-
-    def _start_sync(self, link: LinkProtocol) -> None:
-        """Make `link` a sync neighbour and send it everything we hold, once."""
-        now = time.time()
-        self.sync_links[link] = Neighbour.new(now)
-        link.send_records(self.records_for_sync())
-
-    def push_records(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
-        """Pass newly accepted records on to the sync neighbours, within their budgets."""
-        now = time.time()
-        for other, neighbour in list(self.sync_links.items()):
-            if other is not skip and neighbour.may_push(len(fresh), now):
-                other.send_records(fresh)
-
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
-        if link not in self.sync_links:
-            self._start_sync(link)  # the dialler asked to sync: answer in kind
-        if not self.sync_links[link].accept_inbound(len(records), time.time()):
-            self.count("records_dropped_rate_limit")
-            return
-        fresh = self.accept_records(records, source=_source(link))
-        if fresh:
-            self.push_records(fresh, skip=link)
-
-    async def reconcile_loop(self) -> None:
-        """Every RECONCILE_EVERY, send each neighbour what changed since its cursor."""
-        while True:
-            await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
-            for link, neighbour in list(self.sync_links.items()):
-                changed = self.registry.records_changed_since(neighbour.cursor, RECONCILE_BATCH)
-                if changed:
-                    link.send_records([r.raw for r in changed if r.expires > time.time()])
-                    neighbour.cursor = max(r.received_at for r in changed)
-
-    def accept_records(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
-        now = time.time()
-        fresh: list[bytes] = []
-        for raw in records:
-            try:
-                rec = decode_record(raw)
-                subject = rec.subject
-                held = self.registry.held_seq(rec.kind, rec.signer, subject)
-                rec = check_record(raw, now, held)
-                check_claim_policy(rec, NAME_POW_BITS)
-            except (DecodeError, RecordRejected) as exc:
-                reason = exc.reason if isinstance(exc, RecordRejected) else "malformed"
-                self.count(f"records_refused_{reason}")
-                if reason != "stale-sequence":
-                    log.info("refused record from %s: %s", source, exc)
-                continue
-            stored = self.registry.put_record(
-                rec.kind, rec.signer, subject, rec.seq, rec.issued, rec.expires, raw, source, now
-            )
-            if stored:
-                self.count("records_accepted")
-                fresh.append(raw)
-                if rec.kind == Kind.NODE:
-                    self._node_moved(rec.signer, rec.parsed_body())
-        return fresh
-
-    def _node_moved(self, key: bytes, body: object) -> None:
-        """A peer published new addresses: a link we dialled to an address it no longer
-        has is stale (its packets go nowhere), so close it now; the next stream redials
-        the new address instead of waiting for the idle timeout."""
-        if not isinstance(body, NodeBody):
-            return
-        current = {(ep.host, ep.port) for ep in body.addresses}
-        for link in list(self.all_links):
-            if link.peer_identity == key and link.dialled and link.dialled not in current:
-                log.info(
-                    "peer %s moved away from %s; closing that link", fingerprint(key), link.dialled
-                )
-                link.close(CloseCode.NORMAL, "peer moved to a new address")
+        self.records.received(link, records)
 
 
 class _Stopping(Exception):
     pass
-
-
-def _source(link: LinkProtocol) -> str:
-    if link.peer_address:
-        host, port = link.peer_address
-        return f"peer [{host}]:{port}" if ":" in host else f"peer {host}:{port}"
-    return "peer"
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

@@ -62,7 +62,7 @@ class Publisher:
         node.registry.put_record(
             rec.kind, rec.signer, rec.subject, rec.seq, rec.issued, rec.expires, raw, "self", now
         )
-        node.push_records([raw])
+        node.records.push([raw])
         if not isinstance(body, RotationBody):  # rotations travel by peer sync only
             node.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
         return raw

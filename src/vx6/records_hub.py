@@ -1,0 +1,156 @@
+"""Records between the registry, sync neighbours and the DHT.
+
+Theory of operation. Every record from outside, whether a sync neighbour pushed it or a
+DHT lookup found it, goes through `accept`: the record rules (size, canonical parse,
+time window, sequence above the one held, signature), the claim policy (proof of
+work), then the registry, whose SQL re-checks "strictly newer". What was new is pushed
+on to the other sync neighbours within their budgets (`core/sync.py`), and a new node
+record of a peer we dialled closes links to addresses it no longer publishes. Sync
+neighbours also get a full dump when the link comes up and a periodic reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from vx6.core.dht import events as dht_events
+from vx6.core.names import NAME_POW_BITS
+from vx6.core.records import check_claim_policy, check_record
+from vx6.core.sync import RECONCILE_BATCH, RECONCILE_EVERY, Neighbour
+from vx6.crypto.keys import fingerprint
+from vx6.errors import CloseCode, DecodeError, RecordRejected
+from vx6.net.link import LinkProtocol
+from vx6.wire.records import Kind, NodeBody, decode_record
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+log = logging.getLogger("vx6.records")
+
+SYNC_DUMP_LIMIT = 2000
+
+
+class RecordHub:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.neighbours: dict[LinkProtocol, Neighbour] = {}
+
+    async def lookup(self, target: bytes) -> bool:
+        """Ask the DHT for the records under `target` and store what passes the rules
+        (if the event handler has not already); True if the DHT had any."""
+        self.node.count("dht_lookups")
+        try:
+            result = await self.node.dht.lookup(target)
+        except TimeoutError:
+            self.node.count("dht_lookups_timed_out")
+            return False
+        self.accept(list(result.records), source="dht")
+        return bool(result.records)
+
+    def on_dht_event(self, event: dht_events.Event) -> None:
+        if isinstance(event, dht_events.LookupFinished | dht_events.RecordFound):
+            if event.records:
+                self.accept(list(event.records), source="dht")
+        elif isinstance(event, dht_events.ValueStored):
+            self.node.count("dht_values_stored")
+        elif isinstance(event, dht_events.RecordRefused):
+            self.node.count(f"dht_refused_{event.reason}")
+            log.info("DHT refused a record from %s: %s", event.source, event.reason)
+        elif isinstance(event, dht_events.EquivocationDetected):
+            self.node.count("dht_equivocations")
+            log.warning(
+                "key %s signed two different records with one sequence number (from %s)",
+                fingerprint(event.signer),
+                event.source,
+            )
+        elif isinstance(event, dht_events.RepublishDue):
+            self.node.publisher.publish_all()
+
+    def for_sync(self) -> list[bytes]:
+        now = time.time()
+        return [r.raw for r in self.node.registry.records(now=now, limit=SYNC_DUMP_LIMIT)]
+
+    def start_sync(self, link: LinkProtocol) -> None:
+        """Make `link` a sync neighbour and send it everything we hold, once."""
+        now = time.time()
+        self.neighbours[link] = Neighbour.new(now)
+        link.send_records(self.for_sync())
+
+    def push(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
+        """Pass newly accepted records on to the sync neighbours, within their budgets."""
+        now = time.time()
+        for other, neighbour in list(self.neighbours.items()):
+            if other is not skip and neighbour.may_push(len(fresh), now):
+                other.send_records(fresh)
+
+    def received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        if link not in self.neighbours:
+            self.start_sync(link)  # the dialler asked to sync: answer in kind
+        if not self.neighbours[link].accept_inbound(len(records), time.time()):
+            self.node.count("records_dropped_rate_limit")
+            return
+        fresh = self.accept(records, source=_source(link))
+        if fresh:
+            self.push(fresh, skip=link)
+
+    async def reconcile_loop(self) -> None:
+        """Every RECONCILE_EVERY, send each neighbour what changed since its cursor."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
+            for link, neighbour in list(self.neighbours.items()):
+                changed = self.node.registry.records_changed_since(
+                    neighbour.cursor, RECONCILE_BATCH
+                )
+                if changed:
+                    link.send_records([r.raw for r in changed if r.expires > time.time()])
+                    neighbour.cursor = max(r.received_at for r in changed)
+
+    def accept(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
+        now = time.time()
+        fresh: list[bytes] = []
+        for raw in records:
+            try:
+                rec = decode_record(raw)
+                subject = rec.subject
+                held = self.node.registry.held_seq(rec.kind, rec.signer, subject)
+                rec = check_record(raw, now, held)
+                check_claim_policy(rec, NAME_POW_BITS)
+            except (DecodeError, RecordRejected) as exc:
+                reason = exc.reason if isinstance(exc, RecordRejected) else "malformed"
+                self.node.count(f"records_refused_{reason}")
+                if reason != "stale-sequence":
+                    log.info("refused record from %s: %s", source, exc)
+                continue
+            stored = self.node.registry.put_record(
+                rec.kind, rec.signer, subject, rec.seq, rec.issued, rec.expires, raw, source, now
+            )
+            if stored:
+                self.node.count("records_accepted")
+                fresh.append(raw)
+                if rec.kind == Kind.NODE:
+                    self._node_moved(rec.signer, rec.parsed_body())
+        return fresh
+
+    def _node_moved(self, key: bytes, body: object) -> None:
+        """A peer published new addresses: a link we dialled to an address it no longer
+        has is stale (its packets go nowhere), so close it now; the next stream redials
+        the new address instead of waiting for the idle timeout."""
+        if not isinstance(body, NodeBody):
+            return
+        current = {(ep.host, ep.port) for ep in body.addresses}
+        for link in list(self.node.all_links):
+            if link.peer_identity == key and link.dialled and link.dialled not in current:
+                log.info(
+                    "peer %s moved away from %s; closing that link", fingerprint(key), link.dialled
+                )
+                link.close(CloseCode.NORMAL, "peer moved to a new address")
+
+
+def _source(link: LinkProtocol) -> str:
+    if link.peer_address:
+        host, port = link.peer_address
+        return f"peer [{host}]:{port}" if ":" in host else f"peer {host}:{port}"
+    return "peer"
