@@ -63,8 +63,7 @@ class Publisher:
             rec.kind, rec.signer, rec.subject, rec.seq, rec.issued, rec.expires, raw, "self", now
         )
         node.records.push([raw])
-        if not isinstance(body, RotationBody):  # rotations travel by peer sync only
-            node.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
+        node.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
         return raw
 
     def _name_pow(self) -> int:

@@ -3,7 +3,7 @@
 DHT keys (256 bits, the same space as node ids):
 
     node record     node id of the signer (SHA-256("vx6-node-id\\0" + key))
-    name claim      SHA-256("vx6-name-key\\0" + name)
+    name claim      SHA-256("vx6-name-key\\0" + name)   (rotations of the name too)
     service record  SHA-256("vx6-service-key\\0" + signer key + service name)
 
 A stored value must sit under the key computed from its own content ("wrong-key"
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vx6.crypto.keys import Identity, node_id, verify
-from vx6.wire.records import Kind, NameClaimBody, Record, ServiceBody
+from vx6.wire.records import Kind, NameClaimBody, Record, RotationBody, ServiceBody
 
 NAME_KEY_DOMAIN = b"vx6-name-key\x00"
 SERVICE_KEY_DOMAIN = b"vx6-service-key\x00"
@@ -41,7 +41,8 @@ def record_key(record: Record) -> bytes:
     if record.kind == Kind.NODE:
         return node_id(record.signer)
     body = record.parsed_body()
-    if isinstance(body, NameClaimBody):
+    if isinstance(body, NameClaimBody | RotationBody):
+        # A rotation lives beside the claims of its name: one lookup finds both.
         return name_key(body.name)
     if isinstance(body, ServiceBody):
         return service_key(record.signer, body.service)
