@@ -19,12 +19,12 @@ layers, so the relays before the one being extended do not learn the next hop.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
 from vx6.errors import DecodeError
+from vx6.wire.endpoint import pack_endpoint, unpack_endpoint
 
 CELL_SIZE = 16 * 1024
 CELL_HEADER = 5
@@ -213,11 +213,7 @@ def encode_extend(extend: Extend) -> bytes:
     if len(extend.endpoints) > MAX_ENDPOINTS:
         raise ValueError(f"at most {MAX_ENDPOINTS} endpoints")
     out = [extend.identity, extend.onionskin, bytes([len(extend.endpoints)])]
-    for endpoint in extend.endpoints:
-        address = ipaddress.ip_address(endpoint.host)
-        if not 0 < endpoint.port <= 0xFFFF:
-            raise ValueError(f"bad port {endpoint.port}")
-        out += [bytes([address.version]), address.packed, endpoint.port.to_bytes(2, "big")]
+    out += [pack_endpoint(endpoint.host, endpoint.port) for endpoint in extend.endpoints]
     return b"".join(out)
 
 
@@ -233,21 +229,8 @@ def decode_extend(data: bytes) -> Extend:
     pos = fixed
     endpoints: list[Endpoint] = []
     for _ in range(count):
-        if pos >= len(data):
-            raise DecodeError("EXTEND endpoint list truncated")
-        family = data[pos]
-        size = {4: 4, 6: 16}.get(family)
-        if size is None:
-            raise DecodeError(f"unknown address family {family}")
-        if pos + 1 + size + 2 > len(data):
-            raise DecodeError("EXTEND endpoint truncated")
-        raw = data[pos + 1 : pos + 1 + size]
-        host = str(ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw))
-        port = int.from_bytes(data[pos + 1 + size : pos + 3 + size], "big")
-        if port == 0:
-            raise DecodeError("endpoint port 0")
+        host, port, pos = unpack_endpoint(data, pos)
         endpoints.append(Endpoint(host, port))
-        pos += 3 + size
     if pos != len(data):
         raise DecodeError("trailing bytes after EXTEND")
     return Extend(identity, onionskin, tuple(endpoints))

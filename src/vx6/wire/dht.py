@@ -30,7 +30,6 @@ malformed input raises DecodeError, values with no encoding raise ValueError.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from enum import IntEnum
 from functools import lru_cache
 
 from vx6.errors import DecodeError
+from vx6.wire.endpoint import pack_endpoint, parse_ip, unpack_endpoint
 
 MAX_DATAGRAM = 1232
 VERSION = 1
@@ -55,7 +55,6 @@ HEADER_LEN = _HEADER.size
 OVERHEAD = HEADER_LEN + SIGNATURE_LEN
 MAX_TXID = 2**64 - 1
 _U16 = struct.Struct(">H")
-_ADDR_LEN = {4: 4, 6: 16}
 
 Sign = Callable[[bytes], bytes]
 
@@ -175,28 +174,10 @@ class SignedMessage:
 
 @lru_cache(maxsize=1 << 16)
 def _packed_host(host: str) -> tuple[int, bytes]:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"not an IP literal: {host[:64]!r}") from None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.scope_id is not None:
-            raise ValueError("an endpoint cannot carry an IPv6 zone")
-        if addr.ipv4_mapped is not None:
-            raise ValueError("write an IPv4-mapped address as plain IPv4")
+    addr = parse_ip(host)
     if str(addr) != host:
         raise ValueError(f"host {host!r} is not in canonical form ({addr})")
     return addr.version, addr.packed
-
-
-@lru_cache(maxsize=1 << 16)
-def _host_text(packed: bytes) -> str:
-    if len(packed) == 4:
-        return str(ipaddress.IPv4Address(packed))
-    addr = ipaddress.IPv6Address(packed)
-    if addr.ipv4_mapped is not None:
-        raise DecodeError("IPv4-mapped address must be sent as family 4")
-    return str(addr)
 
 
 def can_encode_host(host: str) -> bool:
@@ -209,10 +190,8 @@ def can_encode_host(host: str) -> bool:
 
 
 def _pack_endpoint(host: str, port: int) -> bytes:
-    family, packed = _packed_host(host)
-    if not isinstance(port, int) or not 1 <= port <= 0xFFFF:
-        raise ValueError(f"port must be 1..65535, got {port!r}")
-    return bytes([family]) + packed + _U16.pack(port)
+    _packed_host(host)  # canonical text only: contacts are compared as text
+    return pack_endpoint(host, port)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -323,34 +302,13 @@ class _Reader:
         return int(_U16.unpack(self.take(2))[0])
 
     def endpoint(self) -> tuple[str, int]:
-        family = self.u8()
-        addr_len = _ADDR_LEN.get(family)
-        if addr_len is None:
-            raise DecodeError(f"unknown address family {family}")
-        host = _host_text(self.take(addr_len))
-        port = self.u16()
-        if port == 0:
-            raise DecodeError("endpoint port 0")
+        host, port, self._pos = unpack_endpoint(self._data, self._pos, self._end)
         return host, port
 
     def contact(self) -> WireContact:
-        pos = self._pos
-        family_at = pos + NODE_ID_LEN
-        if family_at >= self._end:
-            raise DecodeError("DHT message truncated")
-        family = self._data[family_at]
-        addr_len = _ADDR_LEN.get(family)
-        if addr_len is None:
-            raise DecodeError(f"unknown address family {family}")
-        end = family_at + 1 + addr_len + 2
-        if end > self._end:
-            raise DecodeError("DHT message truncated")
-        data = self._data
-        port = (data[end - 2] << 8) | data[end - 1]
-        if port == 0:
-            raise DecodeError("endpoint port 0")
-        self._pos = end
-        return WireContact(data[pos:family_at], _host_text(data[family_at + 1 : end - 2]), port)
+        node_id = self.take(NODE_ID_LEN)
+        host, port = self.endpoint()
+        return WireContact(node_id, host, port)
 
     def value(self) -> bytes:
         length = self.u16()

@@ -30,13 +30,13 @@ encoding (a local programming error, never the peer's).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from vx6.errors import DecodeError
+from vx6.wire.endpoint import pack_endpoint, parse_ip, unpack_endpoint
 
 MAGIC = b"VX6R"
 VERSION = 1
@@ -61,8 +61,6 @@ _LABEL_BYTES = re.compile(LABEL_PATTERN.encode("ascii"))
 
 _NODE_FIXED = struct.Struct(">32s32sHB")
 _U64 = struct.Struct(">Q")
-_PORT = struct.Struct(">H")
-_FAMILY_LEN = {4: 4, 6: 16}
 
 
 class Kind(IntEnum):
@@ -108,19 +106,7 @@ class Endpoint:
             raise ValueError(f"port must be 1..65535, got {self.port!r}")
 
 
-def _parse_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if not isinstance(host, str):
-        raise ValueError("host must be an IP literal string")
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"not an IP literal: {host[:64]!r}") from None
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.scope_id is not None:
-            raise ValueError("an endpoint cannot carry an IPv6 zone")
-        if addr.ipv4_mapped is not None:
-            raise ValueError("write an IPv4-mapped address as plain IPv4")
-    return addr
+_parse_host = parse_ip
 
 
 @dataclass(frozen=True)
@@ -209,10 +195,7 @@ def _pack_label(text: str, what: str) -> bytes:
 
 
 def _pack_endpoint(endpoint: Endpoint) -> bytes:
-    addr = _parse_host(endpoint.host)
-    if not 1 <= endpoint.port <= 0xFFFF:
-        raise ValueError(f"port must be 1..65535, got {endpoint.port!r}")
-    return bytes([addr.version]) + addr.packed + _PORT.pack(endpoint.port)
+    return pack_endpoint(endpoint.host, endpoint.port)
 
 
 def encode_body(body: Body) -> bytes:
@@ -347,22 +330,8 @@ class _Reader:
 
 
 def _read_endpoint(reader: _Reader) -> Endpoint:
-    family = reader.u8()
-    addr_len = _FAMILY_LEN.get(family)
-    if addr_len is None:
-        raise DecodeError(f"unknown address family {family}")
-    packed = reader.take(addr_len)
-    port = reader.u16()
-    if port == 0:
-        raise DecodeError("endpoint port 0")
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
-    if family == 4:
-        addr = ipaddress.IPv4Address(packed)
-    else:
-        addr = ipaddress.IPv6Address(packed)
-        if addr.ipv4_mapped is not None:
-            raise DecodeError("IPv4-mapped address must be sent as family 4")
-    return Endpoint(str(addr), port)
+    host, port, reader._pos = unpack_endpoint(reader._data, reader._pos)
+    return Endpoint(host, port)
 
 
 def decode_body(kind: Kind, data: bytes) -> Body:
