@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 
 import pytest
 from hypothesis import given, settings
@@ -179,11 +180,22 @@ def test_mutated_or_truncated_cells_raise_only_decode_error(
             c.decode_cell(candidate)
 
 
+def _carriable(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Endpoints are canonical: IPv4 only as family 4, never IPv4-mapped IPv6."""
+    return not (isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None)
+
+
 endpoints = st.one_of(
     st.ip_addresses()
+    .filter(_carriable)
     .map(str)
     .flatmap(lambda host: st.builds(c.Endpoint, st.just(host), st.integers(1, 0xFFFF)))
 )
+
+
+def test_extend_refuses_an_ipv4_mapped_endpoint() -> None:
+    with pytest.raises(ValueError):
+        c.encode_extend(c.Extend(IDENTITY, SKIN, (c.Endpoint("::ffff:192.0.2.7", 80),)))
 
 
 @settings(max_examples=200, deadline=None)
