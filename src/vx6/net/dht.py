@@ -119,10 +119,7 @@ class DhtService(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ pumping
     def _pump(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            for (host, port), payload in self.node.datagrams_to_send():
-                with contextlib.suppress(OSError):
-                    self.transport.sendto(payload, (self._wire_host(host), port))
+        self._send_queued()
         for event in self.node.events():
             if isinstance(event, ev.RecordFound | ev.LookupFinished | ev.PublishFinished):
                 fut = self._waiters.get(event.lookup_id)
@@ -147,9 +144,9 @@ class DhtService(asyncio.DatagramProtocol):
             for raw in self._own.values():
                 with contextlib.suppress(Exception):
                     self.node.publish(raw, time.time())
-            self._flush_only()
+            self._send_queued()
 
-    def _flush_only(self) -> None:
+    def _send_queued(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             for (host, port), payload in self.node.datagrams_to_send():
                 with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ from vx6.core.circuit.events import (
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
+    CircuitFailure,
     HopAdded,
     StreamMessageReceived,
 )
@@ -103,13 +104,6 @@ _TRANSITIONS: dict[tuple[ClientState, ClientInput], ClientState] = {
 }
 
 
-class _ProtocolViolation(Exception):
-    def __init__(self, reason: DestroyReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 class ClientCircuit:
     def __init__(
         self,
@@ -148,7 +142,7 @@ class ClientCircuit:
     def _step(self, event: ClientInput) -> None:
         new = _TRANSITIONS.get((self.state, event))
         if new is None:
-            raise _ProtocolViolation(
+            raise CircuitFailure(
                 DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}"
             )
         self.state = new
@@ -211,7 +205,7 @@ class ClientCircuit:
             return [CircuitDestroyed(self.link, self.circuit_id, reason, detail, False)]
         try:
             return self._handle(cell)
-        except _ProtocolViolation as exc:
+        except CircuitFailure as exc:
             return self._fail(exc.reason, exc.detail)
         except CryptoError as exc:
             return self._fail(DestroyReason.DECRYPT_FAILED, str(exc))
@@ -228,21 +222,21 @@ class ClientCircuit:
     def _handle(self, cell: Cell) -> list[CircuitEvent]:
         if isinstance(cell, Created):
             if self.state is not ClientState.CREATING:
-                raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "unexpected CREATED")
+                raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "unexpected CREATED")
             return self._hop_keyed(cell.reply)
         if not isinstance(cell, Relay):
-            raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "unexpected cell")
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "unexpected cell")
         index, plaintext = decrypt_layers(self._hops, cell.body)
         message = decode_relay_message(plaintext)
         if message.command == RelayCommand.EXTENDED:
             if self.state is not ClientState.EXTENDING or index != len(self._hops) - 1:
-                raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "unexpected EXTENDED")
+                raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "unexpected EXTENDED")
             return self._hop_keyed(message.data)
         if message.command == RelayCommand.EXTEND:
-            raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "EXTEND from a relay")
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTEND from a relay")
         self._step(ClientInput.MESSAGE)
         if index != len(self._hops) - 1:
-            raise _ProtocolViolation(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
         return [
             StreamMessageReceived(
                 self.link, self.circuit_id, message.command, message.stream_id, message.data
@@ -254,7 +248,7 @@ class ClientCircuit:
         try:
             material = ntor_client_finish(self._pending, reply)
         except CryptoError as exc:
-            raise _ProtocolViolation(DestroyReason.HANDSHAKE_FAILED, str(exc)) from None
+            raise CircuitFailure(DestroyReason.HANDSHAKE_FAILED, str(exc)) from None
         self._pending = None
         self._hops.append(HopCrypto(HopKeys.from_material(material)))
         depth = len(self._hops)

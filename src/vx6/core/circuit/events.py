@@ -77,3 +77,13 @@ CircuitEvent = (
     | CircuitDestroyed
     | StreamMessageReceived
 )
+
+
+class CircuitFailure(Exception):
+    """Raised inside the circuit machines when a circuit must go; it surfaces as one
+    `CircuitDestroyed` event carrying the same reason and detail."""
+
+    def __init__(self, reason: DestroyReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

@@ -34,6 +34,7 @@ from vx6.core.circuit.events import (
     CellQueued,
     CircuitDestroyed,
     CircuitEvent,
+    CircuitFailure,
     ExtendRequested,
     StreamMessageReceived,
 )
@@ -96,13 +97,6 @@ _TRANSITIONS: dict[tuple[RelayState, RelayInput], RelayState] = {
 }
 
 
-class _Failure(Exception):
-    def __init__(self, reason: DestroyReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 class _Circuit:
     __slots__ = ("buffered", "crypto", "depth", "next", "onionskin", "prev", "serial", "state")
 
@@ -119,7 +113,9 @@ class _Circuit:
     def step(self, event: RelayInput) -> None:
         new = _TRANSITIONS.get((self.state, event))
         if new is None:
-            raise _Failure(DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}")
+            raise CircuitFailure(
+                DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}"
+            )
         self.state = new
 
 
@@ -192,8 +188,8 @@ class RelayCore:
                 circuit.onionskin = b""
                 message = RelayMessage(RelayCommand.EXTENDED, 0, cell.reply)
                 return [self._originate(circuit, message)]
-            raise _Failure(DestroyReason.PROTOCOL_ERROR, f"unexpected {type(cell).__name__}")
-        except _Failure as exc:
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, f"unexpected {type(cell).__name__}")
+        except CircuitFailure as exc:
             return self._remove(circuit, exc.reason, exc.detail)
         except CryptoError as exc:
             return self._remove(circuit, DestroyReason.DECRYPT_FAILED, str(exc))
@@ -305,7 +301,7 @@ class RelayCore:
         if message.command == RelayCommand.EXTEND:
             return self._extend(circuit, message)
         if message.command == RelayCommand.EXTENDED:
-            raise _Failure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
         circuit.step(RelayInput.FOR_US)
         prev_link, prev_id = circuit.prev
         return [
@@ -316,7 +312,7 @@ class RelayCore:
 
     def _extend(self, circuit: _Circuit, message: RelayMessage) -> list[CircuitEvent]:
         if circuit.depth >= MAX_DEPTH:
-            raise _Failure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
+            raise CircuitFailure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
         extend = decode_extend(message.data)
         circuit.step(RelayInput.EXTEND)
         circuit.onionskin = extend.onionskin
