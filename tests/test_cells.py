@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from vx6.errors import DecodeError
 from vx6.wire import cells as c
+from vx6.wire import frames as fr
 
 SKIN = bytes(range(96))
 REPLY = bytes(range(100, 164))
@@ -58,6 +59,9 @@ GOLDEN_RELAY_MESSAGES: list[tuple[c.RelayMessage, int, str]] = [
     (c.RelayMessage(c.RelayCommand.CONNECTED, 5, b""), 8, "04 00000005 0000 00"),
     (c.RelayMessage(c.RelayCommand.CREDIT, 5, b"\x00\x01"), 9, "07 00000005 0002 0001"),
     (c.RelayMessage(c.RelayCommand.EXTEND, 0, b""), 7, "01 00000000 0000"),
+    (c.RelayMessage(c.RelayCommand.REFUSED, 2, b"\x03no"), 10, "08 00000002 0003 036e6f"),
+    (c.RelayMessage(c.RelayCommand.RESET, 2, b"\x06"), 8, "09 00000002 0001 06"),
+    (c.RelayMessage(c.RelayCommand.AUTH, 0, b"\x01"), 8, "0a 00000000 0001 01"),
 ]
 
 
@@ -73,6 +77,59 @@ def test_every_relay_command_has_a_golden_vector() -> None:
 
 
 IDENTITY = bytes(range(32, 64))
+
+# Stream frames over a circuit: the same typed frames as on a link, one relay message each.
+GOLDEN_STREAM_MESSAGES: list[tuple[fr.ControlFrame, str]] = [
+    (fr.Open(1, "ssh", 0), "03 00000001 0004 00737368"),
+    (fr.Open(3, "echo", fr.OPEN_FLAG_PROBE), "03 00000003 0005 016563686f"),
+    (fr.OpenOk(5), "04 00000005 0000"),
+    (fr.OpenFail(2, 3, "no"), "08 00000002 0003 036e6f"),
+    (fr.Credit(7, 65536), "07 00000007 0004 00010000"),
+    (fr.Fin(9), "06 00000009 0000"),
+    (fr.Reset(2, 6), "09 00000002 0001 06"),
+]
+
+
+@pytest.mark.parametrize(("frame", "golden"), GOLDEN_STREAM_MESSAGES, ids=lambda x: repr(x)[:30])
+def test_golden_stream_messages(frame: fr.ControlFrame, golden: str) -> None:
+    raw = bytes.fromhex(golden)
+    message = c.stream_message(frame)
+    assert c.encode_relay_message(message, len(raw)) == raw
+    decoded = c.decode_relay_message(raw)
+    assert c.is_stream_control(decoded.command)
+    assert c.stream_frame(decoded) == frame
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        c.RelayMessage(c.RelayCommand.BEGIN, 0, b"\x00ssh"),  # stream 0 is the circuit's
+        c.RelayMessage(c.RelayCommand.BEGIN, 1, b"\x00"),  # no service name
+        c.RelayMessage(c.RelayCommand.BEGIN, 1, b"\x00\xff"),  # not ASCII
+        c.RelayMessage(c.RelayCommand.CONNECTED, 1, b"x"),
+        c.RelayMessage(c.RelayCommand.REFUSED, 1, b""),
+        c.RelayMessage(c.RelayCommand.REFUSED, 1, b"\x01\xff"),
+        c.RelayMessage(c.RelayCommand.REFUSED, 1, b"\x01" + b"x" * 201),
+        c.RelayMessage(c.RelayCommand.CREDIT, 1, b"\x00\x01"),
+        c.RelayMessage(c.RelayCommand.END, 1, b"\x00"),
+        c.RelayMessage(c.RelayCommand.RESET, 1, b""),
+        c.RelayMessage(c.RelayCommand.DATA, 1, b"data is not a control message"),
+        c.RelayMessage(c.RelayCommand.EXTEND, 1, b""),
+    ],
+)
+def test_bad_stream_messages_are_refused(message: c.RelayMessage) -> None:
+    with pytest.raises(DecodeError):
+        c.stream_frame(message)
+
+
+def test_auth_codec() -> None:
+    proof = bytes(range(64))
+    data = c.encode_auth(IDENTITY, proof)
+    assert data == IDENTITY + proof
+    assert c.decode_auth(data) == (IDENTITY, proof)
+    for bad in (b"", data[:-1], data + b"\x00"):
+        with pytest.raises(DecodeError):
+            c.decode_auth(bad)
 
 
 def test_golden_extend() -> None:

@@ -97,18 +97,24 @@ def test_vx6_handshake_matches_independent_derivation() -> None:
     t1 = hmac.new(key_seed, info + b"\x01", hashlib.sha256).digest()
     t2 = hmac.new(key_seed, t1 + info + b"\x02", hashlib.sha256).digest()
     t3 = hmac.new(key_seed, t2 + info + b"\x03", hashlib.sha256).digest()
-    assert keys == (t1 + t2 + t3)[:88]
+    t4 = hmac.new(key_seed, t3 + info + b"\x04", hashlib.sha256).digest()
+    assert keys == (t1 + t2 + t3 + t4)[:120]
     hop = onion.HopKeys.from_material(keys)
     assert (hop.forward_key, hop.backward_key) == (keys[:32], keys[32:64])
     assert (hop.forward_nonce, hop.backward_nonce) == (keys[64:76], keys[76:88])
+    assert hop.binding == keys[88:120]
 
 
 def test_golden_values_vx6() -> None:
     _, reply, keys = _handshake()
-    assert hashlib.sha256(reply + keys).hexdigest() == GOLDEN_VX6_DIGEST
+    # The first 88 bytes (layer keys and nonces) predate the 32-byte circuit binding,
+    # which HKDF appends without changing them.
+    assert hashlib.sha256(reply + keys[:88]).hexdigest() == GOLDEN_VX6_DIGEST
+    assert hashlib.sha256(reply + keys).hexdigest() == GOLDEN_VX6_BINDING_DIGEST
 
 
 GOLDEN_VX6_DIGEST = "31566ce0923bc3d47a0020a6a41d17675973d84ad9e087f64590fe2815ab9c6c"
+GOLDEN_VX6_BINDING_DIGEST = "d1ef934248a264fd1f1908c1b37ecb5d732f81ea958df421a3346dca69e31750"
 
 
 # --- handshake failures ---------------------------------------------------------------
@@ -165,7 +171,7 @@ def test_degenerate_client_point_rejected() -> None:
 
 
 def _pairs(n: int) -> tuple[list[onion.HopCrypto], list[onion.HopCrypto]]:
-    material = [onion.hkdf_expand(bytes([i]) * 32, b"test", 88) for i in range(n)]
+    material = [onion.hkdf_expand(bytes([i]) * 32, b"test", onion.HOP_KEY_MATERIAL) for i in range(n)]
     keys = [onion.HopKeys.from_material(m) for m in material]
     return [onion.HopCrypto(k) for k in keys], [onion.HopCrypto(k) for k in keys]
 

@@ -81,6 +81,13 @@ class RecordsReceived:
     records: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CellsReceived:
+    """Whole circuit cells (a multiple of CELL_SIZE bytes) for the node's circuit router."""
+
+    cells: bytes | memoryview
+
+
 Event = (
     LinkEstablished
     | LinkClosed
@@ -94,4 +101,5 @@ Event = (
     | StreamWritable
     | PongReceived
     | RecordsReceived
+    | CellsReceived
 )

@@ -21,17 +21,15 @@ from dataclasses import dataclass
 from vx6.core import events as ev
 from vx6.core.handshake import HandshakeResult, LinkHandshake
 from vx6.core.link_streams import StreamOps
-from vx6.core.streams import (
-    CAN_RECEIVE,
-    Stream,
-    StreamInput,
-    StreamState,
-    StreamTable,
-)
+from vx6.core.streams import Stream, StreamState, StreamTable
 from vx6.core.streams import TransitionError as StreamTransitionError
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
+from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
 from vx6.wire import frames as fr
+from vx6.wire.cells import CELL_SIZE
+
+CELLS_PER_FRAME = (fr.MAX_FRAME - 1) // CELL_SIZE
+_CELLS_PREFIX = bytes([fr.FrameType.CELLS])
 
 
 @dataclass(frozen=True)
@@ -197,6 +195,9 @@ class Link(StreamOps):
         if plain[0] == fr.FrameType.DATA:
             self._on_data(plain)
             return
+        if plain[0] == fr.FrameType.CELLS:
+            self._on_cells(plain)
+            return
         try:
             frame = fr.decode_control(plain)
         except DecodeError as exc:
@@ -210,58 +211,16 @@ class Link(StreamOps):
         if len(plain) < fr.DATA_HEADER:
             raise LinkError(CloseCode.PROTOCOL_ERROR, "DATA frame too short")
         sid = int.from_bytes(plain[1:5], "big")
-        payload = memoryview(plain)[5:]  # no copy: the socket write takes the view
-        stream = self.streams.get(sid)
-        if stream is None:
-            if self.streams.is_stale_id(sid):
-                return  # crossed our RESET; the peer will learn soon enough
-            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA for unknown stream {sid}")
-        if stream.state not in CAN_RECEIVE or stream.fin_received:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA on stream {sid} after FIN")
-        stream.recv_allowance -= len(payload)
-        if stream.recv_allowance < 0:
-            raise LinkError(CloseCode.FLOW_CONTROL, f"stream {sid} exceeded its credit")
-        if payload:
-            self._events.append(ev.StreamDataReceived(sid, payload))
+        self._on_stream_data(sid, memoryview(plain)[5:])  # no copy: the write takes the view
+
+    def _on_cells(self, plain: bytes) -> None:
+        count, rest = divmod(len(plain) - 1, CELL_SIZE)
+        if count == 0 or rest:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, "CELLS frame is not whole cells")
+        self._events.append(ev.CellsReceived(memoryview(plain)[1:]))
 
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
         match frame:
-            case fr.Open(sid, service, flags):
-                if not self.streams.is_new_peer_id(sid):
-                    raise LinkError(CloseCode.PROTOCOL_ERROR, f"OPEN with bad stream id {sid}")
-                if len(self.streams) >= self.streams.max_streams:
-                    self.streams.new_remote(sid).state = StreamState.CLOSED
-                    self.streams.drop(sid)
-                    self._send_frame(fr.OpenFail(sid, StreamError.RESOURCE_LIMIT, "too many"))
-                    return
-                self.streams.new_remote(sid)
-                self._events.append(ev.StreamOpenRequested(sid, service, flags))
-            case fr.OpenOk(sid):
-                if (s := self._known(sid)) is not None:
-                    s.apply(StreamInput.OPEN_OK)
-                    self._events.append(ev.StreamOpened(sid))
-                    self._after_transition(sid)
-            case fr.OpenFail(sid, code, reason):
-                if (s := self._known(sid)) is not None:
-                    s.apply(StreamInput.OPEN_FAIL)
-                    self.streams.drop(sid)
-                    self._events.append(ev.StreamOpenFailed(sid, code, reason))
-            case fr.Credit(sid, inc):
-                if (s := self._known(sid)) is not None:
-                    s.send_credit += inc
-                    if s.send_credit > fr.MAX_STREAM_CREDIT:
-                        raise LinkError(CloseCode.FLOW_CONTROL, "credit beyond any window")
-                    self._flush_pending(sid)
-            case fr.Fin(sid):
-                if (s := self._known(sid)) is not None:
-                    s.apply(StreamInput.FIN_RECEIVED)
-                    self._events.append(ev.StreamEnded(sid))
-                    self._after_transition(sid)
-            case fr.Reset(sid, code):
-                if (s := self._known(sid)) is not None:
-                    s.apply(StreamInput.RESET)
-                    self.streams.drop(sid)
-                    self._events.append(ev.StreamReset(sid, code))
             case fr.Ping(token):
                 self._send_frame(fr.Pong(token))
             case fr.Pong(token):
@@ -273,23 +232,58 @@ class Link(StreamOps):
                 self._events.append(ev.LinkClosed(code, reason, by_peer=True))
             case fr.Records(records):
                 self._events.append(ev.RecordsReceived(records))
-
-    def _known(self, sid: int) -> Stream | None:
-        stream = self.streams.get(sid)
-        if stream is None and not self.streams.is_stale_id(sid):
-            raise LinkError(CloseCode.PROTOCOL_ERROR, f"frame for unknown stream {sid}")
-        return stream
-
-    def _after_transition(self, sid: int) -> None:
-        stream = self.streams.get(sid)
-        if stream is not None and stream.state is StreamState.CLOSED:
-            self.streams.drop(sid)
-            self._events.append(ev.StreamClosed(sid))
+            case _:
+                self._on_stream_frame(frame)
 
     def send_records(self, records: list[bytes]) -> None:
         self._require_open()
         for i in range(0, len(records), fr.MAX_RECORDS_PER_FRAME):
             self._send_frame(fr.Records(tuple(records[i : i + fr.MAX_RECORDS_PER_FRAME])))
+
+    def _send_data(self, stream: Stream, data: bytes | memoryview) -> bytes | None:
+        """Send as much as credit allows; return what is left over (and mark blocked).
+
+        The hot path: every frame of this call is encrypted straight into one output
+        buffer (length prefix, then ciphertext), so a chunk costs one copy into the
+        scratch plaintext and one AEAD pass, whatever its size."""
+        assert self._keys is not None
+        total = len(data)
+        count = min(total, stream.send_credit)
+        if count <= 0:
+            stream.blocked = True
+            return bytes(data)
+        frames = -(-count // fr.MAX_DATA_PAYLOAD)
+        overhead = 2 + fr.DATA_HEADER + fr.AEAD_TAG
+        out = bytearray(count + frames * overhead)
+        out_view = memoryview(out)
+        scratch = self._scratch
+        scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
+        view = memoryview(data)
+        encrypt_into = self._keys.send.encrypt_into
+        pos = offset = 0
+        while pos < count:
+            n = min(count - pos, fr.MAX_DATA_PAYLOAD)
+            plain_len = fr.DATA_HEADER + n
+            scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
+            sealed = plain_len + fr.AEAD_TAG
+            out[offset] = sealed >> 8
+            out[offset + 1] = sealed & 0xFF
+            encrypt_into(self._scratch_view[:plain_len], out_view[offset + 2 : offset + 2 + sealed])
+            offset += 2 + sealed
+            pos += n
+        out_view.release()
+        self._out.append(out)  # type: ignore[arg-type]
+        self.bytes_out += len(out)
+        stream.send_credit -= count
+        if stream.send_credit <= 0:
+            stream.blocked = True
+        return bytes(view[count:]) if count < total else None
+
+    def send_cells(self, cells: list[bytes]) -> None:
+        """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame."""
+        self._require_open()
+        for i in range(0, len(cells), CELLS_PER_FRAME):
+            self._emit_frame(_CELLS_PREFIX + b"".join(cells[i : i + CELLS_PER_FRAME]))
 
     def ping(self, now: float) -> None:
         self._require_open()

@@ -12,8 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vx6.core import events as ev
-from vx6.core.handshake import HandshakeResult
-from vx6.core.streams import CAN_SEND, Stream, StreamInput, StreamState, StreamTable
+from vx6.core.streams import (
+    CAN_RECEIVE,
+    CAN_SEND,
+    Stream,
+    StreamInput,
+    StreamState,
+    StreamTable,
+)
+from vx6.core.streams import TransitionError as StreamTransitionError
 from vx6.errors import CloseCode, LinkError, StreamError
 from vx6.wire import frames as fr
 
@@ -28,20 +35,14 @@ class StreamOps:
     streams: StreamTable
     closed: bool
     bytes_out: int
-    _keys: HandshakeResult | None
     _out: list[bytes]
     _events: list[ev.Event]
-    _scratch: bytearray
-    _scratch_view: memoryview
     _waiting_since: float | None
 
     def _send_frame(self, frame: fr.ControlFrame) -> None:
         raise NotImplementedError
 
     def _require_open(self) -> None:
-        raise NotImplementedError
-
-    def _after_transition(self, sid: int) -> None:
         raise NotImplementedError
 
     def open_stream(self, service: str, flags: int = 0, now: float | None = None) -> int:
@@ -103,42 +104,8 @@ class StreamOps:
 
     def _send_data(self, stream: Stream, data: bytes | memoryview) -> bytes | None:
         """Send as much as credit allows; return what is left over (and mark blocked).
-
-        The hot path: every frame of this call is encrypted straight into one output
-        buffer (length prefix, then ciphertext), so a chunk costs one copy into the
-        scratch plaintext and one AEAD pass, whatever its size."""
-        assert self._keys is not None
-        total = len(data)
-        count = min(total, stream.send_credit)
-        if count <= 0:
-            stream.blocked = True
-            return bytes(data)
-        frames = -(-count // fr.MAX_DATA_PAYLOAD)
-        overhead = 2 + fr.DATA_HEADER + fr.AEAD_TAG
-        out = bytearray(count + frames * overhead)
-        out_view = memoryview(out)
-        scratch = self._scratch
-        scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
-        view = memoryview(data)
-        encrypt_into = self._keys.send.encrypt_into
-        pos = offset = 0
-        while pos < count:
-            n = min(count - pos, fr.MAX_DATA_PAYLOAD)
-            plain_len = fr.DATA_HEADER + n
-            scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
-            sealed = plain_len + fr.AEAD_TAG
-            out[offset] = sealed >> 8
-            out[offset + 1] = sealed & 0xFF
-            encrypt_into(self._scratch_view[:plain_len], out_view[offset + 2 : offset + 2 + sealed])
-            offset += 2 + sealed
-            pos += n
-        out_view.release()
-        self._out.append(out)  # type: ignore[arg-type]
-        self.bytes_out += len(out)
-        stream.send_credit -= count
-        if stream.send_credit <= 0:
-            stream.blocked = True
-        return bytes(view[count:]) if count < total else None
+        The carrier (link or circuit) frames and encrypts."""
+        raise NotImplementedError
 
     def _flush_pending(self, sid: int) -> None:
         stream = self.streams.get(sid)
@@ -198,3 +165,81 @@ class StreamOps:
         stream.apply(StreamInput.RESET)
         self.streams.drop(sid)
         self._send_frame(fr.Reset(sid, code))
+
+    # ------------------------------------------------------------------ peer's frames
+    def _on_stream_data(self, sid: int, payload: bytes | memoryview) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            if self.streams.is_stale_id(sid):
+                return  # crossed our RESET; the peer will learn soon enough
+            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA for unknown stream {sid}")
+        if stream.state not in CAN_RECEIVE or stream.fin_received:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA on stream {sid} after FIN")
+        stream.recv_allowance -= len(payload)
+        if stream.recv_allowance < 0:
+            raise LinkError(CloseCode.FLOW_CONTROL, f"stream {sid} exceeded its credit")
+        if payload:
+            self._events.append(ev.StreamDataReceived(sid, payload))
+
+    def _on_stream_frame(self, frame: fr.ControlFrame) -> None:
+        """OPEN, OPEN_OK, OPEN_FAIL, CREDIT, FIN, RESET from the peer. Anything the peer
+        does wrong raises LinkError; the carrier closes itself (link or circuit)."""
+        try:
+            self._apply_stream_frame(frame)
+        except StreamTransitionError as exc:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+
+    def _apply_stream_frame(self, frame: fr.ControlFrame) -> None:
+        match frame:
+            case fr.Open(sid, service, flags):
+                if not self.streams.is_new_peer_id(sid):
+                    raise LinkError(CloseCode.PROTOCOL_ERROR, f"OPEN with bad stream id {sid}")
+                if len(self.streams) >= self.streams.max_streams:
+                    self.streams.new_remote(sid).state = StreamState.CLOSED
+                    self.streams.drop(sid)
+                    self._send_frame(fr.OpenFail(sid, StreamError.RESOURCE_LIMIT, "too many"))
+                    return
+                self.streams.new_remote(sid)
+                self._events.append(ev.StreamOpenRequested(sid, service, flags))
+            case fr.OpenOk(sid):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.OPEN_OK)
+                    self._events.append(ev.StreamOpened(sid))
+                    self._after_transition(sid)
+            case fr.OpenFail(sid, code, reason):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.OPEN_FAIL)
+                    self.streams.drop(sid)
+                    self._events.append(ev.StreamOpenFailed(sid, code, reason))
+            case fr.Credit(sid, inc):
+                if (s := self._known(sid)) is not None:
+                    s.send_credit += inc
+                    if s.send_credit > fr.MAX_STREAM_CREDIT:
+                        raise LinkError(CloseCode.FLOW_CONTROL, "credit beyond any window")
+                    self._flush_pending(sid)
+            case fr.Fin(sid):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.FIN_RECEIVED)
+                    self._events.append(ev.StreamEnded(sid))
+                    self._after_transition(sid)
+            case fr.Reset(sid, code):
+                if (s := self._known(sid)) is not None:
+                    s.apply(StreamInput.RESET)
+                    self.streams.drop(sid)
+                    self._events.append(ev.StreamReset(sid, code))
+            case _:
+                raise LinkError(
+                    CloseCode.PROTOCOL_ERROR, f"{type(frame).__name__} is not a stream frame"
+                )
+
+    def _known(self, sid: int) -> Stream | None:
+        stream = self.streams.get(sid)
+        if stream is None and not self.streams.is_stale_id(sid):
+            raise LinkError(CloseCode.PROTOCOL_ERROR, f"frame for unknown stream {sid}")
+        return stream
+
+    def _after_transition(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state is StreamState.CLOSED:
+            self.streams.drop(sid)
+            self._events.append(ev.StreamClosed(sid))

@@ -34,6 +34,7 @@ _RAW_PRIV = serialization.PrivateFormat.Raw
 _NO_ENC = serialization.NoEncryption()
 
 LINK_PROOF_DOMAIN = b"vx6-link-key-v1\x00"
+CIRCUIT_AUTH_DOMAIN = b"vx6-circuit-auth-v1\x00"
 
 
 def node_id(identity_public: bytes) -> bytes:
@@ -124,3 +125,15 @@ def link_key_proof(identity: Identity, link_public: bytes) -> bytes:
 
 def check_link_key_proof(identity_public: bytes, link_public: bytes, proof: bytes) -> bool:
     return verify(identity_public, LINK_PROOF_DOMAIN + link_public, proof)
+
+
+def circuit_auth_proof(identity: Identity, exit_identity: bytes, binding: bytes) -> bytes:
+    """The client's signature over the circuit binding it shares with the exit (and the
+    exit's key, so a proof made for one exit is worthless at another)."""
+    return identity.sign(CIRCUIT_AUTH_DOMAIN + exit_identity + binding)
+
+
+def check_circuit_auth_proof(
+    client_identity: bytes, exit_identity: bytes, binding: bytes, proof: bytes
+) -> bool:
+    return verify(client_identity, CIRCUIT_AUTH_DOMAIN + exit_identity + binding, proof)

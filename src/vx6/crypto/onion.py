@@ -52,7 +52,9 @@ NTOR_REPLY_LEN = 2 * KEY_LEN
 TAG_LEN = 16
 LAYER_OVERHEAD = TAG_LEN + 1
 NONCE_LEN = 12
-HOP_KEY_MATERIAL = 2 * KEY_LEN + 2 * NONCE_LEN
+BINDING_LEN = 32
+# forward key | backward key | forward nonce | backward nonce | circuit binding
+HOP_KEY_MATERIAL = 2 * KEY_LEN + 2 * NONCE_LEN + BINDING_LEN
 MAX_DEPTH = 6  # five relays and the exit; see docs/circuits.md
 
 _FLAG_PASS = 0
@@ -172,13 +174,23 @@ class HopKeys:
     backward_key: bytes
     forward_nonce: bytes
     backward_nonce: bytes
+    # A secret only the client and this hop know, unique to the circuit: the client signs
+    # it to prove its identity to the exit (end-to-end client authentication).
+    binding: bytes
 
     @classmethod
     def from_material(cls, material: bytes) -> HopKeys:
         if len(material) != HOP_KEY_MATERIAL:
             raise CryptoError(f"hop key material is {HOP_KEY_MATERIAL} bytes")
-        k = KEY_LEN
-        return cls(material[:k], material[k : 2 * k], material[2 * k : 2 * k + 12], material[-12:])
+        k, n = KEY_LEN, NONCE_LEN
+        nonces = 2 * k
+        return cls(
+            material[:k],
+            material[k : 2 * k],
+            material[nonces : nonces + n],
+            material[nonces + n : nonces + 2 * n],
+            material[nonces + 2 * n :],
+        )
 
 
 class _Direction:
@@ -212,9 +224,10 @@ class HopCrypto:
     """One hop's two directions with their counters; the client keeps one per hop, and a
     relay keeps one per circuit."""
 
-    __slots__ = ("backward", "forward")
+    __slots__ = ("backward", "binding", "forward")
 
     def __init__(self, keys: HopKeys) -> None:
+        self.binding = keys.binding
         self.forward = _Direction(keys.forward_key, keys.forward_nonce)
         self.backward = _Direction(keys.backward_key, keys.backward_nonce)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from vx6.errors import DecodeError
+from vx6.wire import frames as fr
 from vx6.wire.endpoint import pack_endpoint, unpack_endpoint
 
 CELL_SIZE = 16 * 1024
@@ -51,11 +52,16 @@ class CellCommand(IntEnum):
 class RelayCommand(IntEnum):
     EXTEND = 1
     EXTENDED = 2
-    BEGIN = 3
-    CONNECTED = 4
+    # Stream commands mirror the link's stream frames one for one (see `stream_message`),
+    # so the same stream state machine and flow control run over a link or a circuit.
+    BEGIN = 3  # OPEN: flags u8 | service (ASCII)
+    CONNECTED = 4  # OPEN_OK
     DATA = 5
-    END = 6
-    CREDIT = 7
+    END = 6  # FIN (half-close)
+    CREDIT = 7  # increment u32
+    REFUSED = 8  # OPEN_FAIL: code u8 | reason (UTF-8)
+    RESET = 9  # code u8
+    AUTH = 10  # circuit-level (stream 0): client identity 32 | proof 64
 
 
 class DestroyReason(IntEnum):
@@ -234,3 +240,91 @@ def decode_extend(data: bytes) -> Extend:
     if pos != len(data):
         raise DecodeError("trailing bytes after EXTEND")
     return Extend(identity, onionskin, tuple(endpoints))
+
+
+AUTH_LEN = KEY_LEN + 64
+_STREAM_COMMANDS = frozenset(
+    {
+        RelayCommand.BEGIN,
+        RelayCommand.CONNECTED,
+        RelayCommand.END,
+        RelayCommand.CREDIT,
+        RelayCommand.REFUSED,
+        RelayCommand.RESET,
+    }
+)
+
+
+def is_stream_control(command: int) -> bool:
+    return command in _STREAM_COMMANDS
+
+
+def stream_message(frame: fr.ControlFrame) -> RelayMessage:
+    """A link stream frame as the relay message that carries it over a circuit."""
+    match frame:
+        case fr.Open(sid, service, flags):
+            name = service.encode("ascii")
+            if not 0 < len(name) <= 255:
+                raise ValueError("service name must be 1..255 bytes")
+            return RelayMessage(RelayCommand.BEGIN, sid, bytes([flags]) + name)
+        case fr.OpenOk(sid):
+            return RelayMessage(RelayCommand.CONNECTED, sid, b"")
+        case fr.OpenFail(sid, code, reason):
+            text = fr.short_text(reason)
+            return RelayMessage(RelayCommand.REFUSED, sid, bytes([code]) + text)
+        case fr.Credit(sid, increment):
+            return RelayMessage(RelayCommand.CREDIT, sid, increment.to_bytes(4, "big"))
+        case fr.Fin(sid):
+            return RelayMessage(RelayCommand.END, sid, b"")
+        case fr.Reset(sid, code):
+            return RelayMessage(RelayCommand.RESET, sid, bytes([code]))
+    raise ValueError(f"not a stream frame: {frame!r}")
+
+
+def stream_frame(message: RelayMessage) -> fr.ControlFrame:
+    """The inverse of `stream_message`; DecodeError on anything malformed."""
+    command, sid, data = message.command, message.stream_id, message.data
+    if sid == 0:
+        raise DecodeError("stream id 0 is reserved for the circuit")
+    if command == RelayCommand.BEGIN:
+        if len(data) < 2 or not data[1:].isascii():
+            raise DecodeError("BEGIN needs flags and an ASCII service name")
+        return fr.Open(sid, data[1:].decode("ascii"), data[0])
+    if command == RelayCommand.CONNECTED:
+        _exact(data, 0, "CONNECTED")
+        return fr.OpenOk(sid)
+    if command == RelayCommand.REFUSED:
+        if not 1 <= len(data) <= 1 + fr.MAX_REASON:
+            raise DecodeError("REFUSED needs a code and at most a short reason")
+        try:
+            reason = data[1:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("REFUSED reason is not UTF-8") from exc
+        return fr.OpenFail(sid, data[0], reason)
+    if command == RelayCommand.CREDIT:
+        _exact(data, 4, "CREDIT")
+        return fr.Credit(sid, int.from_bytes(data, "big"))
+    if command == RelayCommand.END:
+        _exact(data, 0, "END")
+        return fr.Fin(sid)
+    if command == RelayCommand.RESET:
+        _exact(data, 1, "RESET")
+        return fr.Reset(sid, data[0])
+    raise DecodeError(f"relay command {command} is not a stream command")
+
+
+def _exact(data: bytes, n: int, what: str) -> None:
+    if len(data) != n:
+        raise DecodeError(f"{what} carries {n} bytes, got {len(data)}")
+
+
+def encode_auth(identity: bytes, proof: bytes) -> bytes:
+    if len(identity) != KEY_LEN or len(proof) != 64:
+        raise ValueError("AUTH is a 32-byte key and a 64-byte proof")
+    return identity + proof
+
+
+def decode_auth(data: bytes) -> tuple[bytes, bytes]:
+    if len(data) != AUTH_LEN:
+        raise DecodeError(f"AUTH is {AUTH_LEN} bytes, got {len(data)}")
+    return data[:KEY_LEN], data[KEY_LEN:]

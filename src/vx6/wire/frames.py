@@ -52,6 +52,7 @@ class FrameType(IntEnum):
     PONG = 9
     CLOSE = 10
     RECORDS = 11
+    CELLS = 12  # one to three circuit cells, back to back (hot path, like DATA)
 
 
 OPEN_FLAG_PROBE = 1  # check service, access and target, then close: used by `vx6 connect`
@@ -138,7 +139,7 @@ def _text(raw: bytes | memoryview, what: str) -> str:
         raise DecodeError(f"{what} is not UTF-8") from exc
 
 
-def _short_text(text: str) -> bytes:
+def short_text(text: str) -> bytes:
     raw = text.encode("utf-8")[:MAX_REASON]
     # Cutting may split a character; drop the broken tail so the peer can decode it.
     return raw.decode("utf-8", "ignore").encode("utf-8")
@@ -157,7 +158,7 @@ def encode_frame(frame: ControlFrame) -> bytes:
         case OpenOk(stream_id):
             return bytes([FrameType.OPEN_OK]) + _U32.pack(stream_id)
         case OpenFail(stream_id, code, reason):
-            text = _short_text(reason)
+            text = short_text(reason)
             return (
                 bytes([FrameType.OPEN_FAIL])
                 + _ID_U8.pack(stream_id, code)
@@ -175,7 +176,7 @@ def encode_frame(frame: ControlFrame) -> bytes:
         case Pong(token):
             return bytes([FrameType.PONG]) + _U64.pack(token)
         case Close(code, reason):
-            text = _short_text(reason)
+            text = short_text(reason)
             return bytes([FrameType.CLOSE, code, len(text)]) + text
         case Records(records):
             if len(records) > MAX_RECORDS_PER_FRAME:
