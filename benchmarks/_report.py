@@ -277,6 +277,8 @@ def render_table(
         out.append("  ".join(cells))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
+    if details.get("event_loop"):
+        out += ["", f"nodes' event loop: {details['event_loop']}"]
     cpu = details.get("cpu_percent", {})
     if cpu:
         out += ["", "CPU during the bulk runs (100 = one core):"]

@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="py-spy the client and owner nodes during vx6 bulk one way",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        help="the nodes' event loop (sets VX6_EVENT_LOOP for them; default: as inherited)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the node homes and logs")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
@@ -239,6 +244,15 @@ class Bench:
         _load.one_way(fwd["bulk"], 16 * MIB, self.args.limit)
 
 
+def _event_loop(node: LocalNode) -> str | None:
+    """The loop the node says it runs on (its first log lines)."""
+    for line in node.log_text().splitlines():
+        _, found, loop = line.partition("event loop: ")
+        if found:
+            return loop
+    return None
+
+
 def _first(results: dict[str, list[Any]]) -> dict[str, list[int] | None]:
     return {path: runs[0] if runs else None for path, runs in results.items()}
 
@@ -255,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
         servers.append(echo_proc)
         bulk_proc, bulk = _load.start_server("bulk")
         servers.append(bulk_proc)
+        if args.event_loop:
+            os.environ["VX6_EVENT_LOOP"] = args.event_loop  # the nodes inherit it
         with LocalNet(keep=args.keep) as net:
             if args.keep:
                 log(f"node homes and logs in {net.base}")
@@ -268,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
             }
             bench = Bench(args, {"echo": echo, "bulk": bulk}, setup["forwards"], pids)
             bench.details["forward_setup_ms"] = setup["setup_ms"]
+            bench.details["event_loop"] = _event_loop(setup["alice"])
             try:
                 bench.warm_up()
                 time.sleep(IDLE_PAUSE)  # let the nodes settle: this row is about idle memory

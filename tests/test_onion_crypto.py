@@ -171,7 +171,9 @@ def test_degenerate_client_point_rejected() -> None:
 
 
 def _pairs(n: int) -> tuple[list[onion.HopCrypto], list[onion.HopCrypto]]:
-    material = [onion.hkdf_expand(bytes([i]) * 32, b"test", onion.HOP_KEY_MATERIAL) for i in range(n)]
+    material = [
+        onion.hkdf_expand(bytes([i]) * 32, b"test", onion.HOP_KEY_MATERIAL) for i in range(n)
+    ]
     keys = [onion.HopKeys.from_material(m) for m in material]
     return [onion.HopCrypto(k) for k in keys], [onion.HopCrypto(k) for k in keys]
 

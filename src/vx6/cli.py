@@ -96,14 +96,26 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--local", required=True, metavar="[ADDR:]PORT", help="local port (0: any)")
     sp.add_argument("--via", metavar="ADDR:PORT", help="owner's endpoint: direct mode, no lookup")
     sp.add_argument("--name", help="name of the forward (default: the service address)")
+    sp.add_argument(
+        "--hops", type=int, default=0, metavar="N", help="relay proxy mode through N relays (1-5)"
+    )
+    sp.add_argument(
+        "--relay-fallback",
+        type=int,
+        default=0,
+        metavar="N",
+        help="direct, but through N relays when the owner cannot be reached directly",
+    )
     sp = cmd("disconnect", "remove a forward")
     sp.add_argument("name", help="forward name or local port")
     cmd("forwards", "list forwards", True)
     sp = cmd("nc", "pipe stdin/stdout to a service (ssh ProxyCommand)")
     sp.add_argument("service", help="OWNER.SERVICE")
     sp.add_argument("--via", metavar="ADDR:PORT", help="owner's endpoint: direct mode")
+    sp.add_argument("--hops", type=int, default=0, metavar="N", help="through N relays (1-5)")
     cmd("status", "show the node's state", True)
     cmd("peers", "show links and known peers", True)
+    cmd("relays", "list the relays route planning can use", True)
     sp = cmd("resolve", "show what the registry knows about an address", True)
     sp.add_argument("address")
     sp = cmd("ping", "measure the round trip to an owner's node", True)
@@ -242,7 +254,14 @@ def _control_command(args: argparse.Namespace) -> int:
     elif c == "unexpose" or c == "disconnect":
         msg["name"] = args.name
     elif c == "connect":
-        msg.update(service=args.service, local=args.local, via=args.via, name=args.name)
+        msg.update(
+            service=args.service,
+            local=args.local,
+            via=args.via,
+            name=args.name,
+            hops=args.hops,
+            relay_fallback=args.relay_fallback,
+        )
         _validate_connect(args)
     elif c == "resolve":
         msg["address"] = args.address
@@ -272,10 +291,18 @@ def _validate_expose(args: argparse.Namespace) -> None:
 def _validate_connect(args: argparse.Namespace) -> None:
     from vx6.config import forward_config
 
-    forward_config(args.name or args.service, args.service, args.local, args.via)
+    forward_config(
+        args.name or args.service,
+        args.service,
+        args.local,
+        args.via,
+        hops=args.hops,
+        relay_fallback=args.relay_fallback,
+    )
 
 
 def _nc(args: argparse.Namespace) -> int:
+    from vx6.config import MAX_RELAYS
     from vx6.core.names import parse_service_address
     from vx6.net.control import read_line
     from vx6.wire.control import decode_message, encode_message
@@ -295,7 +322,9 @@ def _nc(args: argparse.Namespace) -> int:
         sock.connect(str(path))
     except OSError as exc:
         raise VX6Error(f"no node is running with home {path.parent}") from exc
-    sock.sendall(encode_message({"op": "nc", "target": target}))
+    if not 0 <= args.hops <= MAX_RELAYS or (args.hops and args.via):
+        raise UsageError(f"--hops must be 1..{MAX_RELAYS} relays, and not with --via")
+    sock.sendall(encode_message({"op": "nc", "target": target, "hops": args.hops}))
     reply = decode_message(read_line(sock))
     if not reply.get("ok"):
         code = reply.get("code")

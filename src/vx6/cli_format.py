@@ -32,6 +32,19 @@ def _ago(when: float | None) -> str:
     return f"{max(0.0, time.time() - when):.0f} s ago"
 
 
+def _circuit_health(forwards: list[dict[str, Any]]) -> list[str]:
+    """One block per relayed forward: each circuit's state, streams and build time."""
+    lines = []
+    for f in forwards:
+        circuits = f.get("circuits") or []
+        if not circuits:
+            continue
+        healthy = sum(1 for c in circuits if c["state"] == "open")
+        lines.append(f"{f['name']} circuits ({healthy} of {len(circuits)} open):")
+        lines.append(table(circuits, ["id", "state", "hops", "streams", "build_ms", "relays"]))
+    return lines
+
+
 def render(command: str, reply: dict[str, Any]) -> str:
     if command == "status":
         lines = [
@@ -63,6 +76,13 @@ def render(command: str, reply: dict[str, Any]) -> str:
                 ],
             ),
         ]
+        circ = reply.get("circuits", {})
+        lines.append(
+            f"circuits:    relay {'on' if circ.get('relay') else 'off'}; "
+            f"relaying {circ.get('relayed_circuits', 0)}, exit for "
+            f"{circ.get('exit_circuits', 0)}, own {circ.get('client_circuits', 0)}"
+        )
+        lines += _circuit_health(reply["forwards"])
         return "\n".join(lines)
     if command == "peers":
         return (
@@ -75,13 +95,14 @@ def render(command: str, reply: dict[str, Any]) -> str:
             + "\nDHT routing table:\n"
             + table(reply["dht_table"], ["node_id", "address"])
         )
+    if command == "relays":
+        return table(reply["relays"], ["fingerprint", "address", "uptime_s", "rtt_ms"])
     if command == "services":
         return table(reply["services"], ["name", "target", "public", "allow"])
     if command == "forwards":
-        return table(
-            reply["forwards"],
-            ["name", "local", "service", "path", "active", "connections", "failures", "last_error"],
-        )
+        cols = ["name", "local", "service", "path", "active", "connections", "failures"]
+        listing = table(reply["forwards"], [*cols, "last_error"])
+        return "\n".join([listing, *_circuit_health(reply["forwards"])])
     if command == "connect":
         f = reply["forward"]
         setup = reply.get("setup", {})

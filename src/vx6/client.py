@@ -21,15 +21,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from vx6.config import ForwardConfig
+from vx6.config import MAX_RELAYS, ForwardConfig
 from vx6.core.dht.keys import name_key
 from vx6.core.names import ServiceAddress, parse_service_address, resolve_owner
 from vx6.crypto.keys import fingerprint, node_id
 from vx6.errors import CloseCode, DecodeError, LinkError, StreamError, StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint, parse_endpoint
+from vx6.net.carrier import StreamCarrier
 from vx6.net.forward import Forward
 from vx6.net.link import LinkProtocol
 from vx6.net.pipe import StreamPipe
+from vx6.registry_memo import RegistryMemo
 from vx6.wire.frames import OPEN_FLAG_PROBE
 from vx6.wire.records import Kind, NodeBody, RotationBody, decode_body, decode_record
 
@@ -47,6 +49,10 @@ class ClientSide:
         self.forwards: dict[str, Forward] = {}
         self._dialing: dict[object, asyncio.Future[LinkProtocol]] = {}
         self._suspects: set[bytes] = set()
+        # (name, fingerprint, follow_pin) -> key; see resolve.
+        self._resolved: RegistryMemo[tuple[str, str | None, bool], bytes] = RegistryMemo(
+            node.registry
+        )
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, addr: ServiceAddress, follow_pin: bool = True) -> bytes:
@@ -57,6 +63,11 @@ class ClientSide:
         if not name:
             return resolve_owner(addr, [], None)
         now = time.time()
+        # Every new stream resolves its owner: remembered until the registry changes.
+        memo_key = (name, addr.fingerprint, follow_pin)
+        known = self._resolved.get(memo_key, now)
+        if known is not None:
+            return known
         claims = [
             (r.subject, r.signer)
             for r in reg.records(kind=int(Kind.NAME_CLAIM), subject=name, now=now)
@@ -76,6 +87,7 @@ class ClientSide:
                 fingerprint(pinned),
                 fingerprint(key),
             )
+        self._resolved.put(memo_key, key)  # not kept after a re-pin: the registry moved
         return key
 
     def node_record(self, key: bytes) -> NodeBody | None:
@@ -95,7 +107,7 @@ class ClientSide:
         link = self.node.links.get(key)
         if link is not None and link.is_open:
             return link
-        return await self._shared_dial(key, lambda: self._dial_owner(addr, key))
+        return await self.shared_dial(key, lambda: self._dial_owner(addr, key))
 
     async def resolve_with_dht(self, addr: ServiceAddress) -> bytes:
         """Registry first; if it does not know the name, ask the DHT and try again."""
@@ -108,7 +120,7 @@ class ClientSide:
                 raise
         return self.resolve(addr)
 
-    async def _shared_dial(
+    async def shared_dial(
         self, key: object, make: Callable[[], Awaitable[LinkProtocol]]
     ) -> LinkProtocol:
         """Concurrent first connections to one owner share one dial."""
@@ -171,7 +183,7 @@ class ClientSide:
             if link is not None and link.is_open:
                 return link
         try:
-            link = await self._shared_dial(
+            link = await self.shared_dial(
                 ("via", via, expected), lambda: self.node.dial(*via, expected_identity=expected)
             )
         except LinkError as exc:
@@ -199,22 +211,38 @@ class ClientSide:
             log.info("pinned %s to %s", name, fingerprint(key))
 
     # ------------------------------------------------------------------ streams
-    async def open(
-        self, addr: ServiceAddress, via: tuple[str, int] | None, pipe: StreamPipe
-    ) -> LinkProtocol:
-        link = await self.link_for(addr, via)
-        sid = link.open_stream(addr.service, 0, pipe)
-        pipe.bind(link, sid)
-        return link
+    async def carrier_for(
+        self, addr: ServiceAddress, via: tuple[str, int] | None, hops: int
+    ) -> StreamCarrier:
+        """What a stream to `addr` runs over: a link to the owner, or with `hops` a ready
+        circuit through that many relays (DESIGN: one stream abstraction, many paths)."""
+        if not hops:
+            return await self.link_for(addr, via)
+        key = await self.resolve_with_dht(addr)
+        path = await self.node.pool.get(key, hops)
+        self._pin(addr, key)
+        return path
 
-    async def nc(self, target: str, pipe: StreamPipe) -> None:
+    async def open(
+        self, addr: ServiceAddress, via: tuple[str, int] | None, pipe: StreamPipe, hops: int = 0
+    ) -> StreamCarrier:
+        carrier = await self.carrier_for(addr, via, hops)
+        sid = carrier.open_stream(addr.service, 0, pipe)
+        pipe.bind(carrier, sid)
+        return carrier
+
+    async def nc(self, target: str, hops: int, pipe: StreamPipe) -> None:
+        if not 0 <= hops <= MAX_RELAYS:
+            raise UsageError(f"hops must be 0..{MAX_RELAYS}")
         addr, via = _split_via(target)
-        await self.open(addr, via, pipe)
+        await self.open(addr, via, pipe, hops)
         await pipe.wait_opened()
 
-    async def probe(self, addr: ServiceAddress, via: tuple[str, int] | None) -> dict[str, object]:
+    async def probe(
+        self, addr: ServiceAddress, via: tuple[str, int] | None, hops: int = 0
+    ) -> dict[str, object]:
         started = time.perf_counter()
-        link = await self.link_for(addr, via)
+        link = await self.carrier_for(addr, via, hops)
         pipe = StreamPipe()
         sid = link.open_stream(addr.service, OPEN_FLAG_PROBE, pipe)
         pipe.bind(link, sid)
@@ -236,10 +264,37 @@ class ClientSide:
         if cfg.name in self.forwards:
             raise UsageError(f"a forward named {cfg.name!r} exists; disconnect it first")
         addr = parse_service_address(cfg.service)
-        result = await self.probe(addr, cfg.via) if check else {}
+        fallback = cfg.relay_fallback
+        result: dict[str, object] = {}
+        if check:
+            try:
+                result = await self.probe(addr, cfg.via, cfg.hops)
+            except StreamFailed as exc:
+                if not (fallback and exc.code is StreamError.OWNER_UNREACHABLE):
+                    raise
+                log.warning("%s: %s; using the relay fallback (%d hops)", cfg.name, exc, fallback)
+                result = await self.probe(addr, None, fallback)
 
         async def opener(pipe: StreamPipe) -> None:
-            await self.open(addr, cfg.via, pipe)
+            if not fallback:
+                await self.open(addr, cfg.via, pipe, cfg.hops)
+                return
+            try:
+                await self.open(addr, None, pipe)
+                fwd.path = "direct"
+            except StreamFailed as exc:
+                if exc.code is not StreamError.OWNER_UNREACHABLE:
+                    raise
+                if fwd.path == "direct":
+                    log.warning(
+                        "forward %s: direct dial failed (%s); falling back to %d relays",
+                        cfg.name,
+                        exc,
+                        fallback,
+                    )
+                fwd.path = f"relay-fallback ({fallback} hops)"
+                fwd.fallbacks += 1
+                await self.open(addr, None, pipe, fallback)
 
         fwd = Forward(
             cfg.name,
@@ -253,6 +308,10 @@ class ClientSide:
         )
         if cfg.via:
             fwd.path = "direct-ip"
+        elif cfg.hops:
+            fwd.path = f"relay ({cfg.hops} hops)"
+            fwd.hops = cfg.hops
+        fwd.circuits = lambda: self._circuits(addr, fwd.hops or fallback)
         try:
             await fwd.start()
         except OSError as exc:
@@ -260,6 +319,15 @@ class ClientSide:
         self.forwards[cfg.name] = fwd
         fwd.setup = result
         return fwd
+
+    def _circuits(self, addr: ServiceAddress, hops: int) -> list[dict[str, object]]:
+        if not hops:
+            return []
+        try:
+            key = self.resolve(addr, follow_pin=False)
+        except StreamFailed:
+            return []
+        return [p.describe() for p in self.node.pool.paths.get((key, hops), [])]
 
     async def disconnect(self, name: str) -> bool:
         fwd = self.forwards.pop(name, None)

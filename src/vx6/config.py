@@ -5,6 +5,7 @@ Example:
     name = "alice"
     listen = ["[::]:4242"]
     peers = ["[2001:db8::7]:4242"]
+    # relay = true                 # carry circuits for others (advertised in the record)
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -16,6 +17,8 @@ Example:
     service = "alice.web"
     local = "127.0.0.1:8080"
     # via = "[2001:db8::5]:4242"   # direct IPv6 mode: no discovery
+    # hops = 3                     # relay proxy mode: through 3 relays (1..5)
+    # relay_fallback = 2           # direct, but through 2 relays if the owner is unreachable
 
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
 registry and merge with those declared here (the file wins on a name clash).
@@ -33,6 +36,7 @@ from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
 
 DEFAULT_PORT = 4242
+MAX_RELAYS = 5  # relays on one circuit; the exit makes the sixth hop (docs/circuits.md)
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class ForwardConfig:
     via: tuple[str, int] | None = None
     # Given only a port, the forward listens on 127.0.0.1 and (if the host has it) ::1.
     dual_loopback: bool = False
+    hops: int = 0  # relay proxy mode: this many relays (1..5); 0 = direct
+    relay_fallback: int = 0  # direct, but over this many relays if the owner is unreachable
 
 
 @dataclass
@@ -86,8 +92,27 @@ def service_config(
     return ServiceConfig(label, host, port, tuple(allow), public, allow_remote_target)
 
 
-def forward_config(name: str, service: str, local: str, via: str | None) -> ForwardConfig:
+def _relays(value: int, what: str) -> int:
+    if not 0 <= value <= MAX_RELAYS:
+        raise UsageError(f"{what} must be 1..{MAX_RELAYS} relays (0: none), not {value}")
+    return value
+
+
+def forward_config(
+    name: str,
+    service: str,
+    local: str,
+    via: str | None,
+    hops: int = 0,
+    relay_fallback: int = 0,
+) -> ForwardConfig:
     parse_service_address(service)
+    _relays(hops, "--hops")
+    _relays(relay_fallback, "--relay-fallback")
+    if via and (hops or relay_fallback):
+        raise UsageError("--via is direct mode; it does not combine with relays")
+    if hops and relay_fallback:
+        raise UsageError("--relay-fallback is for direct forwards; --hops already relays")
     try:
         host, port = parse_endpoint(local, None) if ":" in local else ("127.0.0.1", int(local))
         via_ep = parse_endpoint(via) if via else None
@@ -95,7 +120,22 @@ def forward_config(name: str, service: str, local: str, via: str | None) -> Forw
         raise UsageError(str(exc)) from exc
     if not 0 <= port <= 65535:
         raise UsageError("local port must be 0-65535")
-    return ForwardConfig(name, service, host, port, via_ep, dual_loopback=":" not in local)
+    return ForwardConfig(
+        name,
+        service,
+        host,
+        port,
+        via_ep,
+        dual_loopback=":" not in local,
+        hops=hops,
+        relay_fallback=relay_fallback,
+    )
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UsageError(f"config: {what} must be an integer")
+    return value
 
 
 def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
@@ -137,6 +177,11 @@ def load_config(path: Path) -> NodeConfig:
             raise UsageError(f"config: forwards.{name} needs service and local")
         via = fwd.get("via")
         cfg.forwards[name] = forward_config(
-            name, str(fwd["service"]), str(fwd["local"]), str(via) if via else None
+            name,
+            str(fwd["service"]),
+            str(fwd["local"]),
+            str(via) if via else None,
+            hops=_int(fwd.get("hops", 0), f"forwards.{name}.hops"),
+            relay_fallback=_int(fwd.get("relay_fallback", 0), f"forwards.{name}.relay_fallback"),
         )
     return cfg

@@ -41,6 +41,7 @@ class ControlOps:
             "ping": self.ping,
             "stop": self.stop,
             "rotate": self.rotate,
+            "relays": self.relays,
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +83,7 @@ class ControlOps:
             "forwards": [f.describe() for f in node.client.forwards.values()],
             "counters": dict(sorted(node.counters.items())),
             "dht": node.dht.health(),
+            "circuits": node.circuits.describe(),
         }
 
     async def peers(self, _: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +149,12 @@ class ControlOps:
     async def connect(self, req: dict[str, Any]) -> dict[str, Any]:
         service = str(req.get("service", ""))
         name = str(req.get("name") or service)
-        cfg = forward_config(name, service, str(req.get("local", "")), req.get("via") or None)
+        hops, fallback = req.get("hops", 0), req.get("relay_fallback", 0)
+        if not isinstance(hops, int) or not isinstance(fallback, int):
+            raise UsageError("hops and relay_fallback are integers")
+        cfg = forward_config(
+            name, service, str(req.get("local", "")), req.get("via") or None, hops, fallback
+        )
         fwd = await self.node.client.connect(cfg)
         return {"forward": fwd.describe(), "setup": fwd.setup}
 
@@ -156,6 +163,21 @@ class ControlOps:
         if not await self.node.client.disconnect(name):
             raise UsageError(f"no forward named {name!r}")
         return {"removed": name}
+
+    async def relays(self, _: dict[str, Any]) -> dict[str, Any]:
+        """The relays route planning can choose from (node records with the relay
+        capability), with what the weights use."""
+        out = []
+        for c in self.node.pool.relay_candidates():
+            out.append(
+                {
+                    "fingerprint": fingerprint(c.identity),
+                    "address": format_endpoint(c.endpoints[0].host, c.endpoints[0].port),
+                    "uptime_s": round(c.uptime),
+                    "rtt_ms": None if c.rtt is None else round(c.rtt * 1000, 2),
+                }
+            )
+        return {"relays": out}
 
     async def forwards(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"forwards": [f.describe() for f in self.node.client.forwards.values()]}

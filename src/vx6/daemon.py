@@ -26,18 +26,21 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from vx6.circuit_pool import CircuitPool
+from vx6.circuits import CircuitRouter, dialable
 from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
-from vx6.errors import CloseCode, VX6Error
+from vx6.errors import CloseCode, StreamError, StreamFailed, VX6Error
 from vx6.home import Home
-from vx6.net.addresses import is_loopback, network_of
+from vx6.net import eventloop
+from vx6.net.addresses import format_endpoint, is_loopback, network_of
 from vx6.net.control import serve_control
 from vx6.net.dht import DhtService
 from vx6.net.link import LinkOwner, LinkProtocol, dial
@@ -45,6 +48,7 @@ from vx6.owner import OwnerSide
 from vx6.publisher import Publisher
 from vx6.records_hub import RecordHub
 from vx6.store import Registry
+from vx6.wire.cells import Endpoint
 
 log = logging.getLogger("vx6.node")
 
@@ -62,7 +66,8 @@ class Node(LinkOwner):
         self.config = _merge(file_cfg, cli or NodeConfig())
         self.identity = home.identity()
         self.link_key = home.link_key()
-        self.onion_key = home.onion_key()
+        self.onion_keys = home.onion_keys(time.time())
+        self.onion_key = self.onion_keys[0]
         self.registry = Registry(home.registry_path)
         if self.config.name:
             self.registry.set_meta("name", self.config.name)
@@ -78,6 +83,8 @@ class Node(LinkOwner):
         self.ops = ControlOps(self)
         self.records = RecordHub(self)
         self.dht = DhtService(self.identity, self.records.on_dht_event)
+        self.circuits = CircuitRouter(self)
+        self.pool = CircuitPool(self)
         self._servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -131,6 +138,7 @@ class Node(LinkOwner):
 
     async def _shutdown(self) -> None:
         await self.client.stop_all()
+        self.pool.close()
         with contextlib.suppress(Exception):  # best effort: the registry may be the problem
             self.remember_contacts()
         self.dht.close()
@@ -271,6 +279,7 @@ class Node(LinkOwner):
         self.count("links_established")
 
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
+        self.circuits.link_closed(link)
         self.all_links.discard(link)
         self.records.neighbours.pop(link, None)
         if link.peer_identity is not None and self.links.get(link.peer_identity) is link:
@@ -282,6 +291,49 @@ class Node(LinkOwner):
 
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
         self.owner.stream_requested(link, sid, service, flags)
+
+    def cells_received(self, link: LinkProtocol, cells: bytes | memoryview) -> None:
+        self.circuits.cells_received(link, cells)
+
+    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
+        self.circuits.link_paused(link, paused)
+
+    async def link_to(self, identity: bytes, endpoints: Sequence[Endpoint] = ()) -> LinkProtocol:
+        """An open link to the node with this identity: the one we have, or a dial to
+        the given endpoints and then the addresses in its node record, each checked in
+        the handshake to really be that node. Concurrent callers share one dial."""
+        link = self.links.get(identity)
+        if link is not None and link.is_open:
+            return link
+        return await self.client.shared_dial(
+            ("node", identity), lambda: self._dial_node(identity, endpoints)
+        )
+
+    async def _dial_node(self, identity: bytes, endpoints: Sequence[Endpoint]) -> LinkProtocol:
+        body = self.client.node_record(identity)
+        candidates = [(e.host, e.port) for e in endpoints]
+        candidates += [(a.host, a.port) for a in (body.addresses if body else ())]
+        tried: set[tuple[str, int]] = set()
+        errors: list[str] = []
+        for where in candidates:
+            if where in tried:
+                continue
+            tried.add(where)
+            if not dialable(where[0], self.listen_addresses):
+                errors.append(f"{format_endpoint(*where)}: not dialled (address not allowed)")
+                continue
+            try:
+                return await self.dial(
+                    *where,
+                    remote_link_key=body.link_key if body else None,
+                    expected_identity=identity,
+                )
+            except (OSError, TimeoutError, VX6Error) as exc:
+                errors.append(f"{format_endpoint(*where)}: {exc or 'timeout'}")
+        raise StreamFailed(
+            StreamError.OWNER_UNREACHABLE,
+            f"{fingerprint(identity)}: " + ("; ".join(errors) or "no address known"),
+        )
 
     # ------------------------------------------------------------------ records
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
@@ -342,5 +394,5 @@ def _tune_allocator() -> None:
 def run_node(home: Path | None, cli: NodeConfig) -> int:
     _tune_allocator()
     node = Node(Home(home), cli)
-    asyncio.run(node.run())
+    eventloop.run(node.run())  # uvloop when installed; VX6_EVENT_LOOP=asyncio forces stdlib
     return 0

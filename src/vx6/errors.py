@@ -35,10 +35,12 @@ class StreamError(IntEnum):
     PROTOCOL_ERROR = 5
     CANCELLED = 6
     RESOURCE_LIMIT = 7
+    CIRCUIT_LOST = 8  # a relay on the stream's circuit went away or the circuit broke
     # Client-side only (never on the wire, but share one numbering for messages):
     UNKNOWN_NAME = 100
     OWNER_UNREACHABLE = 101
     KEY_MISMATCH = 102
+    NO_ROUTE = 103  # not enough relays known to build the requested path
 
 
 STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
@@ -53,11 +55,15 @@ STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
     StreamError.PROTOCOL_ERROR: "protocol error on the stream",
     StreamError.CANCELLED: "stream cancelled",
     StreamError.RESOURCE_LIMIT: "the owner's node is over its stream limit",
+    StreamError.CIRCUIT_LOST: (
+        "circuit lost: a relay on the path went away or the circuit was destroyed"
+    ),
     StreamError.UNKNOWN_NAME: "unknown name: no record for this owner in the local registry",
     StreamError.OWNER_UNREACHABLE: "owner unreachable: could not open a link to the owner's node",
     StreamError.KEY_MISMATCH: (
         "key mismatch: the owner's key differs from the key pinned for this name"
     ),
+    StreamError.NO_ROUTE: "no route: not enough usable relays known for the requested hops",
 }
 
 

@@ -16,6 +16,7 @@ from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import UsageError
 
 KEY_FILES = ("identity.key", "link.key", "onion.key")
+ONION_KEY_LIFETIME = 7 * 24 * 3600.0
 
 
 def default_home() -> Path:
@@ -80,3 +81,19 @@ class Home:
 
     def onion_key(self) -> StaticKey:
         return StaticKey(self._load_or_create("onion.key"))
+
+    def onion_keys(self, now: float, lifetime: float = ONION_KEY_LIFETIME) -> list[StaticKey]:
+        """The current onion key, then the previous one if there is one. A current key
+        older than `lifetime` is rotated first: it becomes the previous key (relays still
+        accept it until the next rotation, so circuits planned from an older node record
+        still build) and a fresh one takes its place."""
+        current = self.path / "onion.key"
+        previous = self.path / "onion.prev.key"
+        if current.exists() and now - current.stat().st_mtime > lifetime:
+            os.replace(current, previous)
+        keys = [self.onion_key()]
+        if previous.exists():
+            raw = previous.read_bytes()
+            if len(raw) == 32:
+                keys.append(StaticKey(raw))
+        return keys

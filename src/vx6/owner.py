@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,8 +21,9 @@ from vx6.config import ServiceConfig
 from vx6.core.names import parse_service_address
 from vx6.crypto.keys import fingerprint, key_from_text
 from vx6.errors import StreamError, StreamFailed, UsageError
-from vx6.net.link import LinkProtocol
+from vx6.net.carrier import StreamCarrier
 from vx6.net.pipe import StreamPipe
+from vx6.registry_memo import RegistryMemo
 from vx6.store import LocalService
 from vx6.wire.frames import OPEN_FLAG_PROBE
 
@@ -39,6 +41,9 @@ class OwnerSide:
         self.services: dict[str, ServiceConfig] = {}
         self.active: set[StreamPipe] = set()
         self.streams_total = 0
+        self._allowed: RegistryMemo[tuple[str, tuple[str, ...]], frozenset[bytes]] = RegistryMemo(
+            node.registry
+        )
 
     def load_services(self) -> None:
         for s in self.node.registry.services():
@@ -76,7 +81,14 @@ class OwnerSide:
         self.node.publisher.publish_service(name, False, withdrawn=True)
         return True
 
-    def allowed_keys(self, svc: ServiceConfig) -> set[bytes]:
+    def allowed_keys(self, svc: ServiceConfig) -> frozenset[bytes]:
+        # Asked on every stream request: remembered until the registry changes (a new
+        # claim, rotation or pin can change what an allowed name means).
+        memo_key = (svc.name, tuple(svc.allow))
+        now = time.time()
+        known = self._allowed.get(memo_key, now)
+        if known is not None:
+            return known
         keys: set[bytes] = set()
         for entry in svc.allow:
             try:
@@ -89,7 +101,9 @@ class OwnerSide:
                 keys.add(self.node.client.resolve(addr, follow_pin=False))
             except (UsageError, StreamFailed):
                 continue  # a name we cannot resolve yet allows nobody
-        return keys
+        result = frozenset(keys)
+        self._allowed.put(memo_key, result)
+        return result
 
     def describe(self, svc: ServiceConfig) -> dict[str, object]:
         return {
@@ -101,9 +115,9 @@ class OwnerSide:
         }
 
     # ------------------------------------------------------------------ streams
-    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
+    def stream_requested(self, link: StreamCarrier, sid: int, service: str, flags: int) -> None:
         peer = link.peer_identity
-        who = fingerprint(peer) if peer else "?"
+        who = fingerprint(peer) if peer else "an anonymous circuit client"
         svc = self.services.get(service)
         if svc is None:
             log.warning("refused stream from %s: unknown service %r", who, service)
@@ -145,7 +159,7 @@ class OwnerSide:
         return None
 
     async def _connect_target(
-        self, link: LinkProtocol, sid: int, svc: ServiceConfig, pipe: StreamPipe
+        self, link: StreamCarrier, sid: int, svc: ServiceConfig, pipe: StreamPipe
     ) -> None:
         # The pipe accepts the stream itself the moment the target connection exists
         # (before the target can say anything), see stream_requested.
@@ -154,7 +168,7 @@ class OwnerSide:
             self.active.discard(pipe)
             link.reject_stream(sid, StreamError.TARGET_REFUSED, error)
 
-    async def _probe_target(self, link: LinkProtocol, sid: int, svc: ServiceConfig) -> None:
+    async def _probe_target(self, link: StreamCarrier, sid: int, svc: ServiceConfig) -> None:
         error = await self._open_target(svc, _ClosingProtocol)
         if error is not None:
             link.reject_stream(sid, StreamError.TARGET_REFUSED, error)

@@ -31,6 +31,7 @@ so that trade is worth the much cheaper commits.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -143,6 +144,7 @@ class Registry:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = os.fspath(path)
         self._conn: sqlite3.Connection | None = None
+        self._changes = 0  # see `generation`
         in_memory = self._path == ":memory:"
         try:
             if not in_memory:
@@ -183,6 +185,20 @@ class Registry:
     @property
     def schema_version(self) -> int:
         return self._schema_version
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        """Moves whenever what the registry says about names may have changed: a record
+        stored or purged or a pin set through this object (counted here), or a commit to
+        the file by any other connection (SQLite's data_version: the CLI or another
+        process). Answers derived from the registry stay valid while it stands still and
+        no record expires; vx6.registry_memo keeps them on that basis."""
+        return self._changes, int(self._fetchone("PRAGMA data_version")[0])
+
+    def next_expiry(self, now: float) -> float:
+        """When the first record still valid at `now` expires (inf if none)."""
+        row = self._fetchone("SELECT min(expires) FROM records WHERE expires > ?", (now,))
+        return math.inf if row[0] is None else float(row[0])
 
     # ----------------------------------------------------------------- plumbing
 
@@ -236,7 +252,9 @@ class Registry:
             _check_int64(what, value)
         params = (kind, bytes(signer), subject, seq, issued, expires, bytes(raw), source, now)
         with self._write() as conn:
-            return conn.execute(_PUT_RECORD, params).rowcount == 1
+            stored: bool = conn.execute(_PUT_RECORD, params).rowcount == 1
+        self._changes += stored
+        return stored
 
     def held_seq(self, kind: int, signer: bytes, subject: str) -> int | None:
         row = self._fetchone(
@@ -302,7 +320,9 @@ class Registry:
 
     def purge_expired(self, now: float) -> int:
         with self._write() as conn:
-            return conn.execute("DELETE FROM records WHERE expires <= ?", (now,)).rowcount
+            purged: int = conn.execute("DELETE FROM records WHERE expires <= ?", (now,)).rowcount
+        self._changes += purged > 0
+        return purged
 
     def count_records(self, now: float | None = None) -> int:
         if now is None:
@@ -359,6 +379,7 @@ class Registry:
                 "INSERT OR REPLACE INTO pins (name, key, pinned_at) VALUES (?, ?, ?)",
                 (name, bytes(key), now),
             )
+        self._changes += 1
 
     def pins(self) -> list[tuple[str, bytes, float]]:
         rows = self._fetchall("SELECT name, key, pinned_at FROM pins ORDER BY name")

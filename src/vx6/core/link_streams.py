@@ -35,7 +35,6 @@ class StreamOps:
     streams: StreamTable
     closed: bool
     bytes_out: int
-    _out: list[bytes]
     _events: list[ev.Event]
     _waiting_since: float | None
 

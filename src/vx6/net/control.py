@@ -25,7 +25,7 @@ from vx6.wire.control import MAX_CONTROL_LINE, decode_message, encode_message
 log = logging.getLogger("vx6.control")
 
 RequestHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-NcHandler = Callable[[str, StreamPipe], Awaitable[None]]
+NcHandler = Callable[[str, int, StreamPipe], Awaitable[None]]  # target, relays, pipe
 
 
 class ControlProtocol(asyncio.Protocol):
@@ -68,7 +68,10 @@ class ControlProtocol(asyncio.Protocol):
     async def _run(self, request: dict[str, Any]) -> None:
         try:
             if request.get("op") == "nc":
-                await self._run_nc(str(request.get("target", "")))
+                hops = request.get("hops", 0)
+                await self._run_nc(
+                    str(request.get("target", "")), hops if isinstance(hops, int) else -1
+                )
                 return
             try:
                 response = await self._handle(request)
@@ -83,11 +86,11 @@ class ControlProtocol(asyncio.Protocol):
         if self._pipe is None:
             self._next()
 
-    async def _run_nc(self, target: str) -> None:
+    async def _run_nc(self, target: str, hops: int) -> None:
         assert self._transport is not None
         pipe = StreamPipe()
         try:
-            await self._handle_nc(target, pipe)
+            await self._handle_nc(target, hops, pipe)
         except (StreamFailed, VX6Error) as exc:
             code = exc.code.name if isinstance(exc, StreamFailed) else "ERROR"
             log.warning("nc %s failed: %s", target, exc)

@@ -44,6 +44,9 @@ class Forward:
         self.via = via
         self.dual_loopback = dual_loopback
         self.path = "direct"
+        self.hops = 0
+        self.fallbacks = 0  # connections that took the relay fallback
+        self.circuits: Callable[[], list[dict[str, object]]] = list
         self._opener = opener
         self._spawn = spawn
         self._server: asyncio.AbstractServer | None = None
@@ -113,6 +116,9 @@ class Forward:
             "local": self.local,
             "via": format_endpoint(*self.via) if self.via else None,
             "path": self.path,
+            "hops": self.hops,
+            "fallbacks": self.fallbacks,
+            "circuits": self.circuits(),
             "active": len(self.active),
             "connections": self.connections,
             "failures": self.failures,

@@ -25,6 +25,7 @@ from vx6.core import events as ev
 from vx6.core.link import Link, LinkConfig
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError
+from vx6.net.carrier import StreamSink, dispatch_stream_event
 
 log = logging.getLogger("vx6.link")
 
@@ -32,21 +33,13 @@ LINK_HIGH_WATER = 1024 * 1024
 LINK_LOW_WATER = 256 * 1024
 
 
-class StreamSink(Protocol):
-    def on_opened(self) -> None: ...
-    def on_open_failed(self, code: int, reason: str) -> None: ...
-    def on_data(self, data: bytes | memoryview) -> None: ...
-    def on_end(self) -> None: ...
-    def on_reset(self, code: int) -> None: ...
-    def on_writable(self) -> None: ...
-    def on_link_paused(self, paused: bool) -> None: ...
-
-
 class LinkOwner(Protocol):
     def link_established(self, link: LinkProtocol) -> None: ...
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None: ...
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None: ...
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None: ...
+    def cells_received(self, link: LinkProtocol, cells: bytes | memoryview) -> None: ...
+    def link_paused(self, link: LinkProtocol, paused: bool) -> None: ...
 
 
 READ_BUFFER = 512 * 1024
@@ -143,11 +136,13 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._paused = True
         for sink in list(self.sinks.values()):
             sink.on_link_paused(True)
+        self.owner.link_paused(self, True)
 
     def resume_writing(self) -> None:
         self._paused = False
         for sink in list(self.sinks.values()):
             sink.on_link_paused(False)
+        self.owner.link_paused(self, False)
 
     # ---------------------------------------------------------------- core pumping
     def _pump(self) -> None:
@@ -185,28 +180,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._pump()
 
     def _dispatch(self, event: ev.Event) -> None:
-        if isinstance(event, ev.StreamDataReceived):
-            sink = self.sinks.get(event.stream_id)
-            if sink is not None:
-                sink.on_data(event.data)
-        elif isinstance(event, ev.StreamWritable):
-            sink = self.sinks.get(event.stream_id)
-            if sink is not None:
-                sink.on_writable()
-        elif isinstance(event, ev.StreamOpened):
-            if (sink := self.sinks.get(event.stream_id)) is not None:
-                sink.on_opened()
-        elif isinstance(event, ev.StreamOpenFailed):
-            if (sink := self.sinks.pop(event.stream_id, None)) is not None:
-                sink.on_open_failed(event.code, event.reason)
-        elif isinstance(event, ev.StreamEnded):
-            if (sink := self.sinks.get(event.stream_id)) is not None:
-                sink.on_end()
-        elif isinstance(event, ev.StreamClosed):
-            self.sinks.pop(event.stream_id, None)
-        elif isinstance(event, ev.StreamReset):
-            if (sink := self.sinks.pop(event.stream_id, None)) is not None:
-                sink.on_reset(event.code)
+        if dispatch_stream_event(self.sinks, event):
+            return
+        if isinstance(event, ev.CellsReceived):
+            self.owner.cells_received(self, event.cells)
         elif isinstance(event, ev.StreamOpenRequested):
             self.owner.stream_requested(self, event.stream_id, event.service, event.flags)
         elif isinstance(event, ev.RecordsReceived):
@@ -299,6 +276,13 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.sinks.pop(sid, None)
         self.core.reset(sid, code)
         self._pump()
+
+    def send_cells(self, cells: list[bytes]) -> None:
+        if self.is_open and cells:
+            self.core.send_cells(cells)
+            out = self.core.data_to_send()
+            if out and self.transport is not None:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_records(self, records: list[bytes]) -> None:
         if self.is_open and records:

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from typing import cast
 
 from vx6.errors import StreamError, StreamFailed
-from vx6.net.link import LinkProtocol, set_nodelay
+from vx6.net.carrier import StreamCarrier
+from vx6.net.link import set_nodelay
 
 log = logging.getLogger("vx6.pipe")
 
@@ -48,7 +49,7 @@ class StreamPipe(asyncio.BufferedProtocol):
         on_done: Callable[[StreamPipe], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
-        self.link: LinkProtocol | None = None
+        self.link: StreamCarrier | None = None
         self.sid = 0
         self.transport: asyncio.Transport | None = None
         self._early: list[
@@ -78,7 +79,7 @@ class StreamPipe(asyncio.BufferedProtocol):
         await self._opened
 
     # ------------------------------------------------------------ binding
-    def bind(self, link: LinkProtocol, sid: int) -> None:
+    def bind(self, link: StreamCarrier, sid: int) -> None:
         """Join this pipe to a stream; reading starts once both sides exist."""
         self.link = link
         self.sid = sid

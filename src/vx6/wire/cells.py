@@ -77,6 +77,7 @@ class DestroyReason(IntEnum):
     LINK_LOST = 7  # a link on the path went away
     HANDSHAKE_FAILED = 8  # ntor failed (wrong onion key or node id)
     SHUTDOWN = 9
+    NOT_A_RELAY = 10  # EXTEND asked of a node that has not opted in to relaying
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,13 @@ class ClientCircuit:
         return len(self._hops)
 
     @property
+    def exit_binding(self) -> bytes:
+        """The secret this client shares with the last hop only (for AUTH)."""
+        if self.state is not ClientState.OPEN:
+            raise UsageError("the circuit is not built yet")
+        return self._hops[-1].binding
+
+    @property
     def max_data(self) -> int:
         """Largest stream payload one cell carries to the last hop."""
         return relay_plaintext_size(len(self._path)) - RELAY_HEADER

@@ -14,6 +14,9 @@ class RelayLimits:
     creation_burst: float = 40.0
     memory_budget: int = 256 * 1024 * 1024  # bytes over all circuits
     circuit_overhead: int = 4096  # bytes charged per circuit besides its queued cells
+    # One circuit may hold at most this much queued; more means its next hop stopped
+    # reading while the client keeps sending, which the stream windows should prevent.
+    max_circuit_buffer: int = 40 * 1024 * 1024
     max_sources: int = 4096  # token buckets remembered at once
 
 

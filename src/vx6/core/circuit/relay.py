@@ -52,6 +52,7 @@ from vx6.crypto.onion import (
 from vx6.errors import CryptoError, DecodeError
 from vx6.wire.cells import (
     MAX_CIRCUIT_ID,
+    RELAY_HEADER,
     Cell,
     Create,
     Created,
@@ -125,9 +126,12 @@ class RelayCore:
         identity_public: bytes,
         onion_keys: Sequence[StaticKey],
         limits: RelayLimits | None = None,
+        *,
+        relay: bool = True,
     ) -> None:
         self._node_id = node_id(identity_public)
         self._onion_keys = tuple(onion_keys)
+        self.relay = relay  # False: only an exit (circuits may end here, never pass on)
         self.limits = limits or RelayLimits()
         self._sources = SourceLimiter(
             self.limits.creations_per_second, self.limits.creation_burst, self.limits.max_sources
@@ -137,10 +141,39 @@ class RelayCore:
         self._pending: dict[int, _Circuit] = {}  # extend request id -> circuit
         self._serial = 0
         self._next_id = 0
+        self._reserved: set[CircuitKey] = set()  # ids this node's own client circuits use
         self.memory_used = 0
 
     def __len__(self) -> int:
         return len(self._by_serial)
+
+    def set_onion_keys(self, onion_keys: Sequence[StaticKey]) -> None:
+        """After a rotation: the current key first, the previous one still accepted."""
+        self._onion_keys = tuple(onion_keys)
+
+    def reserve_id(self, link: int, *, odd: bool) -> int:
+        """A circuit id on `link` for a circuit this node builds as a client, never used
+        by the relay side (same parity rule as `link_ready`)."""
+        circuit_id = self._free_id(link, odd=odd)
+        self._reserved.add((link, circuit_id))
+        return circuit_id
+
+    def release_id(self, link: int, circuit_id: int) -> None:
+        self._reserved.discard((link, circuit_id))
+
+    def max_data(self, link: int, circuit_id: int) -> int:
+        """Largest stream payload this end can send back in one cell on that circuit."""
+        circuit = self._by_key.get((link, circuit_id))
+        if circuit is None:
+            return 0
+        return relay_plaintext_size(circuit.depth) - RELAY_HEADER
+
+    def binding(self, link: int, circuit_id: int) -> bytes | None:
+        """The circuit binding shared with the client, for a circuit that ends here."""
+        circuit = self._by_key.get((link, circuit_id))
+        if circuit is None or circuit.prev != (link, circuit_id):
+            return None
+        return circuit.crypto.binding
 
     def state_of(self, link: int, circuit_id: int) -> RelayState | None:
         circuit = self._by_key.get((link, circuit_id))
@@ -217,6 +250,7 @@ class RelayCore:
 
     def link_lost(self, link: int) -> list[CircuitEvent]:
         out: list[CircuitEvent] = []
+        self._reserved = {key for key in self._reserved if key[0] != link}
         for circuit in [c for k, c in self._by_key.items() if k[0] == link]:
             if circuit.serial in self._by_serial:
                 lost_prev = circuit.prev[0] == link
@@ -236,6 +270,9 @@ class RelayCore:
             return []
         self.memory_used += max(0, nbytes) - circuit.buffered
         circuit.buffered = max(0, nbytes)
+        if circuit.buffered > self.limits.max_circuit_buffer:
+            detail = f"{circuit.buffered} bytes queued, over the per-circuit limit"
+            return self._remove(circuit, DestroyReason.RESOURCE_LIMIT, detail)
         return self._evict()
 
     def send(
@@ -313,6 +350,8 @@ class RelayCore:
     def _extend(self, circuit: _Circuit, message: RelayMessage) -> list[CircuitEvent]:
         if circuit.depth >= MAX_DEPTH:
             raise CircuitFailure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
+        if not self.relay:
+            raise CircuitFailure(DestroyReason.NOT_A_RELAY, "EXTEND, but this node is no relay")
         extend = decode_extend(message.data)
         circuit.step(RelayInput.EXTEND)
         circuit.onionskin = extend.onionskin
@@ -328,7 +367,8 @@ class RelayCore:
         while True:
             self._next_id = (self._next_id + 1) % (MAX_CIRCUIT_ID // 2)
             candidate = 2 * self._next_id + (1 if odd else 2)
-            if (link, candidate) not in self._by_key:
+            key = (link, candidate)
+            if key not in self._by_key and key not in self._reserved:
                 return candidate
 
     def _remove(

@@ -1,0 +1,182 @@
+"""Client circuits ready before they are needed, and the routes they take.
+
+Theory of operation. A forward with `--hops N` asks the pool for a circuit to its owner.
+The pool keeps up to `SPARE` open circuits per (owner, hops) and hands out the least
+loaded one, so a new connection only opens a stream on a circuit that is already built;
+whenever it hands one out, or one dies, it builds replacements in the background. Only
+when nothing is ready (the first connection, or right after every circuit died) does a
+connection wait for a build.
+
+Routes come from the local registry (`relay_candidates`): nodes whose signed node record
+advertises the relay capability and an onion key, weighted by how long we have seen them
+up and by their measured RTT, and kept apart by network (core/routes.py). A build that
+fails names the first hop that did not answer (the hop after the last keyed one); that
+node is avoided for `AVOID_SECONDS`, and the build is retried on a fresh route, so a dead
+relay costs the next connection one failed attempt at most, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from vx6.circuits import BuildFailed, hop_endpoints
+from vx6.core.circuit.client import HopSpec
+from vx6.core.dht.contacts import prefix_of
+from vx6.core.routes import RelayCandidate, plan_route
+from vx6.crypto.keys import fingerprint, node_id
+from vx6.errors import DecodeError, StreamError, StreamFailed
+from vx6.net.circuit import ClientPath
+from vx6.wire.records import Capability, Kind, NodeBody, decode_body, decode_record
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+log = logging.getLogger("vx6.pool")
+
+SPARE = 2  # open circuits kept per (owner, hops)
+BUILD_ATTEMPTS = 3
+AVOID_SECONDS = 300.0
+
+PoolKey = tuple[bytes, int]
+
+
+class CircuitPool:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.paths: dict[PoolKey, list[ClientPath]] = {}
+        self._building: dict[PoolKey, int] = {}
+        self._avoid: dict[bytes, float] = {}
+        self._rng = random.SystemRandom()
+
+    # ------------------------------------------------------------------ handing out
+    def ready(self, key: PoolKey) -> list[ClientPath]:
+        live = [p for p in self.paths.get(key, []) if p.is_open]
+        self.paths[key] = live
+        return live
+
+    async def get(self, owner: bytes, hops: int) -> ClientPath:
+        key = (owner, hops)
+        limit = 0
+        for path in sorted(self.ready(key), key=lambda p: p.active_streams):
+            limit = path.session.streams.max_streams
+            if path.active_streams < limit:
+                self._top_up(key)
+                return path
+        path = await self.build(owner, hops)
+        self.paths.setdefault(key, []).append(path)
+        self._top_up(key)
+        return path
+
+    def warm(self, owner: bytes, hops: int) -> None:
+        """Start building circuits for a forward before its first connection."""
+        self._top_up((owner, hops))
+
+    def _top_up(self, key: PoolKey) -> None:
+        missing = SPARE - len(self.ready(key)) - self._building.get(key, 0)
+        for _ in range(max(0, missing)):
+            self._building[key] = self._building.get(key, 0) + 1
+            self.node.spawn(self._build_spare(key))
+
+    async def _build_spare(self, key: PoolKey) -> None:
+        try:
+            path = await self.build(*key)
+        except StreamFailed as exc:
+            log.info("spare circuit to %s not built: %s", fingerprint(key[0]), exc)
+            return
+        finally:
+            self._building[key] -= 1
+        self.paths.setdefault(key, []).append(path)
+
+    # ------------------------------------------------------------------ building
+    async def build(self, owner: bytes, hops: int) -> ClientPath:
+        exit_spec = await self._owner_spec(owner)
+        last: StreamFailed | None = None
+        for _ in range(BUILD_ATTEMPTS):
+            relays = self.plan(owner, hops)
+            specs = [HopSpec(r.identity, r.onion_key, r.endpoints) for r in relays]
+            try:
+                return await self.node.circuits.build(exit_spec, specs)
+            except BuildFailed as exc:
+                last = exc
+                self._blame([*specs, exit_spec], exc.hops_keyed, exc)
+        assert last is not None
+        raise last
+
+    def _blame(self, path: list[HopSpec], keyed: int, exc: StreamFailed) -> None:
+        """The hop after the last keyed one did not answer; the owner is never blamed."""
+        if keyed >= len(path) - 1:
+            return
+        suspect = path[keyed].identity
+        self._avoid[suspect] = time.monotonic() + AVOID_SECONDS
+        log.info("avoiding relay %s for a while: %s", fingerprint(suspect), exc.detail)
+
+    def plan(self, owner: bytes, hops: int) -> list[RelayCandidate]:
+        now = time.monotonic()
+        self._avoid = {k: t for k, t in self._avoid.items() if t > now}
+        exclude = {self.node.identity.public, owner, *self._avoid}
+        return plan_route(self.relay_candidates(), hops, exclude=exclude, rng=self._rng.random)
+
+    def relay_candidates(self) -> list[RelayCandidate]:
+        reg = self.node.registry
+        now = time.time()
+        seen: dict[bytes, tuple[float, float, float | None]] = {}
+        for peer in reg.peers(limit=2000):
+            if peer.key is None:
+                continue
+            first, last, rtt = seen.get(peer.key, (peer.first_seen, peer.last_seen, None))
+            seen[peer.key] = (
+                min(first, peer.first_seen),
+                max(last, peer.last_seen),
+                rtt if rtt is not None else peer.rtt_ms,
+            )
+        out = []
+        for stored in reg.records(kind=int(Kind.NODE), now=now, limit=5000):
+            try:
+                body = decode_body(Kind.NODE, decode_record(stored.raw).body)
+            except DecodeError:
+                continue
+            if not isinstance(body, NodeBody) or not body.capabilities & Capability.RELAY:
+                continue
+            if not body.addresses:
+                continue
+            first, last, rtt_ms = seen.get(stored.signer, (now, now, None))
+            link = self.node.links.get(stored.signer)
+            if link is not None and link.rtt is not None:
+                rtt_ms = link.rtt * 1000
+            out.append(
+                RelayCandidate(
+                    identity=stored.signer,
+                    onion_key=body.onion_key,
+                    endpoints=hop_endpoints(body.addresses),
+                    network=prefix_of(body.addresses[0].host),
+                    uptime=max(0.0, last - first),
+                    rtt=None if rtt_ms is None else rtt_ms / 1000,
+                )
+            )
+        return out
+
+    async def _owner_spec(self, owner: bytes) -> HopSpec:
+        body = self.node.client.node_record(owner)
+        if body is None:
+            await self.node.records.lookup(node_id(owner))
+            body = self.node.client.node_record(owner)
+        if body is None or not body.addresses:
+            raise StreamFailed(
+                StreamError.OWNER_UNREACHABLE, f"no node record for {fingerprint(owner)}"
+            )
+        return HopSpec(owner, body.onion_key, hop_endpoints(body.addresses))
+
+    def describe(self) -> list[dict[str, object]]:
+        return [
+            {"owner": fingerprint(owner), "hops": hops, "circuits": [p.describe() for p in paths]}
+            for (owner, hops), paths in self.paths.items()
+        ]
+
+    def close(self) -> None:
+        for paths in self.paths.values():
+            for path in paths:
+                path.close()
+        self.paths.clear()

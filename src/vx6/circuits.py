@@ -1,0 +1,356 @@
+"""The node's circuit router: cells between links and circuits, relaying, exits.
+
+Theory of operation. Every node has one `RelayCore` (core/circuit/relay.py). It keys
+circuits that end here (this node is the owner, the exit) and, on a node that opted in
+with `--relay`, passes cells on. The router is the asyncio glue around it and around the
+client circuits this node builds (`ClientPath`):
+
+* Cells in: a link reports whole cells (`cells_received`); each goes to the client
+  circuit with that (link, circuit id) if this node built it, else to the relay core.
+  The client and relay sides never share an id on a link (`RelayCore.reserve_id`).
+* Events out: CellQueued goes to the link's outbox, sent as one batch per link at the
+  end of each step; ExtendRequested dials the named node (its identity is checked in the
+  handshake, so a wrong address fails closed); stream messages for a circuit that ends
+  here go to its `ExitCircuit`, created on the first message, which hands stream
+  requests to the owner side exactly like streams from a direct link.
+* Backpressure: while a link's TCP buffer is over its high-water mark, cells for it
+  wait in the router's queue for that link, charged to their circuit in the relay core
+  (which destroys a circuit over its own limit and the oldest ones over the node's
+  budget), and the circuits whose first hop is that link pause their streams.
+* A link that closes takes its circuits with it: DESTROY(LINK_LOST) goes the other way
+  and local streams are reset with CIRCUIT_LOST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from vx6.core.circuit.client import ClientCircuit, HopSpec
+from vx6.core.circuit.events import (
+    CellQueued,
+    CircuitBuilt,
+    CircuitDestroyed,
+    CircuitEvent,
+    ExtendRequested,
+    StreamMessageReceived,
+)
+from vx6.core.circuit.relay import RelayCore
+from vx6.core.dht.contacts import prefix_of
+from vx6.crypto.keys import fingerprint
+from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
+from vx6.net.addresses import is_loopback
+from vx6.net.circuit import ClientPath, ExitCircuit
+from vx6.net.link import LinkProtocol
+from vx6.wire.cells import (
+    CELL_SIZE,
+    MAX_ENDPOINTS,
+    Create,
+    DestroyReason,
+    Endpoint,
+    RelayMessage,
+    decode_cell,
+)
+
+if TYPE_CHECKING:
+    from vx6.daemon import Node
+
+
+class HostPort(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+log = logging.getLogger("vx6.circuits")
+
+BUILD_TIMEOUT = 15.0
+EXTEND_TIMEOUT = 8.0
+DRAIN_BATCH = 48  # cells written per step while draining a link's queue
+
+
+class BuildFailed(StreamFailed):
+    """A circuit build failed after `hops_keyed` hops answered (so the next one did not)."""
+
+    def __init__(self, detail: str, hops_keyed: int) -> None:
+        super().__init__(StreamError.CIRCUIT_LOST, detail)
+        self.hops_keyed = hops_keyed
+
+
+class CircuitRouter:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.core = RelayCore(node.identity.public, node.onion_keys, relay=bool(node.config.relay))
+        self._ids: dict[LinkProtocol, int] = {}
+        self._links: dict[int, LinkProtocol] = {}
+        self._next_link_id = 0
+        self.clients: dict[tuple[int, int], ClientPath] = {}
+        self.exits: dict[tuple[int, int], ExitCircuit] = {}
+        self._outbox: dict[int, list[bytes]] = {}
+        self._queues: dict[int, deque[bytes]] = {}
+        self._queued: dict[tuple[int, int], int] = {}
+        self.cells_in = 0
+        self.cells_out = 0
+
+    # ------------------------------------------------------------------ links
+    def link_id(self, link: LinkProtocol) -> int:
+        lid = self._ids.get(link)
+        if lid is None:
+            self._next_link_id += 1
+            lid = self._ids[link] = self._next_link_id
+            self._links[lid] = link
+        return lid
+
+    def link_closed(self, link: LinkProtocol) -> None:
+        lid = self._ids.pop(link, None)
+        if lid is None:
+            return
+        self._links.pop(lid, None)
+        self._queues.pop(lid, None)
+        self._queued = {k: v for k, v in self._queued.items() if k[0] != lid}
+        events = self.core.link_lost(lid)
+        for key, path in list(self.clients.items()):
+            if key[0] == lid:
+                events += path.core.link_lost()
+        self.process(events)
+
+    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
+        lid = self._ids.get(link)
+        if lid is None:
+            return
+        if not paused:
+            self._drain(lid)
+        self._set_congested(lid, paused or bool(self._queues.get(lid)))
+
+    def _set_congested(self, lid: int, congested: bool) -> None:
+        for carriers in (self.clients, self.exits):
+            for key, carrier in list(carriers.items()):
+                if key[0] == lid:
+                    carrier.set_congested(congested)
+
+    def _source(self, link: LinkProtocol) -> object:
+        """Whose creations a CREATE counts against: the peer's /48 or /24; on loopback
+        and the test bed, where every host shares a prefix, the peer's key."""
+        host = link.peer_address[0] if link.peer_address else ""
+        network = prefix_of(host) if host else None
+        return network if network is not None else (host, link.peer_identity)
+
+    # ------------------------------------------------------------------ cells in
+    def cells_received(self, link: LinkProtocol, data: bytes | memoryview) -> None:
+        lid = self.link_id(link)
+        events: list[CircuitEvent] = []
+        now = time.monotonic()
+        for offset in range(0, len(data), CELL_SIZE):
+            try:
+                cell = decode_cell(bytes(data[offset : offset + CELL_SIZE]))
+            except DecodeError as exc:
+                log.warning("bad cell from %s: %s; closing the link", link.peer_address, exc)
+                self.process(events)
+                link.close(CloseCode.PROTOCOL_ERROR, f"bad cell: {exc}")
+                return
+            self.cells_in += 1
+            path = self.clients.get((lid, cell.circuit_id))
+            if path is not None:
+                events += path.core.cell_received(cell)
+            else:
+                ephemeral = os.urandom(32) if isinstance(cell, Create) else None
+                events += self.core.cell_received(
+                    lid, cell, now=now, source=self._source(link), ephemeral=ephemeral
+                )
+        self.process(events)
+
+    # ------------------------------------------------------------------ events
+    def process(self, events: list[CircuitEvent]) -> None:
+        for event in events:
+            if isinstance(event, CellQueued):
+                self._outbox.setdefault(event.link, []).append(event.cell)
+            elif isinstance(event, StreamMessageReceived):
+                self._stream_message(event)
+            elif isinstance(event, CircuitBuilt):
+                path = self.clients.get((event.link, event.circuit_id))
+                if path is not None:
+                    path.circuit_built()
+            elif isinstance(event, CircuitDestroyed):
+                self._destroyed(event)
+            elif isinstance(event, ExtendRequested):
+                self.node.spawn(self._extend(event))
+        self._flush()
+
+    def _stream_message(self, event: StreamMessageReceived) -> None:
+        key = (event.link, event.circuit_id)
+        message = RelayMessage(event.command, event.stream_id, event.data)
+        carrier: ClientPath | ExitCircuit | None = self.clients.get(key)
+        if carrier is None:
+            carrier = self.exits.get(key)
+        if carrier is None:
+            link = self._links.get(event.link)
+            if link is None:
+                return
+            carrier = ExitCircuit(
+                self.core,
+                link,
+                event.link,
+                event.circuit_id,
+                self.process,
+                own_identity=self.node.identity.public,
+                max_data=self.core.max_data(event.link, event.circuit_id),
+                on_stream=self.node.owner.stream_requested,
+            )
+            self.exits[key] = carrier
+            self.node.count("circuits_exit")
+        carrier.message_received(message)
+
+    def _destroyed(self, event: CircuitDestroyed) -> None:
+        key = (event.link, event.circuit_id)
+        reason = f"{event.reason.name}: {event.detail}"
+        self._queued.pop(key, None)
+        path = self.clients.pop(key, None)
+        exit_ = self.exits.pop(key, None)
+        if path is not None:
+            self.core.release_id(*key)
+            path.circuit_closed(reason)
+        if exit_ is not None:
+            exit_.circuit_closed(reason)
+        quiet = event.reason in (DestroyReason.NONE, DestroyReason.SHUTDOWN)
+        if not quiet:
+            self.node.count("circuits_destroyed")
+        level = logging.INFO if quiet else logging.WARNING
+        side = "here" if event.local else "by a neighbour"
+        role = "client" if path else ("exit" if exit_ else "relay")
+        log.log(level, "%s circuit %d destroyed %s: %s", role, event.circuit_id, side, reason)
+
+    async def _extend(self, event: ExtendRequested) -> None:
+        """A relay was asked to extend to `identity`: find or dial its link."""
+        try:
+            async with asyncio.timeout(EXTEND_TIMEOUT):
+                link = await self.node.link_to(event.identity, event.endpoints)
+        except (OSError, TimeoutError, VX6Error) as exc:
+            detail = f"next hop {fingerprint(event.identity)}: {exc or 'timeout'}"
+            self.process(self.core.link_failed(event.request_id, detail))
+            return
+        lid = self.link_id(link)
+        self.process(self.core.link_ready(event.request_id, lid, we_dialled=link.core.initiator))
+
+    # ------------------------------------------------------------------ cells out
+    def _flush(self) -> None:
+        while self._outbox:
+            outbox, self._outbox = self._outbox, {}
+            for lid, cells in outbox.items():
+                link = self._links.get(lid)
+                if link is None or not link.is_open:
+                    continue  # its link_closed is coming and will destroy the circuits
+                queue = self._queues.get(lid)
+                if queue or link.paused:
+                    self._enqueue(lid, cells)
+                else:
+                    self.cells_out += len(cells)
+                    link.send_cells(cells)
+
+    def _enqueue(self, lid: int, cells: list[bytes]) -> None:
+        queue = self._queues.setdefault(lid, deque())
+        events: list[CircuitEvent] = []
+        for cell in cells:
+            queue.append(cell)
+            key = (lid, int.from_bytes(cell[:4], "big"))
+            held = self._queued[key] = self._queued.get(key, 0) + CELL_SIZE
+            events += self.core.buffered(*key, held)
+        self._set_congested(lid, True)
+        if events:
+            self.process(events)
+
+    def _drain(self, lid: int) -> None:
+        link = self._links.get(lid)
+        queue = self._queues.get(lid)
+        events: list[CircuitEvent] = []
+        while link is not None and queue and not link.paused:
+            batch = [queue.popleft() for _ in range(min(DRAIN_BATCH, len(queue)))]
+            for cell in batch:
+                key = (lid, int.from_bytes(cell[:4], "big"))
+                held = self._queued.get(key, 0) - CELL_SIZE
+                if held > 0:
+                    self._queued[key] = held
+                else:
+                    self._queued.pop(key, None)
+                events += self.core.buffered(*key, max(held, 0))
+            self.cells_out += len(batch)
+            link.send_cells(batch)
+        if queue is not None and not queue:
+            del self._queues[lid]
+        if events:
+            self.process(events)
+
+    # ------------------------------------------------------------------ client circuits
+    async def build(self, owner: HopSpec, relays: list[HopSpec]) -> ClientPath:
+        """Build a circuit through `relays` to the owner; StreamFailed if it fails."""
+        path = [*relays, owner]
+        first = path[0]
+        try:
+            link = await self.node.link_to(first.identity, first.endpoints)
+        except (OSError, TimeoutError, VX6Error) as exc:
+            raise BuildFailed(f"first hop {fingerprint(first.identity)}: {exc}", 0) from exc
+        lid = self.link_id(link)
+        circuit_id = self.core.reserve_id(lid, odd=link.core.initiator)
+        core = ClientCircuit(lid, circuit_id, path, [os.urandom(32) for _ in path])
+        carrier = ClientPath(
+            core,
+            link,
+            self.process,
+            owner=owner.identity,
+            relays=tuple(r.identity for r in relays),
+            identity=self.node.identity,
+        )
+        self.clients[(lid, circuit_id)] = carrier
+        self.process(core.start())
+        try:
+            async with asyncio.timeout(BUILD_TIMEOUT):
+                await carrier.built
+        except (TimeoutError, VX6Error) as exc:
+            carrier.close(DestroyReason.NONE)
+            detail = f"circuit build failed: {carrier.close_reason or 'timeout'}"
+            raise BuildFailed(detail, core.hops_keyed) from exc
+        self.node.count("circuits_built")
+        return carrier
+
+    def describe(self) -> dict[str, object]:
+        """For `vx6 status`: this node as a relay and exit, and its own circuits."""
+        return {
+            "relay": self.core.relay,
+            "relayed_circuits": len(self.core) - len(self.exits),
+            "exit_circuits": len(self.exits),
+            "client_circuits": len(self.clients),
+            "relay_memory": self.core.memory_used,
+            "queued_cells": sum(len(q) for q in self._queues.values()),
+            "cells_in": self.cells_in,
+            "cells_out": self.cells_out,
+        }
+
+    def close_all(self) -> None:
+        for path in list(self.clients.values()):
+            path.close(DestroyReason.SHUTDOWN)
+
+
+def hop_endpoints(addresses: Sequence[HostPort]) -> tuple[Endpoint, ...]:
+    """The endpoints an EXTEND may carry: IPv6 first, as the node record lists them."""
+    return tuple(Endpoint(a.host, a.port) for a in addresses[:MAX_ENDPOINTS])
+
+
+def dialable(host: str, own_listen: list[tuple[str, int]]) -> bool:
+    """May a relay dial `host` for an EXTEND? Never an unspecified or multicast address,
+    and a loopback one only on a node that itself listens only on loopback (a local test
+    network): a client must not use relays to reach services on their own localhost."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    if ip.is_loopback:
+        return bool(own_listen) and all(is_loopback(h) for h, _ in own_listen)
+    return True

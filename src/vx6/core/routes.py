@@ -1,0 +1,80 @@
+"""Route planning for relay circuits, sans-IO: which relays, in which order.
+
+Theory of operation. The caller (the client side) turns its registry into candidates:
+every node whose signed node record advertises the relay capability, with what it has
+measured of it (how long it has been seen up, its link RTT) and its diversity key (the
+/48 or /24 it lives in, or None for loopback and test-bed hosts, which are exempt).
+`plan_route` draws `hops` distinct relays, never the client or the owner, no two sharing
+a diversity key, each draw weighted by uptime and RTT so that long-lived, close relays
+are preferred without making the choice predictable. Randomness comes in as `rng`
+(uniform floats in [0, 1)), so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from vx6.errors import StreamError, StreamFailed
+from vx6.wire.cells import Endpoint
+
+UPTIME_FULL = 24 * 3600.0  # a relay seen up this long gets the full uptime weight
+RTT_SCALE = 0.050  # an RTT of 50 ms halves the weight
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCandidate:
+    identity: bytes
+    onion_key: bytes
+    endpoints: tuple[Endpoint, ...]
+    network: bytes | None  # diversity key (the /48 or /24); None: exempt (loopback, test bed)
+    uptime: float = 0.0  # seconds this node has been seen up
+    rtt: float | None = None  # seconds, if measured
+
+
+def weight(candidate: RelayCandidate) -> float:
+    """Uptime and RTT, each in (0, 1]; an unknown RTT counts as middling."""
+    up = 0.1 + 0.9 * min(max(candidate.uptime, 0.0), UPTIME_FULL) / UPTIME_FULL
+    rtt = 0.5 if candidate.rtt is None else 1.0 / (1.0 + max(candidate.rtt, 0.0) / RTT_SCALE)
+    return up * rtt
+
+
+def plan_route(
+    candidates: Sequence[RelayCandidate],
+    hops: int,
+    *,
+    exclude: Collection[bytes],
+    rng: Callable[[], float],
+) -> list[RelayCandidate]:
+    """`hops` relays for one circuit, in path order; StreamFailed(NO_ROUTE) if the
+    candidates cannot give that many diverse relays."""
+    pool = [c for c in candidates if c.identity not in exclude and c.endpoints]
+    seen: set[bytes] = set()
+    unique = []
+    for c in pool:
+        if c.identity not in seen:
+            seen.add(c.identity)
+            unique.append(c)
+    chosen: list[RelayCandidate] = []
+    networks: set[bytes] = set()
+    while len(chosen) < hops:
+        usable = [c for c in unique if c.network is None or c.network not in networks]
+        if not usable:
+            raise StreamFailed(
+                StreamError.NO_ROUTE,
+                f"{hops} relays wanted, {len(chosen)} usable (distinct networks, not the "
+                f"client or the owner) among {len(unique)} known",
+            )
+        weights = [weight(c) for c in usable]
+        point = rng() * sum(weights)
+        pick = usable[-1]
+        for c, w in zip(usable, weights, strict=True):
+            point -= w
+            if point < 0:
+                pick = c
+                break
+        chosen.append(pick)
+        unique.remove(pick)
+        if pick.network is not None:
+            networks.add(pick.network)
+    return chosen

@@ -1,0 +1,317 @@
+"""asyncio side of the two ends of a circuit that carry streams.
+
+Theory of operation. A `CircuitCarrier` joins one sans-IO stream session
+(`core.circuit.session.CircuitStreams`) to the sinks of its streams (forwarded
+connections, or connections to the owner's target) and implements the same
+`StreamCarrier` interface as a link, so `StreamPipe` and the owner side do not care which
+path they run over. After every call into the session it drains the relay messages the
+session produced into the circuit (`_transmit`), hands the resulting cell events to the
+node's router (`submit`), and dispatches the stream events.
+
+* `ClientPath` is the client's end: a `ClientCircuit` it built through N relays to the
+  owner. Once built it proves the client's identity to the exit (AUTH) before any stream
+  message, so the exit can apply the service's allow-list; the relays see only
+  ciphertext.
+* `ExitCircuit` is the owner's end of one circuit, kept by the router beside its
+  `RelayCore`, which holds the circuit's crypto. Its `peer_identity` is the client key
+  proven by AUTH, or None for an anonymous client (public services only).
+
+A circuit that goes away (DESTROY, a lost link, a broken session) resets every stream on
+it with CIRCUIT_LOST, so the local application sees an error, not a clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from vx6.core import events as ev
+from vx6.core.circuit.client import ClientCircuit, ClientState
+from vx6.core.circuit.events import CircuitEvent
+from vx6.core.circuit.relay import RelayCore
+from vx6.core.circuit.session import CircuitStreams
+from vx6.crypto.keys import Identity, check_circuit_auth_proof, circuit_auth_proof, fingerprint
+from vx6.errors import CloseCode, DecodeError, LinkError, StreamError
+from vx6.net.carrier import StreamSink, dispatch_stream_event
+from vx6.net.link import LinkProtocol
+from vx6.wire.cells import (
+    DestroyReason,
+    RelayCommand,
+    RelayMessage,
+    decode_auth,
+    encode_auth,
+)
+
+log = logging.getLogger("vx6.circuit")
+
+Submit = Callable[[list[CircuitEvent]], None]
+
+
+class CircuitCarrier:
+    def __init__(
+        self, session: CircuitStreams, link: LinkProtocol, circuit_id: int, submit: Submit
+    ) -> None:
+        self.session = session
+        self.link = link
+        self.circuit_id = circuit_id
+        self.sinks: dict[int, StreamSink] = {}
+        self.closed = False
+        self.close_reason = ""
+        self.congested = False  # set by the router while cells for this link queue up
+        self.streams_total = 0
+        self._submit = submit
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _transmit(self, message: RelayMessage) -> list[CircuitEvent]:
+        raise NotImplementedError
+
+    def _destroy(self, reason: DestroyReason) -> None:
+        raise NotImplementedError
+
+    @property
+    def peer_identity(self) -> bytes | None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def paused(self) -> bool:
+        return self.congested or self.link.paused
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed
+
+    def _pump(self) -> None:
+        out: list[CircuitEvent] = []
+        for message in self.session.messages():
+            out += self._transmit(message)
+        if out:
+            self._submit(out)
+        for event in self.session.events():
+            if not dispatch_stream_event(self.sinks, event) and isinstance(
+                event, ev.StreamOpenRequested
+            ):
+                self._stream_requested(event.stream_id, event.service, event.flags)
+        if self.session.failed is not None and not self.closed:
+            log.warning("circuit %d: %s; destroying it", self.circuit_id, self.session.failed)
+            self._destroy(DestroyReason.PROTOCOL_ERROR)
+
+    def _stream_requested(self, sid: int, service: str, flags: int) -> None:
+        self.session.reject_stream(sid, StreamError.PROTOCOL_ERROR, "streams go the other way")
+
+    def message_received(self, message: RelayMessage) -> None:
+        self.session.message_received(message)
+        self._pump()
+
+    def set_congested(self, congested: bool) -> None:
+        if congested == self.congested:
+            return
+        self.congested = congested
+        paused = self.paused
+        for sink in list(self.sinks.values()):
+            sink.on_link_paused(paused)
+
+    def circuit_closed(self, reason: str) -> None:
+        """The circuit is gone (DESTROY, lost link, local close): fail its streams."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.session.fail(reason)
+        sinks, self.sinks = self.sinks, {}
+        for sink in sinks.values():
+            sink.on_reset(StreamError.CIRCUIT_LOST)
+
+    # ------------------------------------------------------------------ StreamCarrier
+    @property
+    def active_streams(self) -> int:
+        return len(self.session.streams)
+
+    def open_stream(self, service: str, flags: int, sink: StreamSink) -> int:
+        if self.closed:
+            raise LinkError(CloseCode.NORMAL, "circuit is closed")
+        sid = self.session.open_stream(service, flags)
+        self.sinks[sid] = sink
+        self.streams_total += 1
+        self._pump()
+        return sid
+
+    def attach(self, sid: int, sink: StreamSink) -> None:
+        self.sinks[sid] = sink
+
+    def accept_stream(self, sid: int) -> None:
+        self.session.accept_stream(sid)
+        self._pump()
+
+    def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
+        self.sinks.pop(sid, None)
+        self.session.reject_stream(sid, code, reason)
+        self._pump()
+
+    def send(self, sid: int, data: bytes | memoryview) -> bool:
+        more = self.session.send(sid, data)
+        self._pump()
+        return more and not self.paused
+
+    def consumed(self, sid: int, n: int) -> None:
+        self.session.consumed(sid, n)
+        self._pump()
+
+    def finish(self, sid: int) -> None:
+        self.session.finish(sid)
+        self._pump()
+
+    def reset(self, sid: int, code: StreamError = StreamError.CANCELLED) -> None:
+        self.sinks.pop(sid, None)
+        self.session.reset(sid, code)
+        self._pump()
+
+
+class ClientPath(CircuitCarrier):
+    """The client's circuit to one owner through `hops - 1` relays."""
+
+    def __init__(
+        self,
+        core: ClientCircuit,
+        link: LinkProtocol,
+        submit: Submit,
+        *,
+        owner: bytes,
+        relays: tuple[bytes, ...],
+        identity: Identity,
+    ) -> None:
+        super().__init__(
+            CircuitStreams(initiator=True, max_data=core.max_data), link, core.circuit_id, submit
+        )
+        self.core = core
+        self.owner = owner
+        self.relays = relays
+        self._identity = identity
+        self.built: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started = asyncio.get_running_loop().time()
+        self.build_seconds: float | None = None
+
+    @property
+    def peer_identity(self) -> bytes | None:
+        return self.owner
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed and self.core.state is ClientState.OPEN
+
+    def _transmit(self, message: RelayMessage) -> list[CircuitEvent]:
+        if self.core.state is not ClientState.OPEN:
+            return []
+        return self.core.send(RelayCommand(message.command), message.stream_id, message.data)
+
+    def _destroy(self, reason: DestroyReason) -> None:
+        self._submit(self.core.destroy(reason))
+
+    def circuit_built(self) -> None:
+        """Every hop is keyed: authenticate to the exit, then streams may flow."""
+        binding = self.core.exit_binding
+        proof = circuit_auth_proof(self._identity, self.owner, binding)
+        auth = encode_auth(self._identity.public, proof)
+        self._submit(self.core.send(RelayCommand.AUTH, 0, auth))
+        self.build_seconds = asyncio.get_running_loop().time() - self.started
+        if not self.built.done():
+            self.built.set_result(None)
+        self._pump()
+
+    def circuit_closed(self, reason: str) -> None:
+        super().circuit_closed(reason)
+        if not self.built.done():
+            self.built.set_exception(LinkError(CloseCode.NORMAL, reason))
+            self.built.exception()  # retrieved: the builder may have gone away
+
+    def close(self, reason: DestroyReason = DestroyReason.NONE) -> None:
+        self._destroy(reason)
+
+    def describe(self) -> dict[str, object]:
+        state = "open" if self.is_open else ("closed" if self.closed else "building")
+        return {
+            "id": self.circuit_id,
+            "state": state,
+            "hops": len(self.relays),
+            "relays": [fingerprint(r) for r in self.relays],
+            "streams": self.active_streams,
+            "streams_total": self.streams_total,
+            "build_ms": None if self.build_seconds is None else round(self.build_seconds * 1e3, 1),
+            **({"error": self.close_reason} if self.closed else {}),
+        }
+
+
+class ExitCircuit(CircuitCarrier):
+    """The owner's end of one circuit; the crypto lives in the shared RelayCore."""
+
+    def __init__(
+        self,
+        relay: RelayCore,
+        link: LinkProtocol,
+        link_id: int,
+        circuit_id: int,
+        submit: Submit,
+        *,
+        own_identity: bytes,
+        max_data: int,
+        on_stream: Callable[[ExitCircuit, int, str, int], None],
+    ) -> None:
+        super().__init__(
+            CircuitStreams(initiator=False, max_data=max_data), link, circuit_id, submit
+        )
+        self._relay = relay
+        self._link_id = link_id
+        self._own_identity = own_identity
+        self._on_stream = on_stream
+        self._client: bytes | None = None
+        self._authenticated = False
+
+    @property
+    def peer_identity(self) -> bytes | None:
+        return self._client
+
+    def _transmit(self, message: RelayMessage) -> list[CircuitEvent]:
+        return self._relay.send(
+            self._link_id,
+            self.circuit_id,
+            RelayCommand(message.command),
+            message.stream_id,
+            message.data,
+        )
+
+    def _destroy(self, reason: DestroyReason) -> None:
+        self._submit(self._relay.destroy(self._link_id, self.circuit_id, reason))
+
+    def _stream_requested(self, sid: int, service: str, flags: int) -> None:
+        self.streams_total += 1
+        self._on_stream(self, sid, service, flags)
+
+    def message_received(self, message: RelayMessage) -> None:
+        if message.command == RelayCommand.AUTH:
+            self._authenticate(message.data)
+            return
+        super().message_received(message)
+
+    def _authenticate(self, data: bytes) -> None:
+        """AUTH: once, before any stream, with a proof over this circuit's binding."""
+        binding = self._relay.binding(self._link_id, self.circuit_id)
+        reason = None
+        if self._authenticated or self.session.streams.streams:
+            reason = "AUTH after streams began"
+        elif binding is None:
+            reason = "AUTH on a circuit that does not end here"
+        else:
+            try:
+                client, proof = decode_auth(data)
+            except DecodeError as exc:
+                reason = str(exc)
+            else:
+                if check_circuit_auth_proof(client, self._own_identity, binding, proof):
+                    self._client = client
+                else:
+                    reason = "AUTH proof does not verify"
+        self._authenticated = True
+        if reason is not None:
+            log.warning("circuit %d: %s; destroying it", self.circuit_id, reason)
+            self._destroy(DestroyReason.PROTOCOL_ERROR)

@@ -1,0 +1,155 @@
+"""Relay proxy mode end to end on loopback (issue 4): real node processes, a client, an
+owner and six relays; forwards through 1 and 5 relays carry bulk data intact both ways,
+the owner applies its allow-list to the key the client proved inside the circuit, a
+stream survives on a ready circuit, and a relay that dies mid-transfer ends the stream
+with a clear error while the next connection succeeds over a rebuilt circuit."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from conftest import knows_owner
+from helpers_net import (
+    BULK_HEADER,
+    IO_TIMEOUT,
+    MiB,
+    TCPServer,
+    connect,
+    duplex,
+    echo_once,
+    expose,
+    local_port,
+    unique,
+)
+from vx6.localnet import LocalNet, LocalNode, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+RELAYS = 6
+READY_TIMEOUT = 30.0
+RESULT_TIMEOUT = 60.0
+
+
+@dataclass
+class RelayNet:
+    net: LocalNet
+    alice: LocalNode
+    bob: LocalNode
+    carol: LocalNode  # a client that is not on alice's allow-list
+    relays: list[LocalNode]
+
+
+def relays_known(node: LocalNode, count: int) -> bool:
+    status = node.try_call("relays")
+    return bool(status.get("ok")) and len(status.get("relays", [])) >= count
+
+
+@pytest.fixture(scope="module")
+def rnet() -> Iterator[RelayNet]:
+    with LocalNet() as net:
+        hub = net.start("hub", extra=("--relay",))
+        relays = [hub] + [
+            net.start(f"r{i}", peers=(hub.listen,), extra=("--relay",), wait=False)
+            for i in range(1, RELAYS)
+        ]
+        alice = net.start("alice", peers=(hub.listen,), wait=False)
+        bob = net.start("bob", peers=(hub.listen,), wait=False)
+        carol = net.start("carol", peers=(hub.listen,), wait=False)
+        for node in [*relays[1:], alice, bob, carol]:
+            net.wait_ready(node)
+        for client in (bob, carol):
+            wait_for(
+                lambda c=client: knows_owner(c, "alice") and relays_known(c, RELAYS),
+                READY_TIMEOUT,
+                f"{client.name} to learn alice and {RELAYS} relays",
+            )
+        wait_for(lambda: knows_owner(alice, "bob"), READY_TIMEOUT, "alice to learn bob")
+        yield RelayNet(net, alice, bob, carol, relays)
+
+
+def cells_relayed(node: LocalNode) -> int:
+    return int(node.call("status")["circuits"]["cells_out"])
+
+
+def relay_forward(client: LocalNode, service: str, hops: int) -> tuple[int, str]:
+    name = unique("fwd")
+    reply = client.call(
+        "connect", service=f"alice.{service}", local="0", name=name, hops=hops, timeout=60.0
+    )
+    assert reply["forward"]["path"] == f"relay ({hops} hops)"
+    return local_port(reply), name
+
+
+def bulk_roundtrip(port: int, server: TCPServer, nbytes: int, seed: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(BULK_HEADER.pack(nbytes, seed + 1))
+        sent, received = duplex(sock, nbytes, seed)
+    target = server.results.get(timeout=RESULT_TIMEOUT)
+    assert target["error"] is None
+    assert sent.sha256 == target["received"].sha256 and sent.nbytes == nbytes
+    assert target["sent"].sha256 == received.sha256 and received.nbytes == nbytes
+
+
+@pytest.mark.parametrize("hops", [1, 5])
+def test_bulk_both_ways_through_relays(rnet: RelayNet, bulk_server: TCPServer, hops: int) -> None:
+    service = expose(rnet.alice, bulk_server.address, allow=[rnet.bob.key])
+    port, name = relay_forward(rnet.bob, service, hops)
+    before = [cells_relayed(r) for r in rnet.relays]
+    bulk_roundtrip(port, bulk_server, 16 * MiB, seed=hops)
+    moved = [cells_relayed(r) - b for r, b in zip(rnet.relays, before, strict=True)]
+    # 16 MiB each way is at least 2 x 1032 full cells; exactly `hops` relays carried it.
+    assert sum(1 for m in moved if m >= 2 * 1032) == hops, moved
+    forwards = {f["name"]: f for f in rnet.bob.call("forwards")["forwards"]}
+    circuits = forwards[name]["circuits"]
+    assert circuits and all(c["hops"] == hops for c in circuits)
+    assert any(c["state"] == "open" for c in circuits)
+
+
+def test_owner_checks_the_key_proven_inside_the_circuit(
+    rnet: RelayNet, echo_server: TCPServer
+) -> None:
+    service = expose(rnet.alice, echo_server.address, allow=[rnet.bob.key])
+    port, _ = relay_forward(rnet.bob, service, 2)
+    assert echo_once(port, b"through two relays") == b"through two relays"
+    refused = rnet.carol.try_call(
+        "connect",
+        service=f"alice.{service}",
+        local="0",
+        name=unique("fwd"),
+        hops=2,
+        timeout=60.0,
+    )
+    assert not refused.get("ok")
+    assert "not allowed" in refused["error"]
+
+
+def test_many_connections_share_ready_circuits(rnet: RelayNet, echo_server: TCPServer) -> None:
+    service = expose(rnet.alice, echo_server.address, allow=[rnet.bob.key])
+    port, name = relay_forward(rnet.bob, service, 3)
+    for i in range(20):
+        message = f"connection {i}".encode()
+        assert echo_once(port, message) == message
+    forwards = {f["name"]: f for f in rnet.bob.call("forwards")["forwards"]}
+    circuits = forwards[name]["circuits"]
+    assert 1 <= len(circuits) <= 3  # the pool, not one circuit per connection
+    assert sum(c["streams_total"] for c in circuits) >= 21  # 20 + the probe
+
+
+def test_six_relays_refused_by_the_cli(rnet: RelayNet) -> None:
+    result = rnet.bob.cli("connect", "alice.x", "--local", "0", "--hops", "6")
+    assert result.returncode != 0
+    assert b"1..5" in result.stderr
+
+
+def _wait_port_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(IO_TIMEOUT)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return b"reset"
+    return b"eof"
