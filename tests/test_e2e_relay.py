@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from helpers_net import (
     BULK_HEADER,
     IO_TIMEOUT,
     MiB,
+    Pusher,
     TCPServer,
     connect,
     duplex,
@@ -145,11 +147,55 @@ def test_six_relays_refused_by_the_cli(rnet: RelayNet) -> None:
     assert b"1..5" in result.stderr
 
 
-def _wait_port_closed(sock: socket.socket) -> bytes:
+def test_relay_killed_mid_transfer_then_next_connection_works(
+    rnet: RelayNet, pusher: Pusher
+) -> None:
+    """Runs last in the module: it kills one relay for good."""
+    service = expose(rnet.alice, pusher.server.address, allow=[rnet.bob.key])
+    port, name = relay_forward(rnet.bob, service, 3)
+    with connect(port) as sock:
+        got = recv_exact_count(sock, 2 * MiB)  # data is flowing through the circuit
+        assert got == 2 * MiB
+        forwards = {f["name"]: f for f in rnet.bob.call("forwards")["forwards"]}
+        busy = [c for c in forwards[name]["circuits"] if c["streams"] > 0]
+        assert len(busy) == 1
+        victim = next(r for r in rnet.relays if r.info["fingerprint"] == busy[0]["relays"][1])
+        rnet.net.kill(victim.name)
+        assert read_until_closed(sock) == "reset", "a cut stream must not end cleanly"
+    reasons = wait_for(
+        lambda: (f := forward_named(rnet.bob, name))["last_error"] and f, 30.0, "the error"
+    )
+    assert "CIRCUIT_LOST" in reasons["last_error"]
+    # The next connection needs no user action: a circuit avoiding the dead relay.
+    with connect(port) as sock:
+        assert recv_exact_count(sock, 256 * 1024) == 256 * 1024
+    circuits = forward_named(rnet.bob, name)["circuits"]
+    assert all(
+        victim.info["fingerprint"] not in c["relays"] for c in circuits if c["state"] == "open"
+    )
+
+
+def forward_named(node: LocalNode, name: str) -> dict[str, Any]:
+    return next(f for f in node.call("forwards")["forwards"] if f["name"] == name)
+
+
+def recv_exact_count(sock: socket.socket, count: int) -> int:
+    sock.settimeout(IO_TIMEOUT)
+    got = 0
+    while got < count:
+        chunk = sock.recv(min(65536, count - got))
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def read_until_closed(sock: socket.socket) -> str:
+    """How the connection ended: 'reset' (an error reached the application) or 'eof'."""
     sock.settimeout(IO_TIMEOUT)
     try:
-        while sock.recv(65536):
+        while sock.recv(1024 * 1024):
             pass
     except ConnectionResetError:
-        return b"reset"
-    return b"eof"
+        return "reset"
+    return "eof"
