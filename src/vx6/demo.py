@@ -1,11 +1,14 @@
 """`vx6 demo`: a small VX6 network on this machine, every mode exercised end to end.
 
-It starts real node processes (hub, alice, bob, carol, dave), each in its own temporary
-home on loopback, plus a local echo service for alice and an HTTP server. alice exposes
+It starts real node processes (hub, alice, bob, carol, dave, and five relays r1-r5), each
+in its own temporary home on loopback, plus a local echo service for alice and an HTTP
+server. alice exposes
 both (private: only bob, carol and dave may connect). bob reaches them by name through
 records synced via the hub (named direct); dave, started with only `--bootstrap`,
 resolves alice through the DHT; carol, who knows nobody, reaches alice by her IPv6
-endpoint (direct IPv6: no discovery at all). Each row moves a fixed amount of data
+endpoint (direct IPv6: no discovery at all); bob also reaches alice through onion
+circuits of 1 and 5 relays (relay proxy mode), chosen from the relays' node records. Each
+row moves a fixed amount of data
 through the forward, checks it byte for byte (SHA-256), and reports setup time and
 throughput. Everything is torn down at the end; the exit status is 0 only if every row
 worked.
@@ -25,9 +28,11 @@ import time
 from typing import Any
 
 from vx6.errors import VX6Error
-from vx6.localnet import LocalNet, LocalNode
+from vx6.localnet import LocalNet, LocalNode, wait_for
 
 CHUNK = 1 << 20
+RELAYS = 5
+RELAYS_KNOWN_TIMEOUT = 30.0
 
 
 def _echo_server(conn: Any) -> None:
@@ -113,14 +118,18 @@ def _row(mode: str, path: str, fn: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"mode": mode, "path": path, "setup_ms": None, "mb_s": None, "ok": False}
     try:
         row.update(fn())
-    except (VX6Error, OSError, TimeoutError, KeyError) as exc:
+    except (VX6Error, OSError, TimeoutError, KeyError, StopIteration) as exc:
         row["error"] = str(exc)
     return row
 
 
-def _connect(node: LocalNode, service: str, via: str | None = None) -> tuple[int, float]:
+def _connect(
+    node: LocalNode, service: str, via: str | None = None, hops: int = 0
+) -> tuple[int, float]:
     started = time.perf_counter()
-    reply = node.call("connect", service=service, local="0", via=via)
+    reply = node.call(
+        "connect", service=service, local="0", via=via, hops=hops, name=f"{service}/{hops}"
+    )
     setup_ms = (time.perf_counter() - started) * 1000
     return int(reply["forward"]["local"].rsplit(":", 1)[1]), setup_ms
 
@@ -130,12 +139,18 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
     body = os.urandom(1 << 20)
     http_server, http_port = _start_http(body)
     try:
-        log("starting nodes: hub, alice, bob, carol, dave ...")
+        log(f"starting nodes: hub, alice, bob, carol, dave, {RELAYS} relays ...")
         hub = net.start("hub")
+        relays = [
+            net.start(f"r{i}", peers=(hub.listen,), extra=("--relay",), wait=False)
+            for i in range(1, RELAYS + 1)
+        ]
         alice = net.start("alice", peers=(hub.listen,))
         bob = net.start("bob", peers=(hub.listen,))
         carol = net.start("carol")  # knows nobody: direct IPv6 only
         dave = net.start("dave", extra=("--bootstrap", hub.listen))  # DHT only, no sync
+        for relay in relays:
+            net.wait_ready(relay)
         allowed = ["bob", carol.key, dave.key]
         for service, port in (("echo", echo_port), ("web", http_port)):
             alice.call("expose", name=service, target=f"127.0.0.1:{port}", allow=allowed)
@@ -163,11 +178,23 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
             mb_s, ok = echo_transfer(port, mib)
             return {"setup_ms": round(setup, 1), "mb_s": round(mb_s), "ok": ok}
 
+        def relayed(hops: int) -> dict[str, Any]:
+            wait_for(
+                lambda: len(bob.call("relays")["relays"]) >= RELAYS,
+                RELAYS_KNOWN_TIMEOUT,
+                f"bob to learn {RELAYS} relays",
+            )
+            port, setup = _connect(bob, "alice.echo", hops=hops)
+            mb_s, ok = echo_transfer(port, mib)
+            return {"setup_ms": round(setup, 1), "mb_s": round(mb_s), "ok": ok}
+
         return [
             _row("named direct", "bob -> alice (echo)", named),
             _row("named direct", "bob -> alice (http)", named_http),
             _row("named via DHT", "dave -> alice (echo)", named_dht),
             _row("direct IPv6", f"carol -> {alice.listen} (echo)", direct_ipv6),
+            _row("relay, 1 hop", "bob -> r -> alice (echo)", lambda: relayed(1)),
+            _row("relay, 5 hops", "bob -> r x5 -> alice (echo)", lambda: relayed(5)),
         ]
     finally:
         http_server.shutdown()

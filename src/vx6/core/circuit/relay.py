@@ -173,6 +173,8 @@ class RelayCore:
         circuit = self._by_key.get((link, circuit_id))
         if circuit is None or circuit.prev != (link, circuit_id):
             return None
+        if circuit.state is not RelayState.OPEN:
+            return None  # extended: the circuit goes on, it does not end here
         return circuit.crypto.binding
 
     def state_of(self, link: int, circuit_id: int) -> RelayState | None:

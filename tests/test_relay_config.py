@@ -1,0 +1,72 @@
+"""Relay-mode settings: onion key rotation in the home (the previous key stays
+accepted), and `hops` / `relay_fallback` / `relay` in the config file and on the
+command line, with clear errors for values the protocol cannot carry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vx6.config import forward_config, load_config
+from vx6.errors import UsageError
+from vx6.home import ONION_KEY_LIFETIME, Home
+
+
+def test_onion_key_rotates_after_its_lifetime_and_keeps_the_previous(tmp_path: Path) -> None:
+    home = Home(tmp_path / "h")
+    first = home.onion_keys(now=1000.0)
+    assert len(first) == 1
+    current = tmp_path / "h" / "onion.key"
+    assert current.stat().st_mode & 0o777 == 0o600
+    young = current.stat().st_mtime + ONION_KEY_LIFETIME / 2
+    assert [k.public for k in home.onion_keys(now=young)] == [first[0].public]
+    old = current.stat().st_mtime + ONION_KEY_LIFETIME + 1
+    rotated = home.onion_keys(now=old)
+    assert len(rotated) == 2
+    assert rotated[0].public != first[0].public  # a fresh current key
+    assert rotated[1].public == first[0].public  # the old one, still accepted
+    assert (tmp_path / "h" / "onion.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_config_file_relay_settings(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "relay = true\n"
+        '[forwards.a]\nservice = "alice.ssh"\nlocal = "2222"\nhops = 3\n'
+        '[forwards.b]\nservice = "alice.web"\nlocal = "8080"\nrelay_fallback = 2\n'
+    )
+    cfg = load_config(path)
+    assert cfg.relay
+    assert cfg.forwards["a"].hops == 3 and cfg.forwards["a"].relay_fallback == 0
+    assert cfg.forwards["b"].hops == 0 and cfg.forwards["b"].relay_fallback == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["hops = 6", "hops = -1", 'hops = "3"', "hops = true", "relay_fallback = 9"],
+)
+def test_config_file_rejects_impossible_hops(tmp_path: Path, extra: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[forwards.a]\nservice = "alice.ssh"\nlocal = "2222"\n{extra}\n')
+    with pytest.raises(UsageError):
+        load_config(path)
+
+
+def test_forward_options_that_do_not_combine() -> None:
+    with pytest.raises(UsageError, match=r"1\.\.5"):
+        forward_config("f", "alice.ssh", "2222", None, hops=6)
+    with pytest.raises(UsageError, match="--via"):
+        forward_config("f", "alice.ssh", "2222", "[::1]:4242", hops=2)
+    with pytest.raises(UsageError, match="relay-fallback"):
+        forward_config("f", "alice.ssh", "2222", None, hops=2, relay_fallback=2)
+    assert forward_config("f", "alice.ssh", "2222", None, hops=5).hops == 5
+
+
+def test_previous_key_file_is_ignored_when_damaged(tmp_path: Path) -> None:
+    home = Home(tmp_path / "h")
+    home.onion_keys(now=0.0)
+    (tmp_path / "h" / "onion.prev.key").write_bytes(b"short")
+    os.chmod(tmp_path / "h" / "onion.prev.key", 0o600)
+    assert len(home.onion_keys(now=0.0)) == 1

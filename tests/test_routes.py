@@ -1,0 +1,83 @@
+"""Route planning (core/routes.py): relays are distinct, never the client or the owner,
+never two from one network (except exempt loopback/test-bed hosts), weighted by uptime
+and RTT, and a request the registry cannot satisfy is a clear NO_ROUTE error."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vx6.core.routes import UPTIME_FULL, RelayCandidate, plan_route, weight
+from vx6.errors import StreamError, StreamFailed
+from vx6.wire.cells import Endpoint
+
+EP = (Endpoint("2001:db8::1", 4242),)
+
+
+def cand(
+    i: int, network: bytes | None, uptime: float = 0.0, rtt: float | None = None
+) -> RelayCandidate:
+    return RelayCandidate(bytes([i]) * 32, bytes(32), EP, network, uptime, rtt)
+
+
+candidates = st.lists(
+    st.builds(
+        cand,
+        st.integers(0, 40),
+        st.one_of(st.none(), st.sampled_from([b"n1", b"n2", b"n3", b"n4", b"n5", b"n6"])),
+        st.floats(0, 2 * UPTIME_FULL),
+        st.one_of(st.none(), st.floats(0, 1)),
+    ),
+    max_size=30,
+    unique_by=lambda c: c.identity,  # one node record per key
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(candidates, st.integers(1, 5), st.integers(0, 2**32))
+def test_routes_are_distinct_diverse_and_exclude_the_ends(
+    pool: list[RelayCandidate], hops: int, seed: int
+) -> None:
+    excluded = {bytes([0]) * 32, bytes([1]) * 32}
+    rng = random.Random(seed)
+    try:
+        route = plan_route(pool, hops, exclude=excluded, rng=rng.random)
+    except StreamFailed as exc:
+        assert exc.code is StreamError.NO_ROUTE
+        usable = {c.identity for c in pool if c.identity not in excluded}
+        exempt = {c.identity for c in pool if c.identity not in excluded and c.network is None}
+        networks = {c.network for c in pool if c.identity not in excluded and c.network}
+        assert len(usable) < hops or len(exempt) + len(networks) < hops
+        return
+    assert len(route) == hops
+    assert len({c.identity for c in route}) == hops
+    assert not any(c.identity in excluded for c in route)
+    nets = [c.network for c in route if c.network is not None]
+    assert len(nets) == len(set(nets))
+
+
+def test_not_enough_relays_is_a_clear_error() -> None:
+    with pytest.raises(StreamFailed) as info:
+        plan_route([cand(2, None), cand(3, None)], 3, exclude=set(), rng=random.random)
+    assert info.value.code is StreamError.NO_ROUTE
+    assert "3 relays wanted" in str(info.value)
+
+
+def test_one_network_gives_one_relay() -> None:
+    pool = [cand(i, b"same /48") for i in range(2, 10)]
+    assert len(plan_route(pool, 1, exclude=set(), rng=random.random)) == 1
+    with pytest.raises(StreamFailed):
+        plan_route(pool, 2, exclude=set(), rng=random.random)
+
+
+def test_uptime_and_rtt_shift_the_choice() -> None:
+    steady = cand(2, None, uptime=UPTIME_FULL, rtt=0.002)
+    fresh = cand(3, None, uptime=0.0, rtt=0.200)
+    assert weight(steady) > 5 * weight(fresh)
+    rng = random.Random(7)
+    picks = [plan_route([steady, fresh], 1, exclude=set(), rng=rng.random)[0] for _ in range(2000)]
+    share = sum(1 for p in picks if p is steady) / len(picks)
+    assert 0.85 < share < 1.0  # preferred, yet the other is still sometimes chosen
