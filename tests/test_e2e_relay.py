@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,3 +200,35 @@ def read_until_closed(sock: socket.socket) -> str:
     except ConnectionResetError:
         return "reset"
     return "eof"
+
+
+def test_relay_fallback_only_when_direct_fails_and_status_says_so(
+    tmp_path: Path, echo_server: TCPServer
+) -> None:
+    """alice advertises an address nobody can reach (port 1); her only link is to the
+    hub, a relay. bob's direct dial fails, so his forward falls back to one relay, and
+    says so; a forward without the fallback reports the owner unreachable."""
+    with LocalNet(tmp_path) as net:
+        hub = net.start("hub", extra=("--relay",))
+        alice = net.start("alice", peers=(hub.listen,), extra=("--advertise", "[::1]:1"))
+        bob = net.start("bob", peers=(hub.listen,))
+        wait_for(lambda: knows_owner(bob, "alice"), READY_TIMEOUT, "bob to learn alice")
+        wait_for(lambda: relays_known(bob, 1), READY_TIMEOUT, "bob to learn the relay")
+        service = expose(alice, echo_server.address, allow=[bob.key])
+        plain = bob.try_call("connect", service=f"alice.{service}", local="0", name="plain")
+        assert not plain.get("ok") and "owner unreachable" in plain["error"]
+        reply = bob.call(
+            "connect",
+            service=f"alice.{service}",
+            local="0",
+            name="fb",
+            relay_fallback=1,
+            timeout=60.0,
+        )
+        port = local_port(reply)
+        assert echo_once(port, b"over the fallback") == b"over the fallback"
+        fwd = forward_named(bob, "fb")
+        assert fwd["path"] == "relay-fallback (1 hops)"
+        assert fwd["fallbacks"] >= 1
+        status = bob.cli("status")
+        assert b"relay-fallback (1 hops)" in status.stdout
