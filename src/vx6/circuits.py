@@ -143,13 +143,19 @@ class CircuitRouter:
         return network if network is not None else (host, link.peer_identity)
 
     # ------------------------------------------------------------------ cells in
-    def cells_received(self, link: LinkProtocol, data: bytes | memoryview) -> None:
+    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
+        """All cells from one read of `link`, handled as one batch."""
         lid = self.link_id(link)
         events: list[CircuitEvent] = []
         now = time.monotonic()
-        for offset in range(0, len(data), CELL_SIZE):
+        raw_cells = (
+            chunk[offset : offset + CELL_SIZE]
+            for chunk in chunks
+            for offset in range(0, len(chunk), CELL_SIZE)
+        )
+        for raw in raw_cells:
             try:
-                cell = decode_cell(bytes(data[offset : offset + CELL_SIZE]))
+                cell = decode_cell(raw)
             except DecodeError as exc:
                 log.warning("bad cell from %s: %s; closing the link", link.peer_address, exc)
                 self.process(events)
@@ -168,11 +174,24 @@ class CircuitRouter:
 
     # ------------------------------------------------------------------ events
     def process(self, events: list[CircuitEvent]) -> None:
+        # Stream messages for one circuit are handed over together (one pump, so one
+        # write to the local socket for a run of DATA), keeping their order.
+        batch: list[StreamMessageReceived] = []
         for event in events:
+            if isinstance(event, StreamMessageReceived):
+                if batch and (batch[0].link, batch[0].circuit_id) != (
+                    event.link,
+                    event.circuit_id,
+                ):
+                    self._stream_messages(batch)
+                    batch = []
+                batch.append(event)
+                continue
+            if batch:
+                self._stream_messages(batch)
+                batch = []
             if isinstance(event, CellQueued):
                 self._outbox.setdefault(event.link, []).append(event.cell)
-            elif isinstance(event, StreamMessageReceived):
-                self._stream_message(event)
             elif isinstance(event, CircuitBuilt):
                 path = self.clients.get((event.link, event.circuit_id))
                 if path is not None:
@@ -181,11 +200,14 @@ class CircuitRouter:
                 self._destroyed(event)
             elif isinstance(event, ExtendRequested):
                 self.node.spawn(self._extend(event))
+        if batch:
+            self._stream_messages(batch)
         self._flush()
 
-    def _stream_message(self, event: StreamMessageReceived) -> None:
+    def _stream_messages(self, batch: list[StreamMessageReceived]) -> None:
+        event = batch[0]
         key = (event.link, event.circuit_id)
-        message = RelayMessage(event.command, event.stream_id, event.data)
+        messages = [RelayMessage(e.command, e.stream_id, e.data) for e in batch]
         carrier: ClientPath | ExitCircuit | None = self.clients.get(key)
         if carrier is None:
             carrier = self.exits.get(key)
@@ -205,7 +227,7 @@ class CircuitRouter:
             )
             self.exits[key] = carrier
             self.node.count("circuits_exit")
-        carrier.message_received(message)
+        carrier.messages_received(messages)
 
     def _destroyed(self, event: CircuitDestroyed) -> None:
         key = (event.link, event.circuit_id)

@@ -104,14 +104,17 @@ class Node(LinkOwner):
                 cfg = self.config
                 remembered = [] if (cfg.peers or cfg.bootstrap) else self._remembered_peers()
                 self.dht.bootstrap(cfg.bootstrap + cfg.peers + remembered)
-                self._servers.append(
-                    await serve_control(self.home.control_path, self.ops.handle, self.client.nc)
-                )
                 self.owner.load_services()
                 self.publisher.publish_all()
                 for host, port in cfg.peers or remembered:
                     tg.create_task(self._keep_peer(host, port))
+                # Before the control socket: a node that answers `status` has its configured
+                # forwards listening (uvloop resolves the listen address on a thread, which
+                # left a window where `forwards` missed the later ones).
                 await self.client.start_config_forwards()
+                self._servers.append(
+                    await serve_control(self.home.control_path, self.ops.handle, self.client.nc)
+                )
                 tg.create_task(self.publisher.republish_loop())
                 tg.create_task(self.records.reconcile_loop())
                 tg.create_task(self.remember_loop())
@@ -292,8 +295,8 @@ class Node(LinkOwner):
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
         self.owner.stream_requested(link, sid, service, flags)
 
-    def cells_received(self, link: LinkProtocol, cells: bytes | memoryview) -> None:
-        self.circuits.cells_received(link, cells)
+    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
+        self.circuits.cells_received(link, chunks)
 
     def link_paused(self, link: LinkProtocol, paused: bool) -> None:
         self.circuits.link_paused(link, paused)

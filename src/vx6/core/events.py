@@ -83,9 +83,11 @@ class RecordsReceived:
 
 @dataclass(frozen=True, slots=True)
 class CellsReceived:
-    """Whole circuit cells (a multiple of CELL_SIZE bytes) for the node's circuit router."""
+    """Whole circuit cells for the node's circuit router: each chunk is a multiple of
+    CELL_SIZE bytes. Consecutive CELLS frames of one read arrive as one event, so the
+    router can handle them as one batch (one write per link and per local socket)."""
 
-    cells: bytes | memoryview
+    chunks: tuple[bytes | memoryview, ...]
 
 
 Event = (

@@ -217,7 +217,12 @@ class Link(StreamOps):
         count, rest = divmod(len(plain) - 1, CELL_SIZE)
         if count == 0 or rest:
             raise LinkError(CloseCode.PROTOCOL_ERROR, "CELLS frame is not whole cells")
-        self._events.append(ev.CellsReceived(memoryview(plain)[1:]))
+        chunk = memoryview(plain)[1:]
+        last = self._events[-1] if self._events else None
+        if isinstance(last, ev.CellsReceived):
+            self._events[-1] = ev.CellsReceived((*last.chunks, chunk))
+        else:
+            self._events.append(ev.CellsReceived((chunk,)))
 
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
         match frame:

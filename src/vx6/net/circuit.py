@@ -88,7 +88,7 @@ class CircuitCarrier:
             out += self._transmit(message)
         if out:
             self._submit(out)
-        for event in self.session.events():
+        for event in _coalesce(self.session.events()):
             if not dispatch_stream_event(self.sinks, event) and isinstance(
                 event, ev.StreamOpenRequested
             ):
@@ -100,8 +100,9 @@ class CircuitCarrier:
     def _stream_requested(self, sid: int, service: str, flags: int) -> None:
         self.session.reject_stream(sid, StreamError.PROTOCOL_ERROR, "streams go the other way")
 
-    def message_received(self, message: RelayMessage) -> None:
-        self.session.message_received(message)
+    def messages_received(self, messages: list[RelayMessage]) -> None:
+        for message in messages:
+            self.session.message_received(message)
         self._pump()
 
     def set_congested(self, congested: bool) -> None:
@@ -287,11 +288,15 @@ class ExitCircuit(CircuitCarrier):
         self.streams_total += 1
         self._on_stream(self, sid, service, flags)
 
-    def message_received(self, message: RelayMessage) -> None:
-        if message.command == RelayCommand.AUTH:
-            self._authenticate(message.data)
+    def messages_received(self, messages: list[RelayMessage]) -> None:
+        if messages[0].command == RelayCommand.AUTH:
+            self._authenticate(messages[0].data)
+            messages = messages[1:]
+        if any(m.command == RelayCommand.AUTH for m in messages):
+            self._authenticate(b"")  # a second AUTH: refused there
             return
-        super().message_received(message)
+        if messages and not self.closed:
+            super().messages_received(messages)
 
     def _authenticate(self, data: bytes) -> None:
         """AUTH: once, before any stream, with a proof over this circuit's binding."""
@@ -315,3 +320,33 @@ class ExitCircuit(CircuitCarrier):
         if reason is not None:
             log.warning("circuit %d: %s; destroying it", self.circuit_id, reason)
             self._destroy(DestroyReason.PROTOCOL_ERROR)
+
+
+def _coalesce(events: list[ev.Event]) -> list[ev.Event]:
+    """Join runs of data for one stream (one cell each) into one event, so the local
+    socket gets one write per batch of cells instead of one per cell."""
+    out: list[ev.Event] = []
+    parts: list[bytes | memoryview] = []  # the data of out[-1] while a run grows
+    for event in events:
+        last = out[-1] if out else None
+        if (
+            isinstance(event, ev.StreamDataReceived)
+            and isinstance(last, ev.StreamDataReceived)
+            and last.stream_id == event.stream_id
+        ):
+            if not parts:
+                parts = [last.data]
+            parts.append(event.data)
+            continue
+        _join_run(out, parts)
+        parts = []
+        out.append(event)
+    _join_run(out, parts)
+    return out
+
+
+def _join_run(out: list[ev.Event], parts: list[bytes | memoryview]) -> None:
+    if parts:
+        last = out[-1]
+        assert isinstance(last, ev.StreamDataReceived)
+        out[-1] = ev.StreamDataReceived(last.stream_id, b"".join(parts))

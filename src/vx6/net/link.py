@@ -38,7 +38,9 @@ class LinkOwner(Protocol):
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None: ...
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None: ...
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None: ...
-    def cells_received(self, link: LinkProtocol, cells: bytes | memoryview) -> None: ...
+    def cells_received(
+        self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]
+    ) -> None: ...
     def link_paused(self, link: LinkProtocol, paused: bool) -> None: ...
 
 
@@ -183,7 +185,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if dispatch_stream_event(self.sinks, event):
             return
         if isinstance(event, ev.CellsReceived):
-            self.owner.cells_received(self, event.cells)
+            self.owner.cells_received(self, event.chunks)
         elif isinstance(event, ev.StreamOpenRequested):
             self.owner.stream_requested(self, event.stream_id, event.service, event.flags)
         elif isinstance(event, ev.RecordsReceived):

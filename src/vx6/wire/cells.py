@@ -168,7 +168,7 @@ def _check_padding(body: bytes, used: int, what: str) -> None:
         raise DecodeError(f"{what} cell has non-zero padding")
 
 
-def decode_cell(data: bytes) -> Cell:
+def decode_cell(data: bytes | memoryview) -> Cell:
     """Parse one cell; DecodeError on anything that is not exactly one valid cell."""
     if len(data) != CELL_SIZE:
         raise DecodeError(f"a cell is {CELL_SIZE} bytes, got {len(data)}")
