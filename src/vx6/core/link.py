@@ -29,7 +29,6 @@ from vx6.wire import frames as fr
 from vx6.wire.cells import CELL_SIZE
 
 CELLS_PER_FRAME = (fr.MAX_FRAME - 1) // CELL_SIZE
-_CELLS_PREFIX = bytes([fr.FrameType.CELLS])
 
 
 @dataclass(frozen=True)
@@ -287,8 +286,23 @@ class Link(StreamOps):
     def send_cells(self, cells: list[bytes]) -> None:
         """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame."""
         self._require_open()
+        assert self._keys is not None
+        encrypt_into = self._keys.send.encrypt_into
+        scratch, view = self._scratch, self._scratch_view
+        scratch[0] = fr.FrameType.CELLS
         for i in range(0, len(cells), CELLS_PER_FRAME):
-            self._emit_frame(_CELLS_PREFIX + b"".join(cells[i : i + CELLS_PER_FRAME]))
+            group = cells[i : i + CELLS_PER_FRAME]
+            plain_len = 1
+            for cell in group:  # one copy into the scratch plaintext, as for DATA
+                scratch[plain_len : plain_len + CELL_SIZE] = cell
+                plain_len += CELL_SIZE
+            sealed = plain_len + fr.AEAD_TAG
+            out = bytearray(2 + sealed)
+            out[0], out[1] = sealed >> 8, sealed & 0xFF
+            with memoryview(out) as out_view:
+                encrypt_into(view[:plain_len], out_view[2:])
+            self.bytes_out += len(out)
+            self._out.append(out)  # type: ignore[arg-type]
 
     def ping(self, now: float) -> None:
         self._require_open()

@@ -59,6 +59,7 @@ MAX_DEPTH = 6  # five relays and the exit; see docs/circuits.md
 
 _FLAG_PASS = 0
 _FLAG_END = 1
+_FLAGS = (b"\x00", b"\x01")
 _COUNTER_LIMIT = 2**64
 
 
@@ -208,7 +209,7 @@ class _Direction:
         self.counter = n + 1
         return (self._base ^ n).to_bytes(NONCE_LEN, "big")
 
-    def seal(self, plaintext: bytes) -> bytes:
+    def seal(self, plaintext: bytes | memoryview) -> bytes:
         return self._aead.encrypt(self._next_nonce(), plaintext, None)
 
     def open(self, ciphertext: bytes | memoryview) -> bytes:
@@ -242,8 +243,9 @@ def relay_plaintext_size(depth: int) -> int:
     return BODY_SIZE - LAYER_OVERHEAD * depth
 
 
-def _pad(data: bytes) -> bytes:
-    return data + bytes(BODY_SIZE - len(data))
+def _pad(data: bytes | memoryview) -> bytes:
+    # One copy: join the data and the zero fill (slicing first would copy twice).
+    return b"".join((data, bytes(BODY_SIZE - len(data))))
 
 
 def encrypt_layers(hops: Sequence[HopCrypto], payload: bytes) -> bytes:
@@ -253,9 +255,9 @@ def encrypt_layers(hops: Sequence[HopCrypto], payload: bytes) -> bytes:
         raise CryptoError(f"a cell is wrapped for 1..{MAX_DEPTH} hops")
     if len(payload) != relay_plaintext_size(len(hops)):
         raise CryptoError("payload size does not match the target hop")
-    data = hops[-1].forward.seal(bytes([_FLAG_END]) + payload)
+    data = hops[-1].forward.seal(b"".join((_FLAGS[_FLAG_END], payload)))
     for hop in reversed(hops[:-1]):
-        data = hop.forward.seal(bytes([_FLAG_PASS]) + data)
+        data = hop.forward.seal(b"".join((_FLAGS[_FLAG_PASS], data)))
     return data
 
 
@@ -286,7 +288,7 @@ def peel(hop: HopCrypto, body: bytes, depth: int) -> tuple[bool, bytes]:
         return True, plaintext[1:]
     if flag != _FLAG_PASS or depth >= MAX_DEPTH:
         raise CryptoError("bad layer flag")
-    return False, _pad(plaintext[1:])
+    return False, _pad(memoryview(plaintext)[1:])
 
 
 def add_layer(hop: HopCrypto, body: bytes, depth: int, *, originated: bool) -> bytes:
@@ -297,4 +299,4 @@ def add_layer(hop: HopCrypto, body: bytes, depth: int, *, originated: bool) -> b
     if len(body) != (size if originated else BODY_SIZE):
         raise CryptoError("body size does not match this hop")
     flag = _FLAG_END if originated else _FLAG_PASS
-    return _pad(hop.backward.seal(bytes([flag]) + body[:size]))
+    return _pad(hop.backward.seal(b"".join((_FLAGS[flag], memoryview(body)[:size]))))

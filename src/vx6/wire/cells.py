@@ -198,7 +198,7 @@ def encode_relay_message(message: RelayMessage, size: int) -> bytes:
     if len(message.data) > room:
         raise ValueError(f"relay data of {len(message.data)} bytes over {room}")
     header = _RELAY.pack(message.command, message.stream_id, len(message.data))
-    return header + message.data + bytes(room - len(message.data))
+    return b"".join((header, message.data, bytes(room - len(message.data))))
 
 
 def decode_relay_message(plaintext: bytes) -> RelayMessage:
