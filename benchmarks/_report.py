@@ -1,4 +1,4 @@
-"""Measuring and reporting for bench_forward.py: /proc readers, py-spy, the table.
+"""Measuring and reporting for the benchmarks: /proc readers, py-spy, the table.
 
 Theory of operation. Node memory comes from /proc/PID/status (VmRSS now, VmHWM the peak
 since the last reset through /proc/PID/clear_refs); CPU share from utime + stime in
@@ -194,7 +194,7 @@ def machine_details() -> dict[str, Any]:
     }
 
 
-def percentile(samples: list[int], p: float) -> float:
+def percentile(samples: list[int] | list[float], p: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(samples)
     rank = max(1, -(-len(ordered) * p // 100))
@@ -239,7 +239,7 @@ class Row:
         )
 
 
-DIGITS = {"MB/s": 0, "us": 1, "ms": 3, "MiB": 1}
+DIGITS = {"MB/s": 0, "us": 1, "ms": 3, "MiB": 1, "s/GB": 2}
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -247,10 +247,14 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def render_table(
-    machine: dict[str, Any], rows: list[Row], details: dict[str, Any], errors: list[str]
+    machine: dict[str, Any],
+    rows: list[Row],
+    details: dict[str, Any],
+    errors: list[str],
+    title: str = "VX6 named-direct forward vs direct TCP on loopback",
 ) -> str:
     out = [
-        "VX6 named-direct forward vs direct TCP on loopback",
+        title,
         "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
     ]
@@ -289,7 +293,8 @@ def render_table(
     for node, summary in details.get("profile", {}).items():
         out += [
             "",
-            f"py-spy, {node}, bulk one way ({summary.get('samples', 0)} samples), own time:",
+            f"py-spy, {node}, {details.get('profile_phase', 'bulk one way')} "
+            f"({summary.get('samples', 0)} samples), own time:",
         ]
         out += [f"  {pct:5.1f}%  {name}" for name, pct in summary.get("own_percent", [])]
         out.append("  vx6 functions, inclusive:")

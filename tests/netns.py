@@ -285,6 +285,7 @@ class Testbed:
             raise ValueError("n_hosts must be within 1..200")
         self.prefix = f"{RUN_PREFIX}{next(_bed_numbers)}-"
         self.bridge_ns = self.prefix + "br"
+        self._own_base = base is None  # a directory we made is ours to delete
         self.net = LocalNet(base or Path(tempfile.mkdtemp(prefix="vx6t-")))
         self.hosts: list[Host] = []
         self.created: list[str] = []
@@ -395,6 +396,8 @@ class Testbed:
                 except RuntimeError as exc:
                     errors.append(str(exc))
             _live.discard(self)
+            if self._own_base:
+                shutil.rmtree(self.net.base, ignore_errors=True)
         if errors:
             raise RuntimeError("test bed cleanup failed: " + "; ".join(errors))
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from vx6 import __version__
-from vx6.config import forward_config, service_config
+from vx6.config import MAX_RELAYS, forward_config, service_config
 from vx6.core.names import parse_service_address
 from vx6.crypto.keys import fingerprint, key_from_text, key_to_text, node_id
 from vx6.errors import StreamFailed, UsageError
@@ -42,6 +42,7 @@ class ControlOps:
             "stop": self.stop,
             "rotate": self.rotate,
             "relays": self.relays,
+            "build_circuit": self.build_circuit,
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +179,26 @@ class ControlOps:
                 }
             )
         return {"relays": out}
+
+    async def build_circuit(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Build one circuit to an owner outside the pool, report its build time and
+        destroy it (benchmarks/bench_relay.py: cold builds)."""
+        hops = req.get("hops")
+        if not isinstance(hops, int) or not 1 <= hops <= MAX_RELAYS:
+            raise UsageError(f"hops must be 1..{MAX_RELAYS}")
+        key = await self.node.client.resolve_with_dht(
+            parse_service_address(f"{req.get('owner', '')}.any")
+        )
+        started = time.perf_counter()
+        path = await self.node.pool.build(key, hops)
+        total_ms = (time.perf_counter() - started) * 1000
+        info = path.describe()
+        path.close()
+        return {
+            "build_ms": info["build_ms"],
+            "total_ms": round(total_ms, 2),
+            "relays": info["relays"],
+        }
 
     async def forwards(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"forwards": [f.describe() for f in self.node.client.forwards.values()]}
