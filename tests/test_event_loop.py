@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import socket
 from collections.abc import Iterator
 
@@ -61,6 +62,15 @@ def test_unknown_choice_is_a_usage_error() -> None:
 def test_insisting_on_a_missing_uvloop_fails() -> None:
     with pytest.raises(UsageError, match="not installed"):
         choose_loop("uvloop")
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+@pytest.mark.skipif(
+    os.environ.get(ENV_VAR, "").strip().lower() == "asyncio", reason=f"{ENV_VAR}=asyncio"
+)
+def test_nodes_run_on_uvloop_by_default(trio: Trio) -> None:
+    for node in (trio.hub, trio.alice, trio.bob):
+        assert "event loop: uvloop" in node.log_text(), node.name
 
 
 # ------------------------------------------------------------------ a network on asyncio

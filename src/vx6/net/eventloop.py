@@ -1,10 +1,13 @@
 """Which asyncio event loop a node runs on.
 
 Theory of operation. uvloop (MagicStack's libuv-based loop) when it is importable, the
-standard library's loop otherwise. Every byte a node forwards costs a few event-loop
-wake-ups and transport calls, and uvloop does those in C: on the forward benchmark it
-roughly halves the small-message round trip and the new-connection time (figures in
-docs/benchmarks.md). The code only uses the public asyncio API, so both loops run it.
+standard library's loop otherwise. Every new stream costs about a dozen event-loop
+wake-ups and transport calls across two nodes, and uvloop does those in C: on the
+forward benchmark it takes about a third off the new-connection time and adds about a
+fifth to bulk throughput one way (docs/benchmarks.md). The code only uses the public
+asyncio API, so both loops run it, with one rule that uvloop makes matter:
+`transport.write` may keep a reference to what it could not send yet instead of copying
+it, so a buffer (or a view of one) passed to `write` must never be reused afterwards.
 
 `VX6_EVENT_LOOP` overrides the choice: `asyncio` forces the standard loop (the tests run
 one forward that way so it stays covered, and a user can rule uvloop out when chasing a
