@@ -109,12 +109,3 @@ def named_direct_ratios(rows: list[Row]) -> dict[str, float]:
             if base and row and base.vx6 and row.vx6:
                 out[f"{prefix}, {PATHS[hops]}"] = round(row.vx6 / base.vx6, 2)
     return out
-
-
-def event_loop(node: LocalNode) -> str | None:
-    """The loop the node says it runs on (its first log lines)."""
-    for line in node.log_text().splitlines():
-        _, found, loop = line.partition("event loop: ")
-        if found:
-            return loop
-    return None

@@ -16,6 +16,8 @@ import re
 import signal
 import subprocess
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -304,3 +306,31 @@ def render_table(
     if errors:
         out += ["", "ERRORS:"] + [f"  {e}" for e in errors]
     return "\n".join(out)
+
+
+def node_event_loop(node: Any) -> str | None:
+    """The event loop a node says it runs on (its first log lines)."""
+    for line in node.log_text().splitlines():
+        _, found, loop = line.partition("event loop: ")
+        if found:
+            return loop
+    return None
+
+
+def run_main(run: Callable[[], int], log: Callable[[str], None]) -> int:
+    """Run a benchmark: SIGTERM and SIGINT stop it cleanly (exit 130), a crash is
+    printed and exits 2; the benchmark's own cleanup runs in both cases."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)  # also when started with SIGINT ignored (`cmd &`)
+    try:
+        return run()
+    except KeyboardInterrupt:
+        log("interrupted; nodes and servers stopped")
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 2

@@ -18,32 +18,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-try:
-    import vx6  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    _SRC = str(Path(__file__).resolve().parent.parent / "src")
-    sys.path.insert(0, _SRC)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
-
 import _load
+import _setup  # noqa: F401  (first: makes vx6 importable from a checkout)
 from _report import (
     CpuMeter,
     Profiler,
     Row,
     machine_details,
+    node_event_loop,
     percentile,
     proc_status_kib,
     render_table,
     reset_peak_rss,
+    run_main,
 )
 
 from vx6.localnet import LocalNet, LocalNode, wait_for
@@ -244,15 +238,6 @@ class Bench:
         _load.one_way(fwd["bulk"], 16 * MIB, self.args.limit)
 
 
-def _event_loop(node: LocalNode) -> str | None:
-    """The loop the node says it runs on (its first log lines)."""
-    for line in node.log_text().splitlines():
-        _, found, loop = line.partition("event loop: ")
-        if found:
-            return loop
-    return None
-
-
 def _first(results: dict[str, list[Any]]) -> dict[str, list[int] | None]:
     return {path: runs[0] if runs else None for path, runs in results.items()}
 
@@ -284,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             }
             bench = Bench(args, {"echo": echo, "bulk": bulk}, setup["forwards"], pids)
             bench.details["forward_setup_ms"] = setup["setup_ms"]
-            bench.details["event_loop"] = _event_loop(setup["alice"])
+            bench.details["event_loop"] = node_event_loop(setup["alice"])
             try:
                 bench.warm_up()
                 time.sleep(IDLE_PAUSE)  # let the nodes settle: this row is about idle memory
@@ -318,20 +303,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)  # also when started with SIGINT ignored (`cmd &`)
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        log("interrupted; nodes and servers stopped")
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return 2
+    return run_main(lambda: run(parse_args(argv)), log)
 
 
 if __name__ == "__main__":

@@ -20,23 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-try:
-    import vx6  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    _SRC = str(Path(__file__).resolve().parent.parent / "src")
-    sys.path.insert(0, _SRC)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
-
 import _load
+import _setup  # noqa: F401  (first: makes vx6 importable from a checkout)
 from _relay_net import (
     DIRECT,
     PATHS,
@@ -44,7 +36,6 @@ from _relay_net import (
     SETUP_TIMEOUT,
     build_network,
     connect_forwards,
-    event_loop,
     log,
     named_direct_ratios,
     pools_full,
@@ -55,8 +46,10 @@ from _report import (
     cpu_seconds,
     machine_busy_seconds,
     machine_details,
+    node_event_loop,
     percentile,
     render_table,
+    run_main,
 )
 
 from vx6.localnet import LocalNet, LocalNode, wait_for
@@ -344,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
                 "load_client": os.getpid(),
             }
             bench = RelayBench(args, paths, (alice, bob), relays, pids)
-            bench.details["event_loop"] = event_loop(alice)
+            bench.details["event_loop"] = node_event_loop(alice)
             try:
                 bench.warm_up()
                 bench.latency()
@@ -384,20 +377,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)  # also when started with SIGINT ignored (`cmd &`)
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        log("interrupted; nodes and servers stopped")
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return 2
+    return run_main(lambda: run(parse_args(argv)), log)
 
 
 if __name__ == "__main__":
