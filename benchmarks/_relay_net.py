@@ -17,7 +17,7 @@ import _load
 from _report import Row
 
 from vx6.errors import VX6Error
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from vx6.localnet import LocalNet, LocalNode, relays_known, wait_for
 
 RELAYS = 6  # one spare, so a relay the pool avoids after a failure still leaves five
 SPARE_CIRCUITS = 2  # vx6.circuit_pool.SPARE: open circuits per (owner, hops) when idle
@@ -35,20 +35,12 @@ def knows(node: LocalNode, owner: str) -> bool:
     return bool(reply.get("ok")) and any(r["kind"] == "node" for r in reply["records"])
 
 
-def relays_known(node: LocalNode, count: int) -> bool:
-    reply = node.try_call("relays")
-    return bool(reply.get("ok")) and len(reply.get("relays", [])) >= count
-
-
 def build_network(net: LocalNet) -> tuple[LocalNode, LocalNode, dict[str, LocalNode]]:
     hub = net.start("hub", extra=("--relay",))
-    relays = [hub] + [
-        net.start(f"r{i}", peers=(hub.listen,), extra=("--relay",), wait=False)
-        for i in range(1, RELAYS)
-    ]
+    relays = [hub, *net.start_relays([f"r{i}" for i in range(1, RELAYS)], hub)]
     alice = net.start("alice", peers=(hub.listen,), wait=False)
     bob = net.start("bob", peers=(hub.listen,), wait=False)
-    for node in [*relays[1:], alice, bob]:
+    for node in (alice, bob):
         net.wait_ready(node)
     wait_for(
         lambda: knows(bob, "alice") and relays_known(bob, RELAYS) and knows(alice, "bob"),

@@ -28,7 +28,7 @@ from helpers_net import (
     local_port,
     unique,
 )
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from vx6.localnet import LocalNet, LocalNode, relays_known, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,23 +46,15 @@ class RelayNet:
     relays: list[LocalNode]
 
 
-def relays_known(node: LocalNode, count: int) -> bool:
-    status = node.try_call("relays")
-    return bool(status.get("ok")) and len(status.get("relays", [])) >= count
-
-
 @pytest.fixture(scope="module")
 def rnet() -> Iterator[RelayNet]:
     with LocalNet() as net:
         hub = net.start("hub", extra=("--relay",))
-        relays = [hub] + [
-            net.start(f"r{i}", peers=(hub.listen,), extra=("--relay",), wait=False)
-            for i in range(1, RELAYS)
-        ]
+        relays = [hub, *net.start_relays([f"r{i}" for i in range(1, RELAYS)], hub)]
         alice = net.start("alice", peers=(hub.listen,), wait=False)
         bob = net.start("bob", peers=(hub.listen,), wait=False)
         carol = net.start("carol", peers=(hub.listen,), wait=False)
-        for node in [*relays[1:], alice, bob, carol]:
+        for node in (alice, bob, carol):
             net.wait_ready(node)
         for client in (bob, carol):
             wait_for(

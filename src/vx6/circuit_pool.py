@@ -59,10 +59,8 @@ class CircuitPool:
 
     async def get(self, owner: bytes, hops: int) -> ClientPath:
         key = (owner, hops)
-        limit = 0
         for path in sorted(self.ready(key), key=lambda p: p.active_streams):
-            limit = path.session.streams.max_streams
-            if path.active_streams < limit:
+            if path.active_streams < path.session.streams.max_streams:
                 self._top_up(key)
                 return path
         path = await self.build(owner, hops)

@@ -55,6 +55,7 @@ from vx6.wire.cells import (
     DestroyReason,
     Endpoint,
     RelayMessage,
+    cell_circuit_id,
     decode_cell,
 )
 
@@ -280,7 +281,7 @@ class CircuitRouter:
         events: list[CircuitEvent] = []
         for cell in cells:
             queue.append(cell)
-            key = (lid, int.from_bytes(cell[:4], "big"))
+            key = (lid, cell_circuit_id(cell))
             held = self._queued[key] = self._queued.get(key, 0) + CELL_SIZE
             events += self.core.buffered(*key, held)
         self._set_congested(lid, True)
@@ -294,7 +295,7 @@ class CircuitRouter:
         while link is not None and queue and not link.paused:
             batch = [queue.popleft() for _ in range(min(DRAIN_BATCH, len(queue)))]
             for cell in batch:
-                key = (lid, int.from_bytes(cell[:4], "big"))
+                key = (lid, cell_circuit_id(cell))
                 held = self._queued.get(key, 0) - CELL_SIZE
                 if held > 0:
                     self._queued[key] = held

@@ -242,20 +242,20 @@ class ClientSide:
         self, addr: ServiceAddress, via: tuple[str, int] | None, hops: int = 0
     ) -> dict[str, object]:
         started = time.perf_counter()
-        link = await self.carrier_for(addr, via, hops)
+        carrier = await self.carrier_for(addr, via, hops)
         pipe = StreamPipe()
-        sid = link.open_stream(addr.service, OPEN_FLAG_PROBE, pipe)
-        pipe.bind(link, sid)
+        sid = carrier.open_stream(addr.service, OPEN_FLAG_PROBE, pipe)
+        pipe.bind(carrier, sid)
         try:
             async with asyncio.timeout(DIAL_TIMEOUT * 2):
                 await pipe.wait_opened()
         except TimeoutError as exc:
             raise StreamFailed(StreamError.OWNER_UNREACHABLE, "owner did not answer") from exc
         finally:
-            link.reset(sid)
-        assert link.peer_identity is not None
+            carrier.reset(sid)
+        assert carrier.peer_identity is not None
         return {
-            "owner": fingerprint(link.peer_identity),
+            "owner": fingerprint(carrier.peer_identity),
             "setup_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 

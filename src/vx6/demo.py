@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from vx6.errors import VX6Error
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from vx6.localnet import LocalNet, LocalNode, relays_known, wait_for
 
 CHUNK = 1 << 20
 RELAYS = 5
@@ -141,16 +141,11 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
     try:
         log(f"starting nodes: hub, alice, bob, carol, dave, {RELAYS} relays ...")
         hub = net.start("hub")
-        relays = [
-            net.start(f"r{i}", peers=(hub.listen,), extra=("--relay",), wait=False)
-            for i in range(1, RELAYS + 1)
-        ]
+        net.start_relays([f"r{i}" for i in range(1, RELAYS + 1)], hub)
         alice = net.start("alice", peers=(hub.listen,))
         bob = net.start("bob", peers=(hub.listen,))
         carol = net.start("carol")  # knows nobody: direct IPv6 only
         dave = net.start("dave", extra=("--bootstrap", hub.listen))  # DHT only, no sync
-        for relay in relays:
-            net.wait_ready(relay)
         allowed = ["bob", carol.key, dave.key]
         for service, port in (("echo", echo_port), ("web", http_port)):
             alice.call("expose", name=service, target=f"127.0.0.1:{port}", allow=allowed)
@@ -180,7 +175,7 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
 
         def relayed(hops: int) -> dict[str, Any]:
             wait_for(
-                lambda: len(bob.call("relays")["relays"]) >= RELAYS,
+                lambda: relays_known(bob, RELAYS),
                 RELAYS_KNOWN_TIMEOUT,
                 f"bob to learn {RELAYS} relays",
             )

@@ -130,6 +130,16 @@ class LocalNet:
             self.wait_ready(node)
         return node
 
+    def start_relays(self, names: list[str], hub: LocalNode) -> list[LocalNode]:
+        """Start relay nodes (`--relay`) that sync through `hub`, all at once; return
+        when every one answers."""
+        relays = [
+            self.start(name, peers=(hub.listen,), extra=("--relay",), wait=False) for name in names
+        ]
+        for relay in relays:
+            self.wait_ready(relay)
+        return relays
+
     def wait_ready(self, node: LocalNode, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -171,6 +181,12 @@ class LocalNet:
                 self.stop(name, timeout=5.0)
         if self._own_base and not self.keep:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def relays_known(node: LocalNode, count: int) -> bool:
+    """True once `node` knows at least `count` relays route planning may use."""
+    reply = node.try_call("relays")
+    return bool(reply.get("ok")) and len(reply.get("relays", [])) >= count
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:

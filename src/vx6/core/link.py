@@ -259,50 +259,55 @@ class Link(StreamOps):
         frames = -(-count // fr.MAX_DATA_PAYLOAD)
         overhead = 2 + fr.DATA_HEADER + fr.AEAD_TAG
         out = bytearray(count + frames * overhead)
-        out_view = memoryview(out)
         scratch = self._scratch
         scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
         view = memoryview(data)
-        encrypt_into = self._keys.send.encrypt_into
         pos = offset = 0
-        while pos < count:
-            n = min(count - pos, fr.MAX_DATA_PAYLOAD)
-            plain_len = fr.DATA_HEADER + n
-            scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
-            sealed = plain_len + fr.AEAD_TAG
-            out[offset] = sealed >> 8
-            out[offset + 1] = sealed & 0xFF
-            encrypt_into(self._scratch_view[:plain_len], out_view[offset + 2 : offset + 2 + sealed])
-            offset += 2 + sealed
-            pos += n
-        out_view.release()
-        self._out.append(out)  # type: ignore[arg-type]
-        self.bytes_out += len(out)
+        with memoryview(out) as out_view:
+            while pos < count:
+                n = min(count - pos, fr.MAX_DATA_PAYLOAD)
+                plain_len = fr.DATA_HEADER + n
+                scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
+                offset = self._seal_scratch(plain_len, out_view, offset)
+                pos += n
+        self._queue_sealed(out)
         stream.send_credit -= count
         if stream.send_credit <= 0:
             stream.blocked = True
         return bytes(view[count:]) if count < total else None
 
     def send_cells(self, cells: list[bytes]) -> None:
-        """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame."""
+        """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame, all
+        frames sealed into one output buffer like DATA."""
         self._require_open()
-        assert self._keys is not None
-        encrypt_into = self._keys.send.encrypt_into
-        scratch, view = self._scratch, self._scratch_view
+        scratch = self._scratch
         scratch[0] = fr.FrameType.CELLS
-        for i in range(0, len(cells), CELLS_PER_FRAME):
-            group = cells[i : i + CELLS_PER_FRAME]
-            plain_len = 1
-            for cell in group:  # one copy into the scratch plaintext, as for DATA
-                scratch[plain_len : plain_len + CELL_SIZE] = cell
-                plain_len += CELL_SIZE
-            sealed = plain_len + fr.AEAD_TAG
-            out = bytearray(2 + sealed)
-            out[0], out[1] = sealed >> 8, sealed & 0xFF
-            with memoryview(out) as out_view:
-                encrypt_into(view[:plain_len], out_view[2:])
-            self.bytes_out += len(out)
-            self._out.append(out)  # type: ignore[arg-type]
+        frames = -(-len(cells) // CELLS_PER_FRAME)
+        out = bytearray(len(cells) * CELL_SIZE + frames * (2 + 1 + fr.AEAD_TAG))
+        offset = 0
+        with memoryview(out) as out_view:
+            for i in range(0, len(cells), CELLS_PER_FRAME):
+                plain_len = 1
+                for cell in cells[i : i + CELLS_PER_FRAME]:  # one copy into the scratch
+                    scratch[plain_len : plain_len + CELL_SIZE] = cell
+                    plain_len += CELL_SIZE
+                offset = self._seal_scratch(plain_len, out_view, offset)
+        self._queue_sealed(out)
+
+    def _seal_scratch(self, plain_len: int, out: memoryview, offset: int) -> int:
+        """Encrypt the scratch plaintext's first `plain_len` bytes as one Noise message
+        (2-byte length, ciphertext) at out[offset:]; return where the next one goes."""
+        assert self._keys is not None
+        sealed = plain_len + fr.AEAD_TAG
+        out[offset] = sealed >> 8
+        out[offset + 1] = sealed & 0xFF
+        end = offset + 2 + sealed
+        self._keys.send.encrypt_into(self._scratch_view[:plain_len], out[offset + 2 : end])
+        return end
+
+    def _queue_sealed(self, out: bytearray) -> None:
+        self._out.append(out)  # type: ignore[arg-type]  # bytes-like; the socket takes it
+        self.bytes_out += len(out)
 
     def ping(self, now: float) -> None:
         self._require_open()

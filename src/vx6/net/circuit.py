@@ -101,9 +101,15 @@ class CircuitCarrier:
         self.session.reject_stream(sid, StreamError.PROTOCOL_ERROR, "streams go the other way")
 
     def messages_received(self, messages: list[RelayMessage]) -> None:
+        """A batch of relay messages for this circuit, in order; one pump after them."""
         for message in messages:
-            self.session.message_received(message)
+            if self.closed:
+                return
+            self._message(message)
         self._pump()
+
+    def _message(self, message: RelayMessage) -> None:
+        self.session.message_received(message)
 
     def set_congested(self, congested: bool) -> None:
         if congested == self.congested:
@@ -288,22 +294,18 @@ class ExitCircuit(CircuitCarrier):
         self.streams_total += 1
         self._on_stream(self, sid, service, flags)
 
-    def messages_received(self, messages: list[RelayMessage]) -> None:
-        if messages[0].command == RelayCommand.AUTH:
-            self._authenticate(messages[0].data)
-            messages = messages[1:]
-        if any(m.command == RelayCommand.AUTH for m in messages):
-            self._authenticate(b"")  # a second AUTH: refused there
-            return
-        if messages and not self.closed:
-            super().messages_received(messages)
+    def _message(self, message: RelayMessage) -> None:
+        if message.command == RelayCommand.AUTH:
+            self._authenticate(message.data)
+        else:
+            self.session.message_received(message)
 
     def _authenticate(self, data: bytes) -> None:
         """AUTH: once, before any stream, with a proof over this circuit's binding."""
         binding = self._relay.binding(self._link_id, self.circuit_id)
         reason = None
-        if self._authenticated or self.session.streams.streams:
-            reason = "AUTH after streams began"
+        if self._authenticated or self.streams_total:
+            reason = "a second AUTH, or AUTH after streams began"
         elif binding is None:
             reason = "AUTH on a circuit that does not end here"
         else:

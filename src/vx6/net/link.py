@@ -147,13 +147,13 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.owner.link_paused(self, False)
 
     # ---------------------------------------------------------------- core pumping
-    def _pump(self) -> None:
+    def _write_out(self) -> None:
         out = self.core.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            if len(out) == 1:
-                self.transport.write(out[0])
-            else:
-                self.transport.write(b"".join(out))
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _pump(self) -> None:
+        self._write_out()
         for event in self.core.events():
             self._dispatch(event)
         if self.core.closed:
@@ -261,9 +261,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
 
     def send(self, sid: int, data: bytes | memoryview) -> bool:
         more = self.core.send(sid, data)
-        out = self.core.data_to_send()
-        if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._write_out()  # the data path: no event dispatch, no timer
         return more and not self._paused
 
     def consumed(self, sid: int, n: int) -> None:
@@ -282,9 +280,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
     def send_cells(self, cells: list[bytes]) -> None:
         if self.is_open and cells:
             self.core.send_cells(cells)
-            out = self.core.data_to_send()
-            if out and self.transport is not None:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._write_out()
 
     def send_records(self, records: list[bytes]) -> None:
         if self.is_open and records:

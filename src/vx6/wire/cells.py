@@ -80,6 +80,19 @@ class DestroyReason(IntEnum):
     NOT_A_RELAY = 10  # EXTEND asked of a node that has not opted in to relaying
 
 
+def destroy_reason(code: int) -> DestroyReason:
+    """A DESTROY's reason; a code this version does not know counts as a protocol error."""
+    try:
+        return DestroyReason(code)
+    except ValueError:
+        return DestroyReason.PROTOCOL_ERROR
+
+
+def cell_circuit_id(cell: bytes | memoryview) -> int:
+    """The circuit id of an encoded cell, without decoding the rest."""
+    return int(_HEADER.unpack_from(cell)[0])
+
+
 @dataclass(frozen=True, slots=True)
 class Create:
     circuit_id: int

@@ -29,6 +29,7 @@ from vx6.core.circuit.events import (
     CircuitFailure,
     HopAdded,
     StreamMessageReceived,
+    next_state,
 )
 from vx6.crypto.keys import KEY_LEN, node_id
 from vx6.crypto.onion import (
@@ -56,6 +57,7 @@ from vx6.wire.cells import (
     RelayCommand,
     RelayMessage,
     decode_relay_message,
+    destroy_reason,
     encode_cell,
     encode_extend,
     encode_relay_message,
@@ -147,12 +149,7 @@ class ClientCircuit:
         return relay_plaintext_size(len(self._path)) - RELAY_HEADER
 
     def _step(self, event: ClientInput) -> None:
-        new = _TRANSITIONS.get((self.state, event))
-        if new is None:
-            raise CircuitFailure(
-                DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}"
-            )
-        self.state = new
+        self.state = next_state(_TRANSITIONS, self.state, event)
 
     def _onionskin(self, depth: int) -> bytes:
         hop = self._path[depth - 1]
@@ -207,7 +204,7 @@ class ClientCircuit:
             return []  # late cells after a destroy are dropped quietly
         if isinstance(cell, Destroy):
             self._step(ClientInput.DESTROY)
-            reason = _reason(cell.reason)
+            reason = destroy_reason(cell.reason)
             detail = f"destroyed by the circuit ({reason.name})"
             return [CircuitDestroyed(self.link, self.circuit_id, reason, detail, False)]
         try:
@@ -269,10 +266,3 @@ class ClientCircuit:
         extend = Extend(following.identity, self._onionskin(depth + 1), following.endpoints)
         out.append(self._wrap(RelayMessage(RelayCommand.EXTEND, 0, encode_extend(extend))))
         return out
-
-
-def _reason(code: int) -> DestroyReason:
-    try:
-        return DestroyReason(code)
-    except ValueError:
-        return DestroyReason.PROTOCOL_ERROR

@@ -4,7 +4,10 @@ pair (link, circuit id)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
 
 from vx6.wire.cells import DestroyReason, Endpoint
 
@@ -87,3 +90,18 @@ class CircuitFailure(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+_State = TypeVar("_State", bound=Enum)
+_Input = TypeVar("_Input", bound=Enum)
+
+
+def next_state(
+    table: Mapping[tuple[_State, _Input], _State], state: _State, event: _Input
+) -> _State:
+    """One step of a circuit state table; an input the state does not allow is the
+    peer's protocol error and ends the circuit."""
+    new = table.get((state, event))
+    if new is None:
+        raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, f"{event.name} while {state.name}")
+    return new

@@ -37,6 +37,7 @@ from vx6.core.circuit.events import (
     CircuitFailure,
     ExtendRequested,
     StreamMessageReceived,
+    next_state,
 )
 from vx6.core.circuit.limits import RelayLimits, SourceLimiter
 from vx6.crypto.keys import StaticKey, node_id
@@ -63,6 +64,7 @@ from vx6.wire.cells import (
     RelayMessage,
     decode_extend,
     decode_relay_message,
+    destroy_reason,
     encode_cell,
     encode_relay_message,
 )
@@ -112,12 +114,7 @@ class _Circuit:
         self.buffered = 0
 
     def step(self, event: RelayInput) -> None:
-        new = _TRANSITIONS.get((self.state, event))
-        if new is None:
-            raise CircuitFailure(
-                DestroyReason.PROTOCOL_ERROR, f"{event.name} while {self.state.name}"
-            )
-        self.state = new
+        self.state = next_state(_TRANSITIONS, self.state, event)
 
 
 class RelayCore:
@@ -202,7 +199,7 @@ class RelayCore:
             return []  # late cell for a circuit we already destroyed
         from_prev = key == circuit.prev
         if isinstance(cell, Destroy):
-            reason = _reason(cell.reason)
+            reason = destroy_reason(cell.reason)
             return self._remove(
                 circuit,
                 reason,
@@ -402,10 +399,3 @@ class RelayCore:
             oldest = next(iter(self._by_serial.values()))
             out += self._remove(oldest, DestroyReason.RESOURCE_LIMIT, "memory budget: oldest")
         return out
-
-
-def _reason(code: int) -> DestroyReason:
-    try:
-        return DestroyReason(code)
-    except ValueError:
-        return DestroyReason.PROTOCOL_ERROR
