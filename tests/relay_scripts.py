@@ -416,7 +416,8 @@ def relay(marker_hex: str, *argv: str) -> int:
         """What this relay sees of a RELAY cell, before and after its own layer."""
         out: list[Any] = original_received(self, link, cell, **kwargs)
         if isinstance(cell, Relay):
-            views = [cell.body, *(e.cell for e in out if isinstance(e, CellQueued))]
+            # bytes(): `in` on a memoryview compares items, never a subsequence
+            views = [bytes(cell.body), *(bytes(e.cell) for e in out if isinstance(e, CellQueued))]
             if any(marker in view for view in views):
                 os.write(1, b"RELAY SAW THE PLAINTEXT MARKER\n")
         return out

@@ -178,6 +178,38 @@ def _pairs(n: int) -> tuple[list[onion.HopCrypto], list[onion.HopCrypto]]:
     return [onion.HopCrypto(k) for k in keys], [onion.HopCrypto(k) for k in keys]
 
 
+# Byte-string forms of the in-place layer operations (the node works on cell buffers).
+def encrypt_layers(hops: list[onion.HopCrypto], payload: bytes) -> bytes:
+    if len(payload) != onion.relay_plaintext_size(max(len(hops), 1)):
+        raise CryptoError("payload size does not match the target hop")
+    body = bytearray(BODY_SIZE)
+    body[len(hops) : len(hops) + len(payload)] = payload
+    onion.seal_layers(hops, memoryview(body))
+    return bytes(body)
+
+
+def decrypt_layers(hops: list[onion.HopCrypto], body: bytes) -> tuple[int, bytes]:
+    index, message = onion.open_layers(hops, memoryview(bytearray(body)))
+    return index, bytes(message)
+
+
+def peel(hop: onion.HopCrypto, body: bytes, depth: int) -> tuple[bool, bytes]:
+    out = bytearray(BODY_SIZE + 1)
+    if onion.peel_into(hop, memoryview(body), depth, memoryview(out)):
+        return True, bytes(out[1 : 1 + onion.relay_plaintext_size(depth)])
+    return False, bytes(out[1:])
+
+
+def add_layer(hop: onion.HopCrypto, body: bytes, depth: int, *, originated: bool) -> bytes:
+    size = onion.relay_plaintext_size(depth)
+    if len(body) != (size if originated else BODY_SIZE):
+        raise CryptoError("body size does not match this hop")
+    out = bytearray(BODY_SIZE)
+    out[1 : 1 + size] = body[:size]
+    onion.seal_layer(hop, memoryview(out), depth, originated=originated)
+    return bytes(out)
+
+
 def _payload(depth: int, marker: bytes = b"MARKER-plaintext") -> bytes:
     size = onion.relay_plaintext_size(depth)
     return (marker * (size // len(marker) + 1))[:size]
@@ -186,7 +218,7 @@ def _payload(depth: int, marker: bytes = b"MARKER-plaintext") -> bytes:
 def _through(relays: list[onion.HopCrypto], body: bytes, target: int) -> bytes:
     """Forward a body through relays 1..target; returns what the target hop reads."""
     for depth, relay in enumerate(relays[:target], start=1):
-        for_us, body = onion.peel(relay, body, depth)
+        for_us, body = peel(relay, body, depth)
         assert len(body) == (onion.relay_plaintext_size(depth) if for_us else BODY_SIZE)
         if for_us:
             assert depth == target
@@ -200,69 +232,69 @@ def test_layers_forward_and_backward_for_every_target(hops: int) -> None:
     client, relays = _pairs(hops)
     for target in range(1, hops + 1):
         for _ in range(3):  # counters move in step
-            body = onion.encrypt_layers(client[:target], _payload(target))
+            body = encrypt_layers(client[:target], _payload(target))
             assert len(body) == BODY_SIZE
             assert b"MARKER" not in body
             assert _through(relays, body, target) == _payload(target)
-            back = onion.add_layer(relays[target - 1], _payload(target), target, originated=True)
+            back = add_layer(relays[target - 1], _payload(target), target, originated=True)
             for depth in range(target - 1, 0, -1):
-                back = onion.add_layer(relays[depth - 1], back, depth, originated=False)
-            assert onion.decrypt_layers(client, back) == (target - 1, _payload(target))
+                back = add_layer(relays[depth - 1], back, depth, originated=False)
+            assert decrypt_layers(client, back) == (target - 1, _payload(target))
 
 
 def test_tampering_at_any_hop_is_detected() -> None:
     for hop in range(1, 6):
         client, relays = _pairs(5)
-        body = onion.encrypt_layers(client, _payload(5))
+        body = encrypt_layers(client, _payload(5))
         for depth in range(1, hop):
-            _, body = onion.peel(relays[depth - 1], body, depth)
+            _, body = peel(relays[depth - 1], body, depth)
         bad = bytearray(body)
         bad[onion.layer_size(hop) - 1] ^= 0x80  # in the tag
         bad[7] ^= 1
         with pytest.raises(CryptoError):
-            onion.peel(relays[hop - 1], bytes(bad), hop)
+            peel(relays[hop - 1], bytes(bad), hop)
 
 
 def test_zero_fill_is_ignored() -> None:
     client, relays = _pairs(3)
-    _, body = onion.peel(relays[0], onion.encrypt_layers(client, _payload(3)), 1)
+    _, body = peel(relays[0], encrypt_layers(client, _payload(3)), 1)
     filled = body[: onion.layer_size(2)] + b"\xff" * (BODY_SIZE - onion.layer_size(2))
-    for_us, body = onion.peel(relays[1], filled, 2)
+    for_us, body = peel(relays[1], filled, 2)
     assert not for_us
-    assert onion.peel(relays[2], body, 3) == (True, _payload(3))
+    assert peel(relays[2], body, 3) == (True, _payload(3))
 
 
 def test_replay_and_reorder_fail() -> None:
     client, relays = _pairs(2)
-    first = onion.encrypt_layers(client, _payload(2))
-    second = onion.encrypt_layers(client, _payload(2))
-    onion.peel(relays[0], first, 1)
+    first = encrypt_layers(client, _payload(2))
+    second = encrypt_layers(client, _payload(2))
+    peel(relays[0], first, 1)
     with pytest.raises(CryptoError):
-        onion.peel(relays[0], first, 1)  # replay
+        peel(relays[0], first, 1)  # replay
     client, relays = _pairs(2)
-    first = onion.encrypt_layers(client, _payload(2))
-    second = onion.encrypt_layers(client, _payload(2))
+    first = encrypt_layers(client, _payload(2))
+    second = encrypt_layers(client, _payload(2))
     with pytest.raises(CryptoError):
-        onion.peel(relays[0], second, 1)  # reorder
-    back = onion.add_layer(relays[0], _payload(1), 1, originated=True)
-    assert onion.decrypt_layers(client, back)[0] == 0
+        peel(relays[0], second, 1)  # reorder
+    back = add_layer(relays[0], _payload(1), 1, originated=True)
+    assert decrypt_layers(client, back)[0] == 0
     with pytest.raises(CryptoError):
-        onion.decrypt_layers(client, back)
+        decrypt_layers(client, back)
     del first
 
 
 def test_wrong_sizes_rejected() -> None:
     client, relays = _pairs(2)
     with pytest.raises(CryptoError):
-        onion.encrypt_layers(client, b"x")
+        encrypt_layers(client, b"x")
     with pytest.raises(CryptoError):
-        onion.encrypt_layers([], b"")
+        encrypt_layers([], b"")
     with pytest.raises(CryptoError):
-        onion.peel(relays[0], b"short", 1)
+        peel(relays[0], b"short", 1)
     with pytest.raises(CryptoError):
-        onion.decrypt_layers(client, b"short")
+        decrypt_layers(client, b"short")
     with pytest.raises(CryptoError):
-        onion.add_layer(relays[0], b"short", 1, originated=True)
+        add_layer(relays[0], b"short", 1, originated=True)
     with pytest.raises(CryptoError):
         onion.HopKeys.from_material(b"short")
 
@@ -272,14 +304,37 @@ def test_wrong_sizes_rejected() -> None:
 def test_any_payload_round_trips(data: bytes, hops: int) -> None:
     client, relays = _pairs(hops)
     payload = (data + bytes(BODY_SIZE))[: onion.relay_plaintext_size(hops)]
-    assert _through(relays, onion.encrypt_layers(client, payload), hops) == payload
+    assert _through(relays, encrypt_layers(client, payload), hops) == payload
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, BODY_SIZE - 1), st.integers(1, 255))
 def test_any_flip_in_the_authenticated_prefix_fails(position: int, flip: int) -> None:
     client, relays = _pairs(1)
-    bad = bytearray(onion.encrypt_layers(client, _payload(1)))
+    bad = bytearray(encrypt_layers(client, _payload(1)))
     bad[position] ^= flip
     with pytest.raises(CryptoError):
-        onion.peel(relays[0], bytes(bad), 1)
+        peel(relays[0], bytes(bad), 1)
+
+
+# Layered bodies as computed before the in-place rewrite of the layer code: the wire
+# format of a RELAY body must not change with how the bytes are produced.
+_GOLDEN_LAYERS = {
+    1: ("fdb1b4b9a554e5ae29695148811890d5", "65dbe18591bd3039bbf6d0b86ee395a5"),
+    3: ("3d818de5114abfa457394a18309640aa", "4b4d571f87953183a73dae313906fdc8"),
+    6: ("3b57cb164bbb5223294a0ba85dba4c5f", "a93866aee2afb36df64ea205b3ddc604"),
+}
+
+
+@pytest.mark.parametrize("hops", sorted(_GOLDEN_LAYERS))
+def test_layered_bodies_golden(hops: int) -> None:
+    client, relays = _pairs(hops)
+    forward = encrypt_layers(client, _payload(hops))
+    back = add_layer(relays[hops - 1], _payload(hops), hops, originated=True)
+    for depth in range(hops - 1, 0, -1):
+        back = add_layer(relays[depth - 1], back, depth, originated=False)
+    digests = (
+        hashlib.sha256(forward).hexdigest()[:32],
+        hashlib.sha256(back).hexdigest()[:32],
+    )
+    assert digests == _GOLDEN_LAYERS[hops]

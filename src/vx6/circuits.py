@@ -94,8 +94,8 @@ class CircuitRouter:
         self._next_link_id = 0
         self.clients: dict[tuple[int, int], ClientPath] = {}
         self.exits: dict[tuple[int, int], ExitCircuit] = {}
-        self._outbox: dict[int, list[bytes]] = {}
-        self._queues: dict[int, deque[bytes]] = {}
+        self._outbox: dict[int, list[bytes | bytearray]] = {}
+        self._queues: dict[int, deque[bytes | bytearray]] = {}
         self._queued: dict[tuple[int, int], int] = {}
         self.cells_in = 0
         self.cells_out = 0
@@ -148,7 +148,6 @@ class CircuitRouter:
         """All cells from one read of `link`, handled as one batch."""
         lid = self.link_id(link)
         events: list[CircuitEvent] = []
-        now = time.monotonic()
         raw_cells = (
             chunk[offset : offset + CELL_SIZE]
             for chunk in chunks
@@ -166,11 +165,18 @@ class CircuitRouter:
             path = self.clients.get((lid, cell.circuit_id))
             if path is not None:
                 events += path.core.cell_received(cell)
-            else:
-                ephemeral = os.urandom(32) if isinstance(cell, Create) else None
+            elif isinstance(cell, Create):
+                # Only a CREATE needs its source and fresh randomness (the rate limit and
+                # the handshake); working them out per cell would cost the data path.
                 events += self.core.cell_received(
-                    lid, cell, now=now, source=self._source(link), ephemeral=ephemeral
+                    lid,
+                    cell,
+                    now=time.monotonic(),
+                    source=self._source(link),
+                    ephemeral=os.urandom(32),
                 )
+            else:
+                events += self.core.cell_received(lid, cell)
         self.process(events)
 
     # ------------------------------------------------------------------ events
@@ -276,7 +282,7 @@ class CircuitRouter:
                     self.cells_out += len(cells)
                     link.send_cells(cells)
 
-    def _enqueue(self, lid: int, cells: list[bytes]) -> None:
+    def _enqueue(self, lid: int, cells: list[bytes | bytearray]) -> None:
         queue = self._queues.setdefault(lid, deque())
         events: list[CircuitEvent] = []
         for cell in cells:

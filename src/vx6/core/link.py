@@ -276,7 +276,7 @@ class Link(StreamOps):
             stream.blocked = True
         return bytes(view[count:]) if count < total else None
 
-    def send_cells(self, cells: list[bytes]) -> None:
+    def send_cells(self, cells: list[bytes | bytearray]) -> None:
         """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame, all
         frames sealed into one output buffer like DATA."""
         self._require_open()

@@ -59,7 +59,6 @@ MAX_DEPTH = 6  # five relays and the exit; see docs/circuits.md
 
 _FLAG_PASS = 0
 _FLAG_END = 1
-_FLAGS = (b"\x00", b"\x01")
 _COUNTER_LIMIT = 2**64
 
 
@@ -209,14 +208,17 @@ class _Direction:
         self.counter = n + 1
         return (self._base ^ n).to_bytes(NONCE_LEN, "big")
 
-    def seal(self, plaintext: bytes | memoryview) -> bytes:
-        return self._aead.encrypt(self._next_nonce(), plaintext, None)
+    def seal_in_place(self, buf: memoryview, length: int) -> None:
+        """Encrypt buf[:length] where it lies; the tag goes to buf[length:length + 16]."""
+        self._aead.encrypt_into(self._next_nonce(), buf[:length], None, buf[: length + TAG_LEN])
 
-    def open(self, ciphertext: bytes | memoryview) -> bytes:
-        # The counter advances even on failure: the circuit is dead after one bad tag.
+    def open_into(self, ciphertext: memoryview, out: memoryview) -> None:
+        """Decrypt into `out` (16 bytes shorter), which may be the ciphertext's own start.
+        On a bad tag `out` holds unauthenticated bytes: the caller must drop it, and
+        does, because the circuit is destroyed. The counter advances even on failure."""
         nonce = self._next_nonce()
         try:
-            return self._aead.decrypt(nonce, ciphertext, None)
+            self._aead.decrypt_into(nonce, ciphertext, None, out)
         except InvalidTag:
             raise CryptoError("onion layer fails authentication") from None
 
@@ -243,60 +245,76 @@ def relay_plaintext_size(depth: int) -> int:
     return BODY_SIZE - LAYER_OVERHEAD * depth
 
 
-def _pad(data: bytes | memoryview) -> bytes:
-    # One copy: join the data and the zero fill (slicing first would copy twice).
-    return b"".join((data, bytes(BODY_SIZE - len(data))))
+# Every layer operation works in place on a writable buffer the caller owns, so a cell
+# costs one AEAD pass per layer and no copies: the client writes its relay message into
+# a fresh cell and seals every layer around it where it lies; a relay decrypts the layer
+# it is owed straight into the cell it sends on.
 
 
-def encrypt_layers(hops: Sequence[HopCrypto], payload: bytes) -> bytes:
-    """Client, forward: wrap `payload` for the last of `hops` (outermost = hops[0]).
-    `payload` is relay_plaintext_size(len(hops)) bytes; the result is one RELAY body."""
-    if not 1 <= len(hops) <= MAX_DEPTH:
-        raise CryptoError(f"a cell is wrapped for 1..{MAX_DEPTH} hops")
-    if len(payload) != relay_plaintext_size(len(hops)):
-        raise CryptoError("payload size does not match the target hop")
-    data = hops[-1].forward.seal(b"".join((_FLAGS[_FLAG_END], payload)))
-    for hop in reversed(hops[:-1]):
-        data = hop.forward.seal(b"".join((_FLAGS[_FLAG_PASS], data)))
-    return data
-
-
-def decrypt_layers(hops: Sequence[HopCrypto], body: bytes) -> tuple[int, bytes]:
-    """Client, backward: remove layers from hops[0] on until one says it wrote the cell.
-    Returns (index of that hop, its relay message); CryptoError on any bad layer."""
+def _check_body(body: memoryview) -> None:
     if len(body) != BODY_SIZE:
         raise CryptoError(f"a relay body is {BODY_SIZE} bytes")
-    data: bytes | memoryview = body
+
+
+def seal_layers(hops: Sequence[HopCrypto], body: memoryview) -> None:
+    """Client, forward: wrap a relay message for the last of `hops` (outermost layer =
+    hops[0]). `body` is a writable BODY_SIZE buffer with the message at
+    body[n : n + relay_plaintext_size(n)], n = len(hops); afterwards it is the RELAY
+    body. Layer d's plaintext (flag | inner) starts at body[d - 1], so each layer is
+    sealed in place around the one inside it."""
+    n = len(hops)
+    if not 1 <= n <= MAX_DEPTH:
+        raise CryptoError(f"a cell is wrapped for 1..{MAX_DEPTH} hops")
+    _check_body(body)
+    for depth in range(n, 0, -1):
+        start, size = depth - 1, layer_size(depth)
+        body[start] = _FLAG_END if depth == n else _FLAG_PASS
+        hops[depth - 1].forward.seal_in_place(body[start : start + size], size - TAG_LEN)
+
+
+def open_layers(hops: Sequence[HopCrypto], body: memoryview) -> tuple[int, memoryview]:
+    """Client, backward, in place: remove layers from hops[0] on until one says it wrote
+    the cell. Returns (index of that hop, a view of its relay message inside `body`);
+    CryptoError on any bad layer."""
+    _check_body(body)
     for index, hop in enumerate(hops):
-        plaintext = hop.backward.open(memoryview(data)[: layer_size(index + 1)])
-        if plaintext[0] == _FLAG_END:
-            return index, plaintext[1:]
-        if plaintext[0] != _FLAG_PASS:
+        size = layer_size(index + 1)
+        layer = body[index : index + size]
+        hop.backward.open_into(layer, layer[: size - TAG_LEN])
+        flag = body[index]
+        if flag == _FLAG_END:
+            return index, body[index + 1 : index + size - TAG_LEN]
+        if flag != _FLAG_PASS:
             raise CryptoError("bad layer flag")
-        data = plaintext[1:]
     raise CryptoError("no hop of this circuit wrote the cell")
 
 
-def peel(hop: HopCrypto, body: bytes, depth: int) -> tuple[bool, bytes]:
-    """Relay, forward: remove this hop's layer. Returns (True, relay message) if the cell
-    is for this hop, else (False, the body to forward, zero-filled to full size)."""
-    if len(body) != BODY_SIZE:
-        raise CryptoError(f"a relay body is {BODY_SIZE} bytes")
-    plaintext = hop.forward.open(memoryview(body)[: layer_size(depth)])
-    flag = plaintext[0]
+def peel_into(hop: HopCrypto, body: memoryview, depth: int, out: memoryview) -> bool:
+    """Relay, forward: decrypt this hop's layer of `body` into `out` (BODY_SIZE + 1
+    bytes, zeros beyond the layer: a fresh buffer). out[0] is the layer's flag. Returns
+    True if the cell is for this hop, its relay message being
+    out[1 : 1 + relay_plaintext_size(depth)]; else out[1:] is the body to pass on, its
+    zero fill included."""
+    _check_body(body)
+    if len(out) != BODY_SIZE + 1:
+        raise CryptoError("peel needs a buffer one byte longer than a body")
+    size = layer_size(depth)
+    hop.forward.open_into(body[:size], out[: size - TAG_LEN])
+    flag = out[0]
     if flag == _FLAG_END:
-        return True, plaintext[1:]
+        return True
     if flag != _FLAG_PASS or depth >= MAX_DEPTH:
         raise CryptoError("bad layer flag")
-    return False, _pad(memoryview(plaintext)[1:])
+    return False
 
 
-def add_layer(hop: HopCrypto, body: bytes, depth: int, *, originated: bool) -> bytes:
-    """Relay, backward: wrap a cell for the client. `body` is either this hop's own relay
-    message (originated=True, relay_plaintext_size(depth) bytes) or the full body received
-    from the next hop, whose first relay_plaintext_size(depth) bytes are its ciphertext."""
-    size = relay_plaintext_size(depth)
-    if len(body) != (size if originated else BODY_SIZE):
-        raise CryptoError("body size does not match this hop")
-    flag = _FLAG_END if originated else _FLAG_PASS
-    return _pad(hop.backward.seal(b"".join((_FLAGS[flag], memoryview(body)[:size]))))
+def seal_layer(hop: HopCrypto, body: memoryview, depth: int, *, originated: bool) -> None:
+    """Relay or exit, backward, in place: `body` (BODY_SIZE, writable) holds at
+    body[1 : 1 + relay_plaintext_size(depth)] this hop's own relay message (originated)
+    or the first bytes of the body the next hop sent; [flag | those bytes] is sealed
+    where it lies, so body[:layer_size(depth)] becomes this hop's layer. The rest of the
+    body is left as it is: the zero fill of a fresh buffer."""
+    _check_body(body)
+    size = layer_size(depth)
+    body[0] = _FLAG_END if originated else _FLAG_PASS
+    hop.backward.seal_in_place(body[:size], size - TAG_LEN)

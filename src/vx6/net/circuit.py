@@ -296,7 +296,7 @@ class ExitCircuit(CircuitCarrier):
 
     def _message(self, message: RelayMessage) -> None:
         if message.command == RelayCommand.AUTH:
-            self._authenticate(message.data)
+            self._authenticate(bytes(message.data))
         else:
             self.session.message_received(message)
 

@@ -277,7 +277,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.core.reset(sid, code)
         self._pump()
 
-    def send_cells(self, cells: list[bytes]) -> None:
+    def send_cells(self, cells: list[bytes | bytearray]) -> None:
         if self.is_open and cells:
             self.core.send_cells(cells)
             self._write_out()

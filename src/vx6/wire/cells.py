@@ -40,6 +40,7 @@ MAX_ENDPOINTS = 4
 
 _HEADER = struct.Struct(">IB")
 _RELAY = struct.Struct(">BIH")
+_ZEROS = bytes(CELL_SIZE)  # padding is compared against this
 
 
 class CellCommand(IntEnum):
@@ -88,7 +89,7 @@ def destroy_reason(code: int) -> DestroyReason:
         return DestroyReason.PROTOCOL_ERROR
 
 
-def cell_circuit_id(cell: bytes | memoryview) -> int:
+def cell_circuit_id(cell: bytes | bytearray | memoryview) -> int:
     """The circuit id of an encoded cell, without decoding the rest."""
     return int(_HEADER.unpack_from(cell)[0])
 
@@ -109,7 +110,7 @@ class Created:
 @dataclass(frozen=True, slots=True)
 class Relay:
     circuit_id: int
-    body: bytes
+    body: bytes | memoryview  # decoded from a view: a view into the link's frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,7 @@ Cell = Create | Created | Relay | Destroy
 class RelayMessage:
     command: int
     stream_id: int
-    data: bytes
+    data: bytes | memoryview  # a view into the cell for received DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,7 @@ def encode_cell(cell: Cell) -> bytes:
 
 
 def _check_padding(body: bytes, used: int, what: str) -> None:
-    if body.count(0, used) != BODY_SIZE - used:
+    if body[used:] != _ZEROS[: BODY_SIZE - used]:
         raise DecodeError(f"{what} cell has non-zero padding")
 
 
@@ -188,9 +189,9 @@ def decode_cell(data: bytes | memoryview) -> Cell:
     circuit_id, command = _HEADER.unpack_from(data)
     if circuit_id == 0:
         raise DecodeError("circuit id 0 is reserved")
-    body = bytes(data[CELL_HEADER:])
     if command == CellCommand.RELAY:
-        return Relay(circuit_id, body)
+        return Relay(circuit_id, data[CELL_HEADER:])  # no copy: the body is read once
+    body = bytes(data[CELL_HEADER:])
     if command == CellCommand.CREATE:
         _check_padding(body, 1 + ONIONSKIN_LEN, "CREATE")
         return Create(circuit_id, body[0], body[1 : 1 + ONIONSKIN_LEN])
@@ -203,27 +204,48 @@ def decode_cell(data: bytes | memoryview) -> Cell:
     raise DecodeError(f"unknown cell command {command}")
 
 
+def write_cell_header(cell: bytearray | memoryview, circuit_id: int, command: int) -> None:
+    """Write a cell's header into the first CELL_HEADER bytes of a cell buffer."""
+    _check_circuit_id(circuit_id)
+    _HEADER.pack_into(cell, 0, circuit_id, command)
+
+
+def write_relay_message(
+    buf: memoryview, command: int, stream_id: int, data: bytes | memoryview
+) -> None:
+    """Write a relay message into `buf`, the innermost plaintext's place in a cell
+    buffer, which must already be zeros after the data (a fresh buffer): the padding."""
+    if not 0 <= command <= 255 or not 0 <= stream_id <= MAX_STREAM_ID:
+        raise ValueError("bad relay header fields")
+    end = RELAY_HEADER + len(data)
+    if end > len(buf):
+        raise ValueError(f"relay data of {len(data)} bytes over {len(buf) - RELAY_HEADER}")
+    _RELAY.pack_into(buf, 0, command, stream_id, len(data))
+    buf[RELAY_HEADER:end] = data
+
+
 def encode_relay_message(message: RelayMessage, size: int) -> bytes:
     """The innermost plaintext of a RELAY cell, padded with zeros to `size` bytes."""
-    if not 0 <= message.command <= 255 or not 0 <= message.stream_id <= MAX_STREAM_ID:
-        raise ValueError("bad relay header fields")
-    room = size - RELAY_HEADER
-    if len(message.data) > room:
-        raise ValueError(f"relay data of {len(message.data)} bytes over {room}")
-    header = _RELAY.pack(message.command, message.stream_id, len(message.data))
-    return b"".join((header, message.data, bytes(room - len(message.data))))
+    buf = bytearray(size)
+    write_relay_message(memoryview(buf), message.command, message.stream_id, message.data)
+    return bytes(buf)
 
 
-def decode_relay_message(plaintext: bytes) -> RelayMessage:
+def decode_relay_message(plaintext: bytes | memoryview) -> RelayMessage:
+    """Parse the innermost plaintext. DATA keeps a view into `plaintext` (no copy of
+    the payload); every other command gets its own bytes."""
     if len(plaintext) < RELAY_HEADER:
         raise DecodeError("relay message shorter than its header")
     command, stream_id, length = _RELAY.unpack_from(plaintext)
     end = RELAY_HEADER + length
-    if end > len(plaintext):
+    size = len(plaintext)
+    if end > size:
         raise DecodeError(f"relay length {length} runs past the cell")
-    if plaintext.count(0, end) != len(plaintext) - end:
+    view = memoryview(plaintext)
+    if view[end:].tobytes() != _ZEROS[: size - end]:  # one memcmp; bytes.count is slower
         raise DecodeError("relay message has non-zero padding")
-    return RelayMessage(command, stream_id, plaintext[RELAY_HEADER:end])
+    data = view[RELAY_HEADER:end]
+    return RelayMessage(command, stream_id, data if command == RelayCommand.DATA else bytes(data))
 
 
 def encode_extend(extend: Extend) -> bytes:
@@ -297,7 +319,7 @@ def stream_message(frame: fr.ControlFrame) -> RelayMessage:
 
 def stream_frame(message: RelayMessage) -> fr.ControlFrame:
     """The inverse of `stream_message`; DecodeError on anything malformed."""
-    command, sid, data = message.command, message.stream_id, message.data
+    command, sid, data = message.command, message.stream_id, bytes(message.data)
     if sid == 0:
         raise DecodeError("stream id 0 is reserved for the circuit")
     if command == RelayCommand.BEGIN:

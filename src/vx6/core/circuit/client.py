@@ -37,16 +37,19 @@ from vx6.crypto.onion import (
     HopCrypto,
     HopKeys,
     NtorClientState,
-    decrypt_layers,
-    encrypt_layers,
     ntor_client_finish,
     ntor_client_start,
+    open_layers,
     relay_plaintext_size,
+    seal_layers,
 )
 from vx6.errors import CryptoError, DecodeError, UsageError
 from vx6.wire.cells import (
+    CELL_HEADER,
+    CELL_SIZE,
     RELAY_HEADER,
     Cell,
+    CellCommand,
     Create,
     Created,
     Destroy,
@@ -60,7 +63,8 @@ from vx6.wire.cells import (
     destroy_reason,
     encode_cell,
     encode_extend,
-    encode_relay_message,
+    write_cell_header,
+    write_relay_message,
 )
 
 
@@ -163,21 +167,32 @@ class ClientCircuit:
         return CellQueued(self.link, encode_cell(cell))
 
     def _wrap(self, message: RelayMessage) -> CellQueued:
-        plaintext = encode_relay_message(message, relay_plaintext_size(len(self._hops)))
-        return self._queue(Relay(self.circuit_id, encrypt_layers(self._hops, plaintext)))
+        """One fresh cell: the message is written where the innermost layer's plaintext
+        goes and every layer is sealed around it in place (no copies)."""
+        cell = bytearray(CELL_SIZE)
+        view = memoryview(cell)
+        write_cell_header(view, self.circuit_id, CellCommand.RELAY)
+        body = view[CELL_HEADER:]
+        n = len(self._hops)
+        inner = body[n : n + relay_plaintext_size(n)]
+        write_relay_message(inner, message.command, message.stream_id, message.data)
+        seal_layers(self._hops, body)
+        return CellQueued(self.link, cell)
 
     def start(self) -> list[CircuitEvent]:
         self._step(ClientInput.START)
         return [self._queue(Create(self.circuit_id, 1, self._onionskin(1)))]
 
-    def send(self, command: RelayCommand, stream_id: int, data: bytes) -> list[CircuitEvent]:
+    def send(
+        self, command: RelayCommand, stream_id: int, data: bytes | memoryview
+    ) -> list[CircuitEvent]:
         """Wrap one stream message for the last hop. UsageError if the circuit is not open
         or the data does not fit one cell (split by `max_data`)."""
         if self.state is not ClientState.OPEN:
             raise UsageError(f"circuit is {self.state.name}, not OPEN")
         if len(data) > self.max_data:
             raise UsageError(f"{len(data)} bytes over one cell's {self.max_data}")
-        self._step(ClientInput.SEND)
+        # (OPEN, SEND) -> OPEN, checked above: no table lookup on the data path
         return [self._wrap(RelayMessage(command, stream_id, data))]
 
     def destroy(self, reason: DestroyReason = DestroyReason.NONE) -> list[CircuitEvent]:
@@ -230,15 +245,17 @@ class ClientCircuit:
             return self._hop_keyed(cell.reply)
         if not isinstance(cell, Relay):
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "unexpected cell")
-        index, plaintext = decrypt_layers(self._hops, cell.body)
+        # Layers come off in place, in our own copy of the body: DATA stays a view into it.
+        index, plaintext = open_layers(self._hops, memoryview(bytearray(cell.body)))
         message = decode_relay_message(plaintext)
         if message.command == RelayCommand.EXTENDED:
             if self.state is not ClientState.EXTENDING or index != len(self._hops) - 1:
                 raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "unexpected EXTENDED")
-            return self._hop_keyed(message.data)
+            return self._hop_keyed(bytes(message.data))
         if message.command == RelayCommand.EXTEND:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTEND from a relay")
-        self._step(ClientInput.MESSAGE)
+        if self.state is not ClientState.OPEN:
+            self._step(ClientInput.MESSAGE)
         if index != len(self._hops) - 1:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
         return [

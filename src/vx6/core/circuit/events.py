@@ -14,10 +14,11 @@ from vx6.wire.cells import DestroyReason, Endpoint
 
 @dataclass(frozen=True, slots=True)
 class CellQueued:
-    """An encoded cell (exactly CELL_SIZE bytes) waiting to be written to `link`."""
+    """An encoded cell (exactly CELL_SIZE bytes) waiting to be written to `link`. A
+    bytearray is a fresh buffer nobody writes to again."""
 
     link: int
-    cell: bytes
+    cell: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ class StreamMessageReceived:
     circuit_id: int
     command: int
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 CircuitEvent = (

@@ -7,7 +7,8 @@ which one a cell arrived on says its direction.
 * CREATE on prev: checks limits (table size, creations per source via token buckets),
   the depth carried in the cell (1..MAX_DEPTH), answers the ntor handshake with this
   node's onion key and sends CREATED. The circuit is OPEN; this node is its end.
-* A RELAY cell from prev loses one layer (`peel`). If the layer says "for you", the relay
+* A RELAY cell from prev loses one layer (`peel_into`, decrypted straight into the
+  cell that goes on). If the layer says "for you", the relay
   message is handled here: EXTEND asks the adapter for a link to the named node
   (ExtendRequested), then `link_ready` sends CREATE with depth + 1 on that link and
   CREATED comes back as EXTENDED, wrapped by this hop; stream messages become
@@ -45,16 +46,19 @@ from vx6.crypto.onion import (
     MAX_DEPTH,
     HopCrypto,
     HopKeys,
-    add_layer,
     ntor_server,
-    peel,
+    peel_into,
     relay_plaintext_size,
+    seal_layer,
 )
 from vx6.errors import CryptoError, DecodeError
 from vx6.wire.cells import (
+    CELL_HEADER,
+    CELL_SIZE,
     MAX_CIRCUIT_ID,
     RELAY_HEADER,
     Cell,
+    CellCommand,
     Create,
     Created,
     Destroy,
@@ -66,7 +70,8 @@ from vx6.wire.cells import (
     decode_relay_message,
     destroy_reason,
     encode_cell,
-    encode_relay_message,
+    write_cell_header,
+    write_relay_message,
 )
 
 CircuitKey = tuple[int, int]
@@ -185,12 +190,13 @@ class RelayCore:
         link: int,
         cell: Cell,
         *,
-        now: float,
+        now: float | None = None,
         source: Hashable = None,
         ephemeral: bytes | None = None,
     ) -> list[CircuitEvent]:
-        """One decoded cell from `link`. For CREATE the adapter passes the peer's rate
-        limit key (`source`, e.g. its address prefix) and 32 fresh random bytes."""
+        """One decoded cell from `link`. For CREATE (only) the adapter passes the time,
+        the peer's rate limit key (`source`, e.g. its address prefix) and 32 fresh random
+        bytes."""
         key = (link, cell.circuit_id)
         if isinstance(cell, Create):
             return self._create(key, cell, now, source, ephemeral)
@@ -212,9 +218,9 @@ class RelayCore:
             if isinstance(cell, Relay):
                 if from_prev:
                     return self._forward(circuit, cell.body)
-                circuit.step(RelayInput.BACKWARD)
-                body = add_layer(circuit.crypto, cell.body, circuit.depth, originated=False)
-                return [self._queue(circuit.prev, Relay(circuit.prev[1], body))]
+                if circuit.state is not RelayState.EXTENDED:  # the steady state: no lookup
+                    circuit.step(RelayInput.BACKWARD)  # (hashing an Enum runs Python code)
+                return [self._wrap_backward(circuit, cell.body)]
             if isinstance(cell, Created) and not from_prev:
                 circuit.step(RelayInput.CREATED)
                 circuit.onionskin = b""
@@ -275,7 +281,12 @@ class RelayCore:
         return self._evict()
 
     def send(
-        self, link: int, circuit_id: int, command: RelayCommand, stream_id: int, data: bytes
+        self,
+        link: int,
+        circuit_id: int,
+        command: RelayCommand,
+        stream_id: int,
+        data: bytes | memoryview,
     ) -> list[CircuitEvent]:
         """The exit (or any hop the client addressed) sends a stream message back."""
         circuit = self._by_key.get((link, circuit_id))
@@ -299,10 +310,15 @@ class RelayCore:
         ]
 
     def _create(
-        self, key: CircuitKey, cell: Create, now: float, source: Hashable, ephemeral: bytes | None
+        self,
+        key: CircuitKey,
+        cell: Create,
+        now: float | None,
+        source: Hashable,
+        ephemeral: bytes | None,
     ) -> list[CircuitEvent]:
-        if ephemeral is None:
-            raise ValueError("CREATE needs 32 fresh random bytes from the adapter")
+        if ephemeral is None or now is None:
+            raise ValueError("CREATE needs the time and 32 fresh random bytes from the adapter")
         existing = self._by_key.get(key)
         if existing is not None:
             return self._remove(existing, DestroyReason.PROTOCOL_ERROR, "CREATE on a used id")
@@ -327,18 +343,25 @@ class RelayCore:
         self.memory_used += self.limits.circuit_overhead
         return [self._queue(key, Created(key[1], reply)), *self._evict()]
 
-    def _forward(self, circuit: _Circuit, body: bytes) -> list[CircuitEvent]:
-        for_us, data = peel(circuit.crypto, body, circuit.depth)
-        if not for_us:
-            circuit.step(RelayInput.FORWARD)
+    def _forward(self, circuit: _Circuit, body: bytes | memoryview) -> list[CircuitEvent]:
+        # The layer is decrypted straight into the cell that goes on: its flag lands on
+        # the header's last byte, which the header then overwrites.
+        cell = bytearray(CELL_SIZE)
+        view = memoryview(cell)
+        if not peel_into(circuit.crypto, memoryview(body), circuit.depth, view[CELL_HEADER - 1 :]):
+            if circuit.state is not RelayState.EXTENDED:
+                circuit.step(RelayInput.FORWARD)
             assert circuit.next is not None
-            return [self._queue(circuit.next, Relay(circuit.next[1], data))]
-        message = decode_relay_message(data)
+            write_cell_header(view, circuit.next[1], CellCommand.RELAY)
+            return [CellQueued(circuit.next[0], cell)]
+        size = relay_plaintext_size(circuit.depth)
+        message = decode_relay_message(view[CELL_HEADER : CELL_HEADER + size])
         if message.command == RelayCommand.EXTEND:
             return self._extend(circuit, message)
         if message.command == RelayCommand.EXTENDED:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
-        circuit.step(RelayInput.FOR_US)
+        if circuit.state is not RelayState.OPEN:
+            circuit.step(RelayInput.FOR_US)
         prev_link, prev_id = circuit.prev
         return [
             StreamMessageReceived(
@@ -351,16 +374,33 @@ class RelayCore:
             raise CircuitFailure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
         if not self.relay:
             raise CircuitFailure(DestroyReason.NOT_A_RELAY, "EXTEND, but this node is no relay")
-        extend = decode_extend(message.data)
+        extend = decode_extend(bytes(message.data))
         circuit.step(RelayInput.EXTEND)
         circuit.onionskin = extend.onionskin
         self._pending[circuit.serial] = circuit
         return [ExtendRequested(circuit.serial, extend.identity, extend.endpoints)]
 
     def _originate(self, circuit: _Circuit, message: RelayMessage) -> CellQueued:
-        plaintext = encode_relay_message(message, relay_plaintext_size(circuit.depth))
-        body = add_layer(circuit.crypto, plaintext, circuit.depth, originated=True)
-        return self._queue(circuit.prev, Relay(circuit.prev[1], body))
+        cell, body = self._backward_cell(circuit)
+        size = relay_plaintext_size(circuit.depth)
+        write_relay_message(body[1 : 1 + size], message.command, message.stream_id, message.data)
+        seal_layer(circuit.crypto, body, circuit.depth, originated=True)
+        return CellQueued(circuit.prev[0], cell)
+
+    def _wrap_backward(self, circuit: _Circuit, received: bytes | memoryview) -> CellQueued:
+        cell, body = self._backward_cell(circuit)
+        size = relay_plaintext_size(circuit.depth)
+        body[1 : 1 + size] = memoryview(received)[:size]
+        seal_layer(circuit.crypto, body, circuit.depth, originated=False)
+        return CellQueued(circuit.prev[0], cell)
+
+    @staticmethod
+    def _backward_cell(circuit: _Circuit) -> tuple[bytearray, memoryview]:
+        """A fresh RELAY cell towards the client, and a view of its (zero) body."""
+        cell = bytearray(CELL_SIZE)
+        view = memoryview(cell)
+        write_cell_header(view, circuit.prev[1], CellCommand.RELAY)
+        return cell, view[CELL_HEADER:]
 
     def _free_id(self, link: int, *, odd: bool) -> int:
         while True:

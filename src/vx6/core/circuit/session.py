@@ -115,7 +115,9 @@ class CircuitStreams(StreamOps):
         view = memoryview(data)
         sid, step = stream.stream_id, self.max_data
         for pos in range(0, count, step):
-            chunk = bytes(view[pos : min(pos + step, count)])
+            # A view, not a copy: the carrier drains `messages()` into cells before the
+            # call that handed us `data` returns (see CircuitCarrier._pump).
+            chunk = view[pos : min(pos + step, count)]
             self._messages.append(RelayMessage(RelayCommand.DATA, sid, chunk))
         self.bytes_out += count
         stream.send_credit -= count
