@@ -16,13 +16,14 @@ from test_circuit_core import Net, _seed
 from vx6.core import events as ev
 from vx6.core.circuit import ClientCircuit, RelayCore, RelayLimits
 from vx6.core.circuit.events import CircuitDestroyed, StreamMessageReceived
-from vx6.core.circuit.session import CIRCUIT_WINDOW, CircuitStreams
+from vx6.core.circuit.session import CIRCUIT_MAX_STREAMS, CIRCUIT_WINDOW, CircuitStreams
 from vx6.crypto.keys import (
     Identity,
     StaticKey,
     check_circuit_auth_proof,
     circuit_auth_proof,
 )
+from vx6.crypto.onion import MAX_DEPTH, relay_plaintext_size
 from vx6.wire import cells as c
 from vx6.wire.cells import DestroyReason, RelayCommand, RelayMessage
 
@@ -221,3 +222,14 @@ def test_one_circuit_over_its_buffer_limit_is_destroyed() -> None:
     destroyed = [e for e in out if isinstance(e, CircuitDestroyed)]
     assert destroyed and destroyed[0].reason is DestroyReason.RESOURCE_LIMIT
     assert len(r1) == 0
+
+
+def test_full_windows_fit_a_relays_per_circuit_queue() -> None:
+    """Every stream of a circuit at full window, in the smallest cells (the exit at the
+    deepest position), plus room per stream for its BEGIN, END and the few CREDITs for
+    the other direction that can be in flight (one per quarter window): a relay whose
+    next hop stops reading must be able to hold it all without destroying the circuit."""
+    payload = relay_plaintext_size(MAX_DEPTH) - c.RELAY_HEADER
+    cells = CIRCUIT_MAX_STREAMS * -(-CIRCUIT_WINDOW // payload)
+    control = CIRCUIT_MAX_STREAMS * 8
+    assert (cells + control) * c.CELL_SIZE <= RelayLimits().max_circuit_buffer

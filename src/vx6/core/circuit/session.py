@@ -37,8 +37,13 @@ from vx6.wire.cells import (
     stream_message,
 )
 
-CIRCUIT_WINDOW = 1024 * 1024
-CIRCUIT_MAX_STREAMS = 16
+# The window decides how much data is in flight on a circuit of up to seven processes,
+# and so how many cells each of them handles per wake-up: 5 relays on loopback moved
+# about 110 MB/s with 1 MiB and 155 MB/s with 4 MiB (docs/benchmarks.md). Eight streams
+# of 4 MiB keep what a relay may have to queue for one circuit under its
+# `RelayLimits.max_circuit_buffer` (tests/test_circuit_session.py checks the sum).
+CIRCUIT_WINDOW = 4 * 1024 * 1024
+CIRCUIT_MAX_STREAMS = 8
 
 
 class CircuitStreams(StreamOps):
