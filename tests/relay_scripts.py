@@ -406,20 +406,19 @@ def relay(marker_hex: str, *argv: str) -> int:
     from vx6 import cli
     from vx6.core.circuit.events import CellQueued
     from vx6.core.circuit.relay import RelayCore
-    from vx6.wire.cells import CELL_HEADER, Relay
+    from vx6.wire.cells import CELL_HEADER
 
     marker = bytes.fromhex(marker_hex)
     armed = threading.Event()
-    original, original_received = RelayCore._forward, RelayCore.cell_received
+    original, original_received = RelayCore._forward, RelayCore.relay_received
 
-    def received(self: RelayCore, link: int, cell: Any, **kwargs: Any) -> list[Any]:
+    def received(self: RelayCore, link: int, circuit_id: int, body: Any) -> list[Any]:
         """What this relay sees of a RELAY cell, before and after its own layer."""
-        out: list[Any] = original_received(self, link, cell, **kwargs)
-        if isinstance(cell, Relay):
-            # bytes(): `in` on a memoryview compares items, never a subsequence
-            views = [bytes(cell.body), *(bytes(e.cell) for e in out if isinstance(e, CellQueued))]
-            if any(marker in view for view in views):
-                os.write(1, b"RELAY SAW THE PLAINTEXT MARKER\n")
+        out: list[Any] = original_received(self, link, circuit_id, body)
+        # bytes(): `in` on a memoryview compares items, never a subsequence
+        views = [bytes(body), *(bytes(e.cell) for e in out if isinstance(e, CellQueued))]
+        if any(marker in view for view in views):
+            os.write(1, b"RELAY SAW THE PLAINTEXT MARKER\n")
         return out
 
     def forward(self: RelayCore, circuit: Any, body: bytes) -> list[Any]:
@@ -440,7 +439,7 @@ def relay(marker_hex: str, *argv: str) -> int:
         os.write(1, b"TAMPER: armed\n")
 
     RelayCore._forward = forward  # type: ignore[method-assign]
-    RelayCore.cell_received = received  # type: ignore[method-assign]
+    RelayCore.relay_received = received  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, arm)
     signal.signal(signal.SIGUSR2, lambda *_: armed.clear())
     return cli.main(list(argv))

@@ -57,6 +57,7 @@ from vx6.wire.cells import (
     RelayMessage,
     cell_circuit_id,
     decode_cell,
+    relay_cell,
 )
 
 if TYPE_CHECKING:
@@ -154,6 +155,11 @@ class CircuitRouter:
             for offset in range(0, len(chunk), CELL_SIZE)
         )
         for raw in raw_cells:
+            relay = relay_cell(raw)
+            if relay is not None and (lid, relay[0]) not in self.clients:
+                self.cells_in += 1
+                events += self.core.relay_received(lid, *relay)  # the data path
+                continue
             try:
                 cell = decode_cell(raw)
             except DecodeError as exc:

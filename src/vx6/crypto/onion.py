@@ -208,9 +208,9 @@ class _Direction:
         self.counter = n + 1
         return (self._base ^ n).to_bytes(NONCE_LEN, "big")
 
-    def seal_in_place(self, buf: memoryview, length: int) -> None:
-        """Encrypt buf[:length] where it lies; the tag goes to buf[length:length + 16]."""
-        self._aead.encrypt_into(self._next_nonce(), buf[:length], None, buf[: length + TAG_LEN])
+    def seal_in_place(self, buf: memoryview) -> None:
+        """Encrypt buf[:-16] where it lies; the tag goes to the last 16 bytes."""
+        self._aead.encrypt_into(self._next_nonce(), buf[:-TAG_LEN], None, buf)
 
     def open_into(self, ciphertext: memoryview, out: memoryview) -> None:
         """Decrypt into `out` (16 bytes shorter), which may be the ciphertext's own start.
@@ -269,7 +269,7 @@ def seal_layers(hops: Sequence[HopCrypto], body: memoryview) -> None:
     for depth in range(n, 0, -1):
         start, size = depth - 1, layer_size(depth)
         body[start] = _FLAG_END if depth == n else _FLAG_PASS
-        hops[depth - 1].forward.seal_in_place(body[start : start + size], size - TAG_LEN)
+        hops[depth - 1].forward.seal_in_place(body[start : start + size])
 
 
 def open_layers(hops: Sequence[HopCrypto], body: memoryview) -> tuple[int, memoryview]:
@@ -317,4 +317,4 @@ def seal_layer(hop: HopCrypto, body: memoryview, depth: int, *, originated: bool
     _check_body(body)
     size = layer_size(depth)
     body[0] = _FLAG_END if originated else _FLAG_PASS
-    hop.backward.seal_in_place(body[:size], size - TAG_LEN)
+    hop.backward.seal_in_place(body[:size])

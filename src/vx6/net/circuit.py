@@ -210,7 +210,7 @@ class ClientPath(CircuitCarrier):
     def _transmit(self, message: RelayMessage) -> list[CircuitEvent]:
         if self.core.state is not ClientState.OPEN:
             return []
-        return self.core.send(RelayCommand(message.command), message.stream_id, message.data)
+        return self.core.send(message.command, message.stream_id, message.data)
 
     def _destroy(self, reason: DestroyReason) -> None:
         self._submit(self.core.destroy(reason))
@@ -282,7 +282,7 @@ class ExitCircuit(CircuitCarrier):
         return self._relay.send(
             self._link_id,
             self.circuit_id,
-            RelayCommand(message.command),
+            message.command,
             message.stream_id,
             message.data,
         )

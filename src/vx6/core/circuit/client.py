@@ -135,6 +135,8 @@ class ClientCircuit:
         self._ephemerals = tuple(ephemerals)
         self._hops: list[HopCrypto] = []
         self._pending: NtorClientState | None = None
+        # Largest stream payload one cell carries to the last hop.
+        self.max_data = relay_plaintext_size(len(self._path)) - RELAY_HEADER
 
     @property
     def hops_keyed(self) -> int:
@@ -146,11 +148,6 @@ class ClientCircuit:
         if self.state is not ClientState.OPEN:
             raise UsageError("the circuit is not built yet")
         return self._hops[-1].binding
-
-    @property
-    def max_data(self) -> int:
-        """Largest stream payload one cell carries to the last hop."""
-        return relay_plaintext_size(len(self._path)) - RELAY_HEADER
 
     def _step(self, event: ClientInput) -> None:
         self.state = next_state(_TRANSITIONS, self.state, event)
@@ -183,9 +180,7 @@ class ClientCircuit:
         self._step(ClientInput.START)
         return [self._queue(Create(self.circuit_id, 1, self._onionskin(1)))]
 
-    def send(
-        self, command: RelayCommand, stream_id: int, data: bytes | memoryview
-    ) -> list[CircuitEvent]:
+    def send(self, command: int, stream_id: int, data: bytes | memoryview) -> list[CircuitEvent]:
         """Wrap one stream message for the last hop. UsageError if the circuit is not open
         or the data does not fit one cell (split by `max_data`)."""
         if self.state is not ClientState.OPEN:

@@ -214,25 +214,43 @@ class RelayCore:
                 notify_next=from_prev,
                 local=False,
             )
+        if isinstance(cell, Relay):
+            return self.relay_received(link, cell.circuit_id, cell.body)
         try:
-            if isinstance(cell, Relay):
-                if from_prev:
-                    return self._forward(circuit, cell.body)
-                if circuit.state is not RelayState.EXTENDED:  # the steady state: no lookup
-                    circuit.step(RelayInput.BACKWARD)  # (hashing an Enum runs Python code)
-                return [self._wrap_backward(circuit, cell.body)]
             if isinstance(cell, Created) and not from_prev:
                 circuit.step(RelayInput.CREATED)
                 circuit.onionskin = b""
                 message = RelayMessage(RelayCommand.EXTENDED, 0, cell.reply)
                 return [self._originate(circuit, message)]
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, f"unexpected {type(cell).__name__}")
-        except CircuitFailure as exc:
+        except (CircuitFailure, CryptoError, DecodeError) as exc:
+            return self._failed(circuit, exc)
+
+    def relay_received(
+        self, link: int, circuit_id: int, body: bytes | memoryview
+    ) -> list[CircuitEvent]:
+        """A RELAY cell's body from `link`: the data path (the adapter calls this directly,
+        without decoding a Cell; `cell_received` ends here too)."""
+        key = (link, circuit_id)
+        circuit = self._by_key.get(key)
+        if circuit is None:
+            return []  # late cell for a circuit we already destroyed
+        try:
+            if key == circuit.prev:
+                return self._forward(circuit, body)
+            if circuit.state is not RelayState.EXTENDED:  # the steady state: no lookup
+                circuit.step(RelayInput.BACKWARD)  # (hashing an Enum runs Python code)
+            return [self._wrap_backward(circuit, body)]
+        except (CircuitFailure, CryptoError, DecodeError) as exc:
+            return self._failed(circuit, exc)
+
+    def _failed(self, circuit: _Circuit, exc: Exception) -> list[CircuitEvent]:
+        """Destroy a circuit over what went wrong with one of its cells."""
+        if isinstance(exc, CircuitFailure):
             return self._remove(circuit, exc.reason, exc.detail)
-        except CryptoError as exc:
+        if isinstance(exc, CryptoError):
             return self._remove(circuit, DestroyReason.DECRYPT_FAILED, str(exc))
-        except DecodeError as exc:
-            return self._remove(circuit, DestroyReason.PROTOCOL_ERROR, str(exc))
+        return self._remove(circuit, DestroyReason.PROTOCOL_ERROR, str(exc))
 
     def link_ready(self, request_id: int, link: int, *, we_dialled: bool) -> list[CircuitEvent]:
         """The link asked for by ExtendRequested is up. Circuit ids we pick on a link we
@@ -284,7 +302,7 @@ class RelayCore:
         self,
         link: int,
         circuit_id: int,
-        command: RelayCommand,
+        command: int,
         stream_id: int,
         data: bytes | memoryview,
     ) -> list[CircuitEvent]:
