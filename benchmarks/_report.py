@@ -254,13 +254,14 @@ def render_table(
     details: dict[str, Any],
     errors: list[str],
     title: str = "VX6 named-direct forward vs direct TCP on loopback",
+    measured: str = "vx6",
 ) -> str:
     out = [
         title,
         "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
     ]
-    header = ("metric", "unit", "direct", "vx6", "vx6/direct", "target", "result")
+    header = ("metric", "unit", "direct", measured, f"{measured}/direct", "target", "result")
     table = [header]
     for r in rows:
         table.append(

@@ -1,0 +1,50 @@
+"""Smoke test of benchmarks/bench_floor.py: `--quick --json` as a subprocess finishes,
+every row has positive figures for both columns, and no socat process outlives it. The
+figures themselves are not checked (the machine is shared, so no timed assertions).
+.ci/run installs socat; on a machine without it the script has nothing to measure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_floor.py"
+RUN_TIMEOUT = 60.0
+
+pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 30)
+
+EXPECTED = [
+    "64-byte round trip p50, socat x2 chain",
+    "64-byte round trip p99, socat x2 chain",
+    "bulk one way, socat x2 chain",
+]
+
+
+def _socat_pids() -> set[str]:
+    found = subprocess.run(["pgrep", "-x", "socat"], capture_output=True, text=True, check=False)
+    return set(found.stdout.split())
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_bench_floor_quick_json() -> None:
+    before = _socat_pids()
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["metric"]: row for row in json.loads(result.stdout)["rows"]}
+    assert list(rows) == EXPECTED
+    for row in rows.values():
+        assert row["direct"] > 0 and row["vx6"] > 0, row
+    assert _socat_pids() <= before  # every relay it started is gone
