@@ -5,16 +5,13 @@ figures themselves are not checked (the machine is shared, so no timed assertion
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_floor.py"
+from bench_smoke import run_quick_json
+
 RUN_TIMEOUT = 60.0
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -34,16 +31,8 @@ def _socat_pids() -> set[str]:
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
 def test_bench_floor_quick_json() -> None:
     before = _socat_pids()
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = {row["metric"]: row for row in json.loads(result.stdout)["rows"]}
+    report = run_quick_json("bench_floor.py", RUN_TIMEOUT)
+    rows = {row["metric"]: row for row in report["rows"]}
     assert list(rows) == EXPECTED
     for row in rows.values():
         assert row["direct"] > 0 and row["vx6"] > 0, row

@@ -4,15 +4,10 @@ are not checked (the machine is shared, so no timed assertions)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_relay.py"
+from bench_smoke import run_quick_json
+
 RUN_TIMEOUT = 120.0
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -30,16 +25,7 @@ WITH_DIRECT = ("new connection", "64-byte round trip", "bulk one way")
 
 
 def test_bench_relay_quick_json() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = run_quick_json("bench_relay.py", RUN_TIMEOUT)
     assert report["errors"] == []
     rows = {row["metric"]: row for row in report["rows"]}
     assert sorted(rows) == sorted(EXPECTED)
