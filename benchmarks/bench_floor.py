@@ -19,8 +19,11 @@ Run: `python benchmarks/bench_floor.py [--quick] [--json]`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -72,6 +75,7 @@ def _socat(listen: int, target: _load.Addr) -> subprocess.Popen[bytes]:
         ],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its group: `fork` children go down with it
     )
 
 
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         rows = measure(args, paths)
     finally:
         for proc in relays:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # socat and its per-connection children
             proc.wait()
         for server in servers:
             _load.stop_server(server)
