@@ -187,7 +187,7 @@ class ClientCircuit:
             raise UsageError(f"circuit is {self.state.name}, not OPEN")
         if len(data) > self.max_data:
             raise UsageError(f"{len(data)} bytes over one cell's {self.max_data}")
-        # (OPEN, SEND) -> OPEN, checked above: no table lookup on the data path
+        self._step(ClientInput.SEND)
         return [self._wrap(RelayMessage(command, stream_id, data))]
 
     def destroy(self, reason: DestroyReason = DestroyReason.NONE) -> list[CircuitEvent]:
@@ -249,8 +249,7 @@ class ClientCircuit:
             return self._hop_keyed(bytes(message.data))
         if message.command == RelayCommand.EXTEND:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTEND from a relay")
-        if self.state is not ClientState.OPEN:
-            self._step(ClientInput.MESSAGE)
+        self._step(ClientInput.MESSAGE)
         if index != len(self._hops) - 1:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
         return [

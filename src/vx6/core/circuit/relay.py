@@ -200,6 +200,8 @@ class RelayCore:
         key = (link, cell.circuit_id)
         if isinstance(cell, Create):
             return self._create(key, cell, now, source, ephemeral)
+        if isinstance(cell, Relay):
+            return self.relay_received(link, cell.circuit_id, cell.body)
         circuit = self._by_key.get(key)
         if circuit is None:
             return []  # late cell for a circuit we already destroyed
@@ -214,8 +216,6 @@ class RelayCore:
                 notify_next=from_prev,
                 local=False,
             )
-        if isinstance(cell, Relay):
-            return self.relay_received(link, cell.circuit_id, cell.body)
         try:
             if isinstance(cell, Created) and not from_prev:
                 circuit.step(RelayInput.CREATED)
@@ -238,8 +238,7 @@ class RelayCore:
         try:
             if key == circuit.prev:
                 return self._forward(circuit, body)
-            if circuit.state is not RelayState.EXTENDED:  # the steady state: no lookup
-                circuit.step(RelayInput.BACKWARD)  # (hashing an Enum runs Python code)
+            circuit.step(RelayInput.BACKWARD)
             return [self._wrap_backward(circuit, body)]
         except (CircuitFailure, CryptoError, DecodeError) as exc:
             return self._failed(circuit, exc)
@@ -367,8 +366,7 @@ class RelayCore:
         cell = bytearray(CELL_SIZE)
         view = memoryview(cell)
         if not peel_into(circuit.crypto, memoryview(body), circuit.depth, view[CELL_HEADER - 1 :]):
-            if circuit.state is not RelayState.EXTENDED:
-                circuit.step(RelayInput.FORWARD)
+            circuit.step(RelayInput.FORWARD)
             assert circuit.next is not None
             write_cell_header(view, circuit.next[1], CellCommand.RELAY)
             return [CellQueued(circuit.next[0], cell)]
@@ -378,8 +376,7 @@ class RelayCore:
             return self._extend(circuit, message)
         if message.command == RelayCommand.EXTENDED:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
-        if circuit.state is not RelayState.OPEN:
-            circuit.step(RelayInput.FOR_US)
+        circuit.step(RelayInput.FOR_US)
         prev_link, prev_id = circuit.prev
         return [
             StreamMessageReceived(
