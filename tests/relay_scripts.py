@@ -404,34 +404,39 @@ async def flood(registry: str, key: str, count: str, control: str) -> dict[str, 
 # ---------------------------------------------------------------- the tampering relay
 def relay(marker_hex: str, *argv: str) -> int:
     from vx6 import cli
-    from vx6.core.circuit.events import CellQueued
     from vx6.core.circuit.relay import RelayCore
     from vx6.wire.cells import CELL_HEADER
 
     marker = bytes.fromhex(marker_hex)
     armed = threading.Event()
-    original, original_received = RelayCore._forward, RelayCore.relay_received
+    original_forward, original_relay, original_send = (
+        RelayCore._forward,
+        RelayCore._relay,
+        RelayCore._send,
+    )
 
-    def received(self: RelayCore, link: int, circuit_id: int, body: Any) -> list[Any]:
-        """What this relay sees of a RELAY cell, before and after its own layer."""
-        out: list[Any] = original_received(self, link, circuit_id, body)
+    def seen(data: Any) -> None:
         # bytes(): `in` on a memoryview compares items, never a subsequence
-        views = [bytes(body), *(bytes(e.cell) for e in out if isinstance(e, CellQueued))]
-        if any(marker in view for view in views):
+        if marker in bytes(data):
             os.write(1, b"RELAY SAW THE PLAINTEXT MARKER\n")
-        return out
 
-    def forward(self: RelayCore, circuit: Any, body: bytes) -> list[Any]:
-        out: list[Any] = original(self, circuit, body)
-        if armed.is_set() and circuit.depth == TAMPER_DEPTH and circuit.next is not None:
-            for i, event in enumerate(out):
-                if isinstance(event, CellQueued) and event.link == circuit.next[0]:
-                    cell = bytearray(event.cell)
-                    cell[CELL_HEADER + 100] ^= 0x01  # inside the next hop's ciphertext
-                    out[i] = CellQueued(event.link, bytes(cell))
-                    armed.clear()
-                    os.write(1, b"TAMPER: flipped one byte of a RELAY cell at depth 3\n")
-                    break
+    def relay_cell(self: RelayCore, circuit: Any, from_prev: bool, body: Any, events: Any) -> None:
+        """Every RELAY cell's body as it arrives, before this relay's layer comes off."""
+        seen(body)
+        original_relay(self, circuit, from_prev, body, events)
+
+    def send(self: RelayCore, link: int, cell: Any) -> None:
+        """Every cell this relay writes, after its own layer."""
+        seen(cell)
+        original_send(self, link, cell)
+
+    def forward(self: RelayCore, circuit: Any, body: bytes) -> Any:
+        out = original_forward(self, circuit, body)
+        if armed.is_set() and circuit.depth == TAMPER_DEPTH and out is None:
+            cell = self._outbox[circuit.next[0]][-1]  # the cell _forward just wrote
+            cell[CELL_HEADER + 100] ^= 0x01  # inside the next hop's ciphertext
+            armed.clear()
+            os.write(1, b"TAMPER: flipped one byte of a RELAY cell at depth 3\n")
         return out
 
     def arm(*_: Any) -> None:
@@ -439,7 +444,8 @@ def relay(marker_hex: str, *argv: str) -> int:
         os.write(1, b"TAMPER: armed\n")
 
     RelayCore._forward = forward  # type: ignore[method-assign]
-    RelayCore.relay_received = received  # type: ignore[method-assign]
+    RelayCore._relay = relay_cell  # type: ignore[method-assign]
+    RelayCore._send = send  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, arm)
     signal.signal(signal.SIGUSR2, lambda *_: armed.clear())
     return cli.main(list(argv))

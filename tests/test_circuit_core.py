@@ -91,10 +91,13 @@ class Net:
         return self.client
 
     def dispatch(self, origin: str, events: list[CircuitEvent]) -> None:
+        if origin != "client":  # a relay core's cells wait in its outbox
+            for link, cells in self.nodes[origin].core.cells_to_send().items():
+                for cell in cells:
+                    self._send(origin, link, cell)
         for event in events:
             if isinstance(event, CellQueued):
-                a, b = self.links[event.link]
-                self.queue.append((origin, b if origin == a else a, event.link, event.cell))
+                self._send(origin, event.link, event.cell)
             elif isinstance(event, ExtendRequested):
                 target = next(n for n in self.nodes.values() if n.identity == event.identity)
                 link = self.link(origin, target.name)
@@ -106,6 +109,10 @@ class Net:
                 self.client_events.append(event)
             else:
                 self.nodes[origin].events.append(event)
+
+    def _send(self, origin: str, link: int, cell: bytes | bytearray) -> None:
+        a, b = self.links[link]
+        self.queue.append((origin, b if origin == a else a, link, bytes(cell)))
 
     def run(self) -> None:
         while self.queue:
@@ -203,13 +210,14 @@ def test_relay_at_the_cap_refuses_to_extend() -> None:
 def test_create_with_impossible_depth_is_refused(depth: int) -> None:
     node = Net(1).nodes["R1"]
     skin = ntor_client_start(node_id(node.identity), node.onion.public, _seed("x"))[1]
-    out = node.core.cell_received(1, c.Create(3, depth, skin), now=0, ephemeral=_seed("y"))
-    assert c.decode_cell(_cells(out)[0]) == c.Destroy(3, DestroyReason.HOP_LIMIT)
+    node.core.cell_received(1, c.Create(3, depth, skin), now=0, ephemeral=_seed("y"))
+    assert c.decode_cell(_cells(node)[0]) == c.Destroy(3, DestroyReason.HOP_LIMIT)
     assert len(node.core) == 0
 
 
-def _cells(events: list[CircuitEvent]) -> list[bytes]:
-    return [e.cell for e in events if isinstance(e, CellQueued)]
+def _cells(node: Node) -> list[bytes | bytearray]:
+    """The cells the node's relay core wrote since the last call, on any link."""
+    return [cell for cells in node.core.cells_to_send().values() for cell in cells]
 
 
 def _flip_relay_cell(sender: str, receiver: str) -> Tamper:
@@ -280,11 +288,10 @@ def test_unreachable_next_hop_ends_the_build() -> None:
     original = net.dispatch
 
     def failing(origin: str, events: list[CircuitEvent]) -> None:
+        original(origin, [e for e in events if not isinstance(e, ExtendRequested)])
         for event in events:
             if isinstance(event, ExtendRequested):
                 original(origin, net.nodes[origin].core.link_failed(event.request_id, "refused"))
-            else:
-                original(origin, [event])
 
     net.dispatch = failing  # type: ignore[method-assign]
     circuit = net.build(["R1", "R2"])
@@ -311,17 +318,17 @@ def _create(node: Node, circuit_id: int) -> c.Create:
     return c.Create(circuit_id, 1, skin)
 
 
-def _last_destroy(events: list[CircuitEvent]) -> c.Cell:
-    return c.decode_cell(_cells(events)[-1])
+def _last_destroy(node: Node) -> c.Cell:
+    return c.decode_cell(_cells(node)[-1])
 
 
 def test_max_circuits() -> None:
     node = Net(1, RelayLimits(max_circuits=3)).nodes["R1"]
     for i in range(1, 4):
-        out = node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
-        assert isinstance(c.decode_cell(_cells(out)[0]), c.Created)
-    out = node.core.cell_received(1, _create(node, 4), now=0, ephemeral=_seed(4))
-    assert _last_destroy(out) == c.Destroy(4, DestroyReason.RESOURCE_LIMIT)
+        node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
+        assert isinstance(c.decode_cell(_cells(node)[0]), c.Created)
+    node.core.cell_received(1, _create(node, 4), now=0, ephemeral=_seed(4))
+    assert _last_destroy(node) == c.Destroy(4, DestroyReason.RESOURCE_LIMIT)
     assert len(node.core) == 3
 
 
@@ -331,15 +338,15 @@ def test_creation_rate_per_source() -> None:
     core = node.core
     results = []
     for i in range(1, 9):
-        out = core.cell_received(1, _create(node, i), now=10.0, source="a", ephemeral=_seed(i))
-        results.append(type(c.decode_cell(_cells(out)[0])).__name__)
+        core.cell_received(1, _create(node, i), now=10.0, source="a", ephemeral=_seed(i))
+        results.append(type(c.decode_cell(_cells(node)[0])).__name__)
     assert results == ["Created"] * 5 + ["Destroy"] * 3
-    out = core.cell_received(1, _create(node, 20), now=10.0, source="b", ephemeral=_seed(20))
-    assert isinstance(c.decode_cell(_cells(out)[0]), c.Created)
-    out = core.cell_received(1, _create(node, 21), now=11.0, source="a", ephemeral=_seed(21))
-    assert isinstance(c.decode_cell(_cells(out)[0]), c.Created)
-    out = core.cell_received(1, _create(node, 22), now=11.0, source="a", ephemeral=_seed(22))
-    assert _last_destroy(out) == c.Destroy(22, DestroyReason.RATE_LIMITED)
+    core.cell_received(1, _create(node, 20), now=10.0, source="b", ephemeral=_seed(20))
+    assert isinstance(c.decode_cell(_cells(node)[0]), c.Created)
+    core.cell_received(1, _create(node, 21), now=11.0, source="a", ephemeral=_seed(21))
+    assert isinstance(c.decode_cell(_cells(node)[0]), c.Created)
+    core.cell_received(1, _create(node, 22), now=11.0, source="a", ephemeral=_seed(22))
+    assert _last_destroy(node) == c.Destroy(22, DestroyReason.RATE_LIMITED)
 
 
 def test_bounded_creation_flood_holds_the_limits() -> None:
@@ -348,10 +355,8 @@ def test_bounded_creation_flood_holds_the_limits() -> None:
     accepted = 0
     for i in range(1, 2001):
         now = i / 1000  # 2000 creations from 4 sources in 2 s
-        out = node.core.cell_received(
-            1, _create(node, i), now=now, source=i % 4, ephemeral=_seed(i)
-        )
-        accepted += isinstance(c.decode_cell(_cells(out)[0]), c.Created)
+        node.core.cell_received(1, _create(node, i), now=now, source=i % 4, ephemeral=_seed(i))
+        accepted += isinstance(c.decode_cell(_cells(node)[0]), c.Created)
     assert accepted == 50  # table cap reached; rate would allow 4 x (20 + 20) = 160
     assert len(node.core) == 50
 
@@ -361,8 +366,9 @@ def test_memory_budget_evicts_oldest_first() -> None:
     node = Net(1, limits).nodes["R1"]
     for i in range(1, 4):
         node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
-    out = node.core.buffered(1, 3, 15_000)
-    assert [c.decode_cell(x) for x in _cells(out)] == [
+    assert len(_cells(node)) == 3  # the CREATED answers
+    node.core.buffered(1, 3, 15_000)
+    assert [c.decode_cell(x) for x in _cells(node)] == [
         c.Destroy(1, DestroyReason.RESOURCE_LIMIT),
         c.Destroy(2, DestroyReason.RESOURCE_LIMIT),
     ]

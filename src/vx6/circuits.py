@@ -57,7 +57,6 @@ from vx6.wire.cells import (
     RelayMessage,
     cell_circuit_id,
     decode_cell,
-    relay_cell,
 )
 
 if TYPE_CHECKING:
@@ -149,41 +148,47 @@ class CircuitRouter:
         """All cells from one read of `link`, handled as one batch."""
         lid = self.link_id(link)
         events: list[CircuitEvent] = []
-        raw_cells = (
-            chunk[offset : offset + CELL_SIZE]
-            for chunk in chunks
-            for offset in range(0, len(chunk), CELL_SIZE)
-        )
-        for raw in raw_cells:
-            relay = relay_cell(raw)
-            if relay is not None and (lid, relay[0]) not in self.clients:
-                self.cells_in += 1
-                events += self.core.relay_received(lid, *relay)  # the data path
-                continue
-            try:
-                cell = decode_cell(raw)
-            except DecodeError as exc:
-                log.warning("bad cell from %s: %s; closing the link", link.peer_address, exc)
-                self.process(events)
-                link.close(CloseCode.PROTOCOL_ERROR, f"bad cell: {exc}")
-                return
-            self.cells_in += 1
-            path = self.clients.get((lid, cell.circuit_id))
-            if path is not None:
-                events += path.core.cell_received(cell)
-            elif isinstance(cell, Create):
-                # Only a CREATE needs its source and fresh randomness (the rate limit and
-                # the handshake); working them out per cell would cost the data path.
-                events += self.core.cell_received(
-                    lid,
-                    cell,
-                    now=time.monotonic(),
-                    source=self._source(link),
-                    ephemeral=os.urandom(32),
-                )
-            else:
-                events += self.core.cell_received(lid, cell)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            pos, end = 0, len(view)
+            self.cells_in += end // CELL_SIZE
+            while pos < end:
+                taken, pos = self.core.relay_chunk(lid, view, pos)  # the data path
+                events += taken
+                if pos < end:
+                    if not self._one_cell(link, lid, view[pos : pos + CELL_SIZE], events):
+                        return
+                    pos += CELL_SIZE
         self.process(events)
+
+    def _one_cell(
+        self, link: LinkProtocol, lid: int, raw: memoryview, events: list[CircuitEvent]
+    ) -> bool:
+        """A cell the relay core's data path left: decoded here and handed to the client
+        circuit it belongs to, or to the relay core. False if it closed the link."""
+        try:
+            cell = decode_cell(raw)
+        except DecodeError as exc:
+            log.warning("bad cell from %s: %s; closing the link", link.peer_address, exc)
+            self.process(events)
+            link.close(CloseCode.PROTOCOL_ERROR, f"bad cell: {exc}")
+            return False
+        path = self.clients.get((lid, cell.circuit_id))
+        if path is not None:
+            events += path.core.cell_received(cell)
+        elif isinstance(cell, Create):
+            # Only a CREATE needs its source and fresh randomness (the rate limit and
+            # the handshake); working them out per cell would cost the data path.
+            events += self.core.cell_received(
+                lid,
+                cell,
+                now=time.monotonic(),
+                source=self._source(link),
+                ephemeral=os.urandom(32),
+            )
+        else:
+            events += self.core.cell_received(lid, cell)
+        return True
 
     # ------------------------------------------------------------------ events
     def process(self, events: list[CircuitEvent]) -> None:
@@ -274,8 +279,19 @@ class CircuitRouter:
         self.process(self.core.link_ready(event.request_id, lid, we_dialled=link.core.initiator))
 
     # ------------------------------------------------------------------ cells out
+    def _take_core_cells(self) -> None:
+        for lid, cells in self.core.cells_to_send().items():
+            queued = self._outbox.get(lid)
+            if queued is None:
+                self._outbox[lid] = cells
+            else:
+                queued += cells
+
     def _flush(self) -> None:
-        while self._outbox:
+        while True:
+            self._take_core_cells()
+            if not self._outbox:
+                return
             outbox, self._outbox = self._outbox, {}
             for lid, cells in outbox.items():
                 link = self._links.get(lid)

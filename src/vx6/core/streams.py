@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from enum import Enum, auto
+from enum import auto
+
+from vx6.core.states import TableEnum
 
 
-class StreamState(Enum):
+class StreamState(TableEnum):
     OPENING = auto()  # we sent OPEN, no answer yet (we may already send data: 0-RTT)
     ACCEPTING = auto()  # peer sent OPEN, our application has not decided yet
     OPEN = auto()
@@ -31,7 +33,7 @@ class StreamState(Enum):
     CLOSED = auto()
 
 
-class StreamInput(Enum):
+class StreamInput(TableEnum):
     OPEN_OK = auto()
     OPEN_FAIL = auto()
     ACCEPT = auto()

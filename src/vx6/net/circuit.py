@@ -83,11 +83,12 @@ class CircuitCarrier:
         return not self.closed
 
     def _pump(self) -> None:
-        out: list[CircuitEvent] = []
-        for message in self.session.messages():
-            out += self._transmit(message)
-        if out:
-            self._submit(out)
+        messages = self.session.messages()
+        if messages:
+            out: list[CircuitEvent] = []
+            for message in messages:
+                out += self._transmit(message)
+            self._submit(out)  # also when `out` is empty: the relay core's cells go out
         for event in _coalesce(self.session.events()):
             if not dispatch_stream_event(self.sinks, event) and isinstance(
                 event, ev.StreamOpenRequested

@@ -210,14 +210,11 @@ def write_cell_header(cell: bytearray | memoryview, circuit_id: int, command: in
     _HEADER.pack_into(cell, 0, circuit_id, command)
 
 
-def relay_cell(raw: bytes | memoryview) -> tuple[int, bytes | memoryview] | None:
-    """(circuit id, body view) when `raw` (CELL_SIZE bytes) is a RELAY cell with a valid
-    circuit id: the data path, without building a Cell. None otherwise: decode_cell
-    then parses it, or says what is wrong with it."""
-    circuit_id, command = _HEADER.unpack_from(raw)
-    if command != CellCommand.RELAY or circuit_id == 0 or len(raw) != CELL_SIZE:
-        return None
-    return int(circuit_id), raw[CELL_HEADER:]
+def cell_header(buf: bytes | memoryview, offset: int) -> tuple[int, int]:
+    """(circuit id, command) of the cell at buf[offset:], without decoding the rest: the
+    data path reads this much of every cell. Nothing is checked; `decode_cell` does."""
+    circuit_id, command = _HEADER.unpack_from(buf, offset)
+    return circuit_id, command
 
 
 def write_relay_message(

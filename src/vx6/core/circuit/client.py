@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum, auto
+from enum import auto
 
 from vx6.core.circuit.events import (
     CellQueued,
@@ -31,6 +31,7 @@ from vx6.core.circuit.events import (
     StreamMessageReceived,
     next_state,
 )
+from vx6.core.states import TableEnum
 from vx6.crypto.keys import KEY_LEN, node_id
 from vx6.crypto.onion import (
     MAX_DEPTH,
@@ -77,7 +78,7 @@ class HopSpec:
     endpoints: tuple[Endpoint, ...] = ()
 
 
-class ClientState(Enum):
+class ClientState(TableEnum):
     NEW = auto()
     CREATING = auto()  # CREATE sent to hop 1
     EXTENDING = auto()  # EXTEND sent through the circuit
@@ -85,7 +86,7 @@ class ClientState(Enum):
     DESTROYED = auto()
 
 
-class ClientInput(Enum):
+class ClientInput(TableEnum):
     START = auto()
     HOP_KEYED = auto()  # a handshake finished and hops remain
     LAST_HOP_KEYED = auto()

@@ -22,6 +22,12 @@ which one a cell arrived on says its direction.
 * Memory: each circuit is charged a fixed overhead plus the bytes the adapter reports
   queued for it (`buffered`); over the budget the oldest circuits are destroyed first.
 
+Output: every cell this core writes goes to a per-link outbox that the adapter drains
+with `cells_to_send()` after each call, like a link's `data_to_send()`; the calls
+return only the other events. The data path, `relay_chunk`, takes the RELAY cells of a
+whole link frame in one call and creates no Python object per cell but the cell itself
+(DESIGN: no per-cell Python objects).
+
 States and inputs form the table `_TRANSITIONS`; an input missing from it destroys the
 circuit with PROTOCOL_ERROR.
 """
@@ -29,10 +35,9 @@ circuit with PROTOCOL_ERROR.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from enum import Enum, auto
+from enum import auto
 
 from vx6.core.circuit.events import (
-    CellQueued,
     CircuitDestroyed,
     CircuitEvent,
     CircuitFailure,
@@ -41,6 +46,7 @@ from vx6.core.circuit.events import (
     next_state,
 )
 from vx6.core.circuit.limits import RelayLimits, SourceLimiter
+from vx6.core.states import TableEnum
 from vx6.crypto.keys import StaticKey, node_id
 from vx6.crypto.onion import (
     MAX_DEPTH,
@@ -66,6 +72,7 @@ from vx6.wire.cells import (
     Relay,
     RelayCommand,
     RelayMessage,
+    cell_header,
     decode_extend,
     decode_relay_message,
     destroy_reason,
@@ -77,14 +84,14 @@ from vx6.wire.cells import (
 CircuitKey = tuple[int, int]
 
 
-class RelayState(Enum):
+class RelayState(TableEnum):
     OPEN = auto()  # this node is the circuit's end
     LINKING = auto()  # EXTEND accepted, waiting for the adapter's link
     CREATING = auto()  # CREATE sent to the next hop
     EXTENDED = auto()  # forwarding in both directions
 
 
-class RelayInput(Enum):
+class RelayInput(TableEnum):
     FOR_US = auto()
     EXTEND = auto()
     LINK_READY = auto()
@@ -144,6 +151,7 @@ class RelayCore:
         self._serial = 0
         self._next_id = 0
         self._reserved: set[CircuitKey] = set()  # ids this node's own client circuits use
+        self._outbox: dict[int, list[bytes | bytearray]] = {}
         self.memory_used = 0
 
     def __len__(self) -> int:
@@ -183,6 +191,12 @@ class RelayCore:
         circuit = self._by_key.get((link, circuit_id))
         return None if circuit is None else circuit.state
 
+    def cells_to_send(self) -> dict[int, list[bytes | bytearray]]:
+        """The cells written since the last call, per link, each list in sending order.
+        A bytearray is a fresh buffer nobody writes to again."""
+        out, self._outbox = self._outbox, {}
+        return out
+
     # --- inputs from the adapter ------------------------------------------------------
 
     def cell_received(
@@ -220,28 +234,64 @@ class RelayCore:
             if isinstance(cell, Created) and not from_prev:
                 circuit.step(RelayInput.CREATED)
                 circuit.onionskin = b""
-                message = RelayMessage(RelayCommand.EXTENDED, 0, cell.reply)
-                return [self._originate(circuit, message)]
+                self._originate(circuit, RelayMessage(RelayCommand.EXTENDED, 0, cell.reply))
+                return []
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, f"unexpected {type(cell).__name__}")
         except (CircuitFailure, CryptoError, DecodeError) as exc:
             return self._failed(circuit, exc)
 
+    def relay_chunk(
+        self, link: int, chunk: memoryview, start: int = 0
+    ) -> tuple[list[CircuitEvent], int]:
+        """The data path: the cells of one link frame (`chunk`, whole cells) from
+        `start` on, handled in order while they are RELAY cells of circuits this core
+        holds. Returns the events and the offset of the first cell it did not take
+        (len(chunk) when it took them all): the adapter decodes that one (a control
+        cell, a circuit it built as a client, a late or hostile cell) and calls again
+        after it."""
+        events: list[CircuitEvent] = []
+        by_key = self._by_key
+        end = len(chunk)
+        pos = start
+        while pos < end:
+            circuit_id, command = cell_header(chunk, pos)
+            circuit = by_key.get((link, circuit_id))
+            if circuit is None or command != CellCommand.RELAY:
+                break
+            body = chunk[pos + CELL_HEADER : pos + CELL_SIZE]
+            pos += CELL_SIZE
+            self._relay(circuit, circuit.prev == (link, circuit_id), body, events)
+        return events, pos
+
     def relay_received(
         self, link: int, circuit_id: int, body: bytes | memoryview
     ) -> list[CircuitEvent]:
-        """A RELAY cell's body from `link`: the data path (the adapter calls this directly,
-        without decoding a Cell; `cell_received` ends here too)."""
+        """One RELAY cell's body from `link` (`cell_received` ends here)."""
         key = (link, circuit_id)
         circuit = self._by_key.get(key)
         if circuit is None:
             return []  # late cell for a circuit we already destroyed
+        events: list[CircuitEvent] = []
+        self._relay(circuit, key == circuit.prev, body, events)
+        return events
+
+    def _relay(
+        self,
+        circuit: _Circuit,
+        from_prev: bool,
+        body: bytes | memoryview,
+        events: list[CircuitEvent],
+    ) -> None:
         try:
-            if key == circuit.prev:
-                return self._forward(circuit, body)
-            circuit.step(RelayInput.BACKWARD)
-            return [self._wrap_backward(circuit, body)]
+            if from_prev:
+                event = self._forward(circuit, body)
+                if event is not None:
+                    events.append(event)
+            else:
+                circuit.step(RelayInput.BACKWARD)
+                self._wrap_backward(circuit, body)
         except (CircuitFailure, CryptoError, DecodeError) as exc:
-            return self._failed(circuit, exc)
+            events += self._failed(circuit, exc)
 
     def _failed(self, circuit: _Circuit, exc: Exception) -> list[CircuitEvent]:
         """Destroy a circuit over what went wrong with one of its cells."""
@@ -261,8 +311,8 @@ class RelayCore:
         next_key = (link, self._free_id(link, odd=we_dialled))
         circuit.next = next_key
         self._by_key[next_key] = circuit
-        create = Create(next_key[1], circuit.depth + 1, circuit.onionskin)
-        return [self._queue(next_key, create)]
+        self._queue(next_key, Create(next_key[1], circuit.depth + 1, circuit.onionskin))
+        return []
 
     def link_failed(self, request_id: int, detail: str = "") -> list[CircuitEvent]:
         circuit = self._pending.pop(request_id, None)
@@ -307,9 +357,9 @@ class RelayCore:
     ) -> list[CircuitEvent]:
         """The exit (or any hop the client addressed) sends a stream message back."""
         circuit = self._by_key.get((link, circuit_id))
-        if circuit is None or circuit.prev != (link, circuit_id):
-            return []
-        return [self._originate(circuit, RelayMessage(command, stream_id, data))]
+        if circuit is not None and circuit.prev == (link, circuit_id):
+            self._originate(circuit, RelayMessage(command, stream_id, data))
+        return []
 
     def destroy(self, link: int, circuit_id: int, reason: DestroyReason) -> list[CircuitEvent]:
         circuit = self._by_key.get((link, circuit_id))
@@ -317,14 +367,19 @@ class RelayCore:
 
     # --- internals --------------------------------------------------------------------
 
-    def _queue(self, key: CircuitKey, cell: Cell) -> CellQueued:
-        return CellQueued(key[0], encode_cell(cell))
+    def _send(self, link: int, cell: bytes | bytearray) -> None:
+        cells = self._outbox.get(link)
+        if cells is None:
+            self._outbox[link] = [cell]
+        else:
+            cells.append(cell)
+
+    def _queue(self, key: CircuitKey, cell: Cell) -> None:
+        self._send(key[0], encode_cell(cell))
 
     def _refuse(self, key: CircuitKey, reason: DestroyReason, detail: str) -> list[CircuitEvent]:
-        return [
-            self._queue(key, Destroy(key[1], reason)),
-            CircuitDestroyed(key[0], key[1], reason, detail, True),
-        ]
+        self._queue(key, Destroy(key[1], reason))
+        return [CircuitDestroyed(key[0], key[1], reason, detail, True)]
 
     def _create(
         self,
@@ -358,9 +413,10 @@ class RelayCore:
         self._by_key[key] = circuit
         self._by_serial[circuit.serial] = circuit
         self.memory_used += self.limits.circuit_overhead
-        return [self._queue(key, Created(key[1], reply)), *self._evict()]
+        self._queue(key, Created(key[1], reply))
+        return self._evict()
 
-    def _forward(self, circuit: _Circuit, body: bytes | memoryview) -> list[CircuitEvent]:
+    def _forward(self, circuit: _Circuit, body: bytes | memoryview) -> CircuitEvent | None:
         # The layer is decrypted straight into the cell that goes on: its flag lands on
         # the header's last byte, which the header then overwrites.
         cell = bytearray(CELL_SIZE)
@@ -369,7 +425,8 @@ class RelayCore:
             circuit.step(RelayInput.FORWARD)
             assert circuit.next is not None
             write_cell_header(view, circuit.next[1], CellCommand.RELAY)
-            return [CellQueued(circuit.next[0], cell)]
+            self._send(circuit.next[0], cell)
+            return None
         size = relay_plaintext_size(circuit.depth)
         message = decode_relay_message(view[CELL_HEADER : CELL_HEADER + size])
         if message.command == RelayCommand.EXTEND:
@@ -378,13 +435,11 @@ class RelayCore:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
         circuit.step(RelayInput.FOR_US)
         prev_link, prev_id = circuit.prev
-        return [
-            StreamMessageReceived(
-                prev_link, prev_id, message.command, message.stream_id, message.data
-            )
-        ]
+        return StreamMessageReceived(
+            prev_link, prev_id, message.command, message.stream_id, message.data
+        )
 
-    def _extend(self, circuit: _Circuit, message: RelayMessage) -> list[CircuitEvent]:
+    def _extend(self, circuit: _Circuit, message: RelayMessage) -> CircuitEvent:
         if circuit.depth >= MAX_DEPTH:
             raise CircuitFailure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
         if not self.relay:
@@ -393,21 +448,21 @@ class RelayCore:
         circuit.step(RelayInput.EXTEND)
         circuit.onionskin = extend.onionskin
         self._pending[circuit.serial] = circuit
-        return [ExtendRequested(circuit.serial, extend.identity, extend.endpoints)]
+        return ExtendRequested(circuit.serial, extend.identity, extend.endpoints)
 
-    def _originate(self, circuit: _Circuit, message: RelayMessage) -> CellQueued:
+    def _originate(self, circuit: _Circuit, message: RelayMessage) -> None:
         cell, body = self._backward_cell(circuit)
         size = relay_plaintext_size(circuit.depth)
         write_relay_message(body[1 : 1 + size], message.command, message.stream_id, message.data)
         seal_layer(circuit.crypto, body, circuit.depth, originated=True)
-        return CellQueued(circuit.prev[0], cell)
+        self._send(circuit.prev[0], cell)
 
-    def _wrap_backward(self, circuit: _Circuit, received: bytes | memoryview) -> CellQueued:
+    def _wrap_backward(self, circuit: _Circuit, received: bytes | memoryview) -> None:
         cell, body = self._backward_cell(circuit)
         size = relay_plaintext_size(circuit.depth)
         body[1 : 1 + size] = memoryview(received)[:size]
         seal_layer(circuit.crypto, body, circuit.depth, originated=False)
-        return CellQueued(circuit.prev[0], cell)
+        self._send(circuit.prev[0], cell)
 
     @staticmethod
     def _backward_cell(circuit: _Circuit) -> tuple[bytearray, memoryview]:
@@ -444,7 +499,7 @@ class RelayCore:
             if key is not None:
                 self._by_key.pop(key, None)
                 if notify:
-                    out.append(self._queue(key, Destroy(key[1], reason)))
+                    self._queue(key, Destroy(key[1], reason))
         out.append(CircuitDestroyed(circuit.prev[0], circuit.prev[1], reason, detail, local))
         return out
 
