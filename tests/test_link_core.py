@@ -96,8 +96,10 @@ class Wire:
         self._shadow = shadow
 
     def take(self) -> None:
-        for chunk in self.sender.link.data_to_send():
-            self._append(bytes(chunk))
+        # One piece may be a length prefix and the next its message: join what was written.
+        written = b"".join(self.sender.link.data_to_send())
+        if written:
+            self._append(written)
 
     def _append(self, chunk: bytes) -> None:
         if self._shadow is not None:

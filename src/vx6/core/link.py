@@ -247,67 +247,51 @@ class Link(StreamOps):
     def _send_data(self, stream: Stream, data: bytes | memoryview) -> bytes | None:
         """Send as much as credit allows; return what is left over (and mark blocked).
 
-        The hot path: every frame of this call is encrypted straight into one output
-        buffer (length prefix, then ciphertext), so a chunk costs one copy into the
-        scratch plaintext and one AEAD pass, whatever its size."""
+        The hot path: each frame's plaintext is put together in the scratch buffer (one
+        copy) and sealed by one AEAD pass into a fresh ciphertext, whatever its size."""
         assert self._keys is not None
         total = len(data)
         count = min(total, stream.send_credit)
         if count <= 0:
             stream.blocked = True
             return bytes(data)
-        frames = -(-count // fr.MAX_DATA_PAYLOAD)
-        overhead = 2 + fr.DATA_HEADER + fr.AEAD_TAG
-        out = bytearray(count + frames * overhead)
         scratch = self._scratch
         scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
         view = memoryview(data)
-        pos = offset = 0
-        with memoryview(out) as out_view:
-            while pos < count:
-                n = min(count - pos, fr.MAX_DATA_PAYLOAD)
-                plain_len = fr.DATA_HEADER + n
-                scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
-                offset = self._seal_scratch(plain_len, out_view, offset)
-                pos += n
-        self._queue_sealed(out)
+        pos = 0
+        while pos < count:
+            n = min(count - pos, fr.MAX_DATA_PAYLOAD)
+            plain_len = fr.DATA_HEADER + n
+            scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
+            self._seal_scratch(plain_len)
+            pos += n
         stream.send_credit -= count
         if stream.send_credit <= 0:
             stream.blocked = True
         return bytes(view[count:]) if count < total else None
 
     def send_cells(self, cells: list[bytes | bytearray]) -> None:
-        """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame, all
-        frames sealed into one output buffer like DATA."""
+        """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame,
+        sealed like DATA."""
         self._require_open()
         scratch = self._scratch
         scratch[0] = fr.FrameType.CELLS
-        frames = -(-len(cells) // CELLS_PER_FRAME)
-        out = bytearray(len(cells) * CELL_SIZE + frames * (2 + 1 + fr.AEAD_TAG))
-        offset = 0
-        with memoryview(out) as out_view:
-            for i in range(0, len(cells), CELLS_PER_FRAME):
-                plain_len = 1
-                for cell in cells[i : i + CELLS_PER_FRAME]:  # one copy into the scratch
-                    scratch[plain_len : plain_len + CELL_SIZE] = cell
-                    plain_len += CELL_SIZE
-                offset = self._seal_scratch(plain_len, out_view, offset)
-        self._queue_sealed(out)
+        for i in range(0, len(cells), CELLS_PER_FRAME):
+            plain_len = 1
+            for cell in cells[i : i + CELLS_PER_FRAME]:  # one copy into the scratch
+                scratch[plain_len : plain_len + CELL_SIZE] = cell
+                plain_len += CELL_SIZE
+            self._seal_scratch(plain_len)
 
-    def _seal_scratch(self, plain_len: int, out: memoryview, offset: int) -> int:
-        """Encrypt the scratch plaintext's first `plain_len` bytes as one Noise message
-        (2-byte length, ciphertext) at out[offset:]; return where the next one goes."""
+    def _seal_scratch(self, plain_len: int) -> None:
+        """Queue the scratch plaintext's first `plain_len` bytes as one Noise message: a
+        length prefix and a ciphertext of their own. No output buffer is filled with
+        zeros first or joined: the adapter hands the list to the socket as it is
+        (`writelines`, one writev)."""
         assert self._keys is not None
-        sealed = plain_len + fr.AEAD_TAG
-        out[offset] = sealed >> 8
-        out[offset + 1] = sealed & 0xFF
-        end = offset + 2 + sealed
-        self._keys.send.encrypt_into(self._scratch_view[:plain_len], out[offset + 2 : end])
-        return end
-
-    def _queue_sealed(self, out: bytearray) -> None:
-        self._out.append(out)  # type: ignore[arg-type]  # bytes-like; the socket takes it
-        self.bytes_out += len(out)
+        ciphertext = self._keys.send.encrypt(self._scratch_view[:plain_len])
+        self._out += (fr.length_prefix(len(ciphertext)), ciphertext)
+        self.bytes_out += len(ciphertext) + 2
 
     def ping(self, now: float) -> None:
         self._require_open()

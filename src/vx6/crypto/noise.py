@@ -76,17 +76,6 @@ class CipherState:
         self.nonce = n + 1
         return ciphertext
 
-    def encrypt_into(self, plaintext: BytesLike, out: bytearray | memoryview) -> None:
-        """Encrypt into `out`, which must be exactly len(plaintext) + 16 bytes: the data
-        path uses this to build length prefix and ciphertext in one buffer, no copies."""
-        n = self.nonce
-        if n >= _NONCE_LIMIT:
-            raise CryptoError("nonce space exhausted; the session must end")
-        if len(plaintext) > MAX_PLAINTEXT:
-            raise CryptoError(f"plaintext over {MAX_PLAINTEXT} bytes")
-        self._aead.encrypt_into(_NONCE_PREFIX + n.to_bytes(8, "big"), plaintext, None, out)
-        self.nonce = n + 1
-
     def decrypt(self, ciphertext: BytesLike, ad: BytesLike = b"") -> bytes:
         """Check the tag and return the plaintext; CryptoError on any failure."""
         n = self.nonce

@@ -150,7 +150,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
     def _write_out(self) -> None:
         out = self.core.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.writelines(out)
 
     def _pump(self) -> None:
         self._write_out()
