@@ -409,11 +409,13 @@ def relay(marker_hex: str, *argv: str) -> int:
 
     marker = bytes.fromhex(marker_hex)
     armed = threading.Event()
-    original_forward, original_relay, original_send = (
+    original_forward, original_relay, original_send, original_done = (
         RelayCore._forward,
         RelayCore._relay,
         RelayCore._send,
+        RelayCore._cell_done,
     )
+    tamper_this_cell = threading.Event()
 
     def seen(data: Any) -> None:
         # bytes(): `in` on a memoryview compares items, never a subsequence
@@ -426,18 +428,27 @@ def relay(marker_hex: str, *argv: str) -> int:
         original_relay(self, circuit, from_prev, body, events)
 
     def send(self: RelayCore, link: int, cell: Any) -> None:
-        """Every cell this relay writes, after its own layer."""
+        """Every cell this relay queues (control cells, and cells for a busy link)."""
         seen(cell)
         original_send(self, link, cell)
 
-    def forward(self: RelayCore, circuit: Any, body: bytes) -> Any:
-        out = original_forward(self, circuit, body)
-        if armed.is_set() and circuit.depth == TAMPER_DEPTH and out is None:
-            cell = self._outbox[circuit.next[0]][-1]  # the cell _forward just wrote
-            cell[CELL_HEADER + 100] ^= 0x01  # inside the next hop's ciphertext
+    def cell_done(self: RelayCore, link: int, cell: Any, writer: Any) -> None:
+        """Every RELAY cell this relay writes, after its own layer, before it is final."""
+        seen(cell)
+        if tamper_this_cell.is_set():
+            tamper_this_cell.clear()
             armed.clear()
+            cell[CELL_HEADER + 100] ^= 0x01  # inside the next hop's ciphertext
             os.write(1, b"TAMPER: flipped one byte of a RELAY cell at depth 3\n")
-        return out
+        original_done(self, link, cell, writer)
+
+    def forward(self: RelayCore, circuit: Any, body: bytes) -> Any:
+        if armed.is_set() and circuit.depth == TAMPER_DEPTH and circuit.next is not None:
+            tamper_this_cell.set()
+        try:
+            return original_forward(self, circuit, body)
+        finally:
+            tamper_this_cell.clear()
 
     def arm(*_: Any) -> None:
         armed.set()
@@ -446,6 +457,7 @@ def relay(marker_hex: str, *argv: str) -> int:
     RelayCore._forward = forward  # type: ignore[method-assign]
     RelayCore._relay = relay_cell  # type: ignore[method-assign]
     RelayCore._send = send  # type: ignore[method-assign]
+    RelayCore._cell_done = cell_done  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, arm)
     signal.signal(signal.SIGUSR2, lambda *_: armed.clear())
     return cli.main(list(argv))

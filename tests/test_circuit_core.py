@@ -29,7 +29,7 @@ from vx6.core.circuit import (
     StreamMessageReceived,
 )
 from vx6.crypto.keys import Identity, StaticKey, node_id
-from vx6.crypto.onion import MAX_DEPTH, ntor_client_start
+from vx6.crypto.onion import MAX_DEPTH, ntor_client_start, relay_plaintext_size, seal_layers
 from vx6.errors import UsageError
 from vx6.wire import cells as c
 from vx6.wire.cells import DestroyReason, RelayCommand
@@ -56,23 +56,56 @@ class Node:
 Tamper = Callable[[str, str, bytes], bytes]
 
 
+class SlotWriter:
+    """A link that takes cells in place (like core/link_cells.py): one slot, reused, so
+    each cell is written over the previous one's bytes (the first over 0xAA)."""
+
+    def __init__(self, net: Net, origin: str, link: int) -> None:
+        self.net, self.origin, self.link = net, origin, link
+        self.slot = memoryview(bytearray(b"\xaa" * c.CELL_SIZE))
+
+    def cell_slot(self) -> memoryview:
+        return self.slot
+
+    def cell_written(self) -> None:
+        self.net._send(self.origin, self.link, self.slot)
+
+
+class InPlace(dict[int, SlotWriter]):
+    """A relay core's `writers` in which every link takes cells in place."""
+
+    def __init__(self, net: Net, origin: str) -> None:
+        super().__init__()
+        self.net, self.origin = net, origin
+
+    def get(self, link: int, default: object = None) -> SlotWriter:  # type: ignore[override]
+        if link not in self:
+            self[link] = SlotWriter(self.net, self.origin, link)
+        return self[link]
+
+
 class Net:
     """Links are global integers; link -> (node a, node b). The client is node "client"."""
 
-    def __init__(self, relays: int, limits: RelayLimits | None = None) -> None:
+    def __init__(
+        self, relays: int, limits: RelayLimits | None = None, *, in_place: bool = False
+    ) -> None:
         self.nodes: dict[str, Node] = {}
         for name in [f"R{i}" for i in range(1, relays + 1)] + ["owner"]:
             ident = Identity.generate(_seed("id", name)).public
             onion = StaticKey(_seed("onion", name))
-            self.nodes[name] = Node(name, ident, onion, RelayCore(ident, [onion], limits))
+            core = RelayCore(
+                ident, [onion], limits, writers=InPlace(self, name) if in_place else None
+            )
+            self.nodes[name] = Node(name, ident, onion, core)
         self.links: dict[int, tuple[str, str]] = {}
         self.queue: deque[tuple[str, str, int, bytes]] = deque()
         self.client_events: list[CircuitEvent] = []
         self.client: ClientCircuit | None = None
         self.tamper: Tamper | None = None
         self.wire_log: list[bytes] = []
+        self.link_log: dict[tuple[str, str], list[bytes]] = {}
         self.now = 0.0
-        self.counter = 0
 
     def link(self, a: str, b: str) -> int:
         for link, ends in self.links.items():
@@ -110,7 +143,7 @@ class Net:
             else:
                 self.nodes[origin].events.append(event)
 
-    def _send(self, origin: str, link: int, cell: bytes | bytearray) -> None:
+    def _send(self, origin: str, link: int, cell: bytes | bytearray | memoryview) -> None:
         a, b = self.links[link]
         self.queue.append((origin, b if origin == a else a, link, bytes(cell)))
 
@@ -121,14 +154,18 @@ class Net:
             if self.tamper is not None:
                 raw = self.tamper(sender, receiver, raw)
             self.wire_log.append(raw)
+            self.link_log.setdefault((sender, receiver), []).append(raw)
             cell = c.decode_cell(raw)
             if receiver == "client":
                 assert self.client is not None
                 self.dispatch("client", self.client.cell_received(cell))
                 continue
-            self.counter += 1
             out = self.nodes[receiver].core.cell_received(
-                link, cell, now=self.now, source=sender, ephemeral=_seed("y", self.counter)
+                link,
+                cell,
+                now=self.now,
+                source=sender,
+                ephemeral=_seed("y", receiver, link, cell.circuit_id),
             )
             self.dispatch(receiver, out)
 
@@ -179,6 +216,66 @@ def test_data_both_ways_with_integrity_and_no_plaintext_on_any_link() -> None:
     assert [m.data for m in back] == [MARKER + bytes([i]) * 1000 for i in range(3)]
     assert not any(MARKER in raw for raw in net.wire_log)
     assert circuit.state is ClientState.OPEN
+
+
+def _both_ways(net: Net, circuit: ClientCircuit) -> None:
+    big = (MARKER * 2000)[: circuit.max_data]
+    net.dispatch("client", circuit.send(RelayCommand.BEGIN, 1, b"ssh"))
+    for i in range(4):
+        net.dispatch("client", circuit.send(RelayCommand.DATA, 1, big[i:]))
+    net.run()
+    begin = net.exit_messages()[0]
+    owner = net.nodes["owner"].core
+    for i in range(3):
+        reply = MARKER + bytes([i]) * 5000
+        net.dispatch("owner", owner.send(begin.link, begin.circuit_id, RelayCommand.DATA, 1, reply))
+    net.run()
+
+
+def test_cells_written_in_place_are_the_same_bytes_on_every_link() -> None:
+    """Relays that write each cell into the next link's buffer, over the previous cell's
+    bytes, put exactly the bytes on every link that fresh zeroed cells give."""
+    fresh, in_place = Net(5), Net(5, in_place=True)
+    for net in (fresh, in_place):
+        _both_ways(net, net.build(["R1", "R2", "R3", "R4", "R5", "owner"]))
+    assert in_place.link_log == fresh.link_log
+    assert len(in_place.wire_log) == len(fresh.wire_log) > 6 * 10
+    back = [e.data for e in in_place.client_events if isinstance(e, StreamMessageReceived)]
+    assert back == [MARKER + bytes([i]) * 5000 for i in range(3)]
+
+
+def test_tampering_is_caught_when_cells_are_written_in_place() -> None:
+    net = Net(5, in_place=True)
+    circuit = net.build(["R1", "R2", "R3", "R4", "R5", "owner"])
+    net.tamper = _flip_relay_cell("R2", "R3")
+    net.dispatch("client", circuit.send(RelayCommand.DATA, 1, MARKER))
+    net.run()
+    assert net.destroyed("client")[-1].reason is DestroyReason.DECRYPT_FAILED
+    assert net.exit_messages() == []
+    assert all(len(n.core) == 0 for n in net.nodes.values())
+
+
+def test_a_message_for_a_middle_hop_is_not_left_in_the_links_buffer() -> None:
+    """A relay that writes in place still hands over a message addressed to itself in a
+    buffer of its own: the next cell it forwards (into the same slot) must not change it.
+    The client here wraps a DATA message for hop 2 by hand."""
+    net = Net(3, in_place=True)
+    circuit = net.build(["R1", "R2", "R3"])
+    payload = bytes(range(256)) * 8
+    cell = bytearray(c.CELL_SIZE)
+    view = memoryview(cell)
+    c.write_cell_header(view, circuit.circuit_id, c.CellCommand.RELAY)
+    body = view[c.CELL_HEADER :]
+    c.write_relay_message(body[2 : 2 + relay_plaintext_size(2)], RelayCommand.DATA, 7, payload)
+    seal_layers(circuit._hops[:2], body)  # white box: the client's keys for hops 1 and 2
+    net.dispatch("client", [CellQueued(circuit.link, cell)])
+    net.run()
+    for i in range(3):  # R2 forwards these to R3 through the slot the message came out of
+        net.dispatch("client", circuit.send(RelayCommand.DATA, 1, bytes([i]) * 9000))
+    net.run()
+    (mine,) = net.exit_messages("R2")
+    assert (mine.command, mine.stream_id, bytes(mine.data)) == (RelayCommand.DATA, 7, payload)
+    assert [bytes(m.data) for m in net.exit_messages("R3")] == [bytes([i]) * 9000 for i in range(3)]
 
 
 def test_client_refuses_a_sixth_relay() -> None:

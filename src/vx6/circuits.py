@@ -41,7 +41,7 @@ from vx6.core.circuit.events import (
     ExtendRequested,
     StreamMessageReceived,
 )
-from vx6.core.circuit.relay import RelayCore
+from vx6.core.circuit.relay import CellBuffer, CellWriter, RelayCore
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
@@ -88,14 +88,21 @@ class BuildFailed(StreamFailed):
 class CircuitRouter:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.core = RelayCore(node.identity.public, node.onion_keys, relay=bool(node.config.relay))
+        # Links that take cells in place (open, not paused, nothing queued): see _writable.
+        self._writers: dict[int, CellWriter] = {}
+        self.core = RelayCore(
+            node.identity.public,
+            node.onion_keys,
+            relay=bool(node.config.relay),
+            writers=self._writers,
+        )
         self._ids: dict[LinkProtocol, int] = {}
         self._links: dict[int, LinkProtocol] = {}
         self._next_link_id = 0
         self.clients: dict[tuple[int, int], ClientPath] = {}
         self.exits: dict[tuple[int, int], ExitCircuit] = {}
-        self._outbox: dict[int, list[bytes | bytearray]] = {}
-        self._queues: dict[int, deque[bytes | bytearray]] = {}
+        self._outbox: dict[int, list[CellBuffer]] = {}
+        self._queues: dict[int, deque[CellBuffer]] = {}
         self._queued: dict[tuple[int, int], int] = {}
         self.cells_in = 0
         self.cells_out = 0
@@ -107,13 +114,24 @@ class CircuitRouter:
             self._next_link_id += 1
             lid = self._ids[link] = self._next_link_id
             self._links[lid] = link
+            self._writable(lid)
         return lid
+
+    def _writable(self, lid: int) -> None:
+        """Let the relay core write cells for this link in place, or stop it: only while
+        the link is open, not paused and has nothing queued, so cells keep their order."""
+        link = self._links.get(lid)
+        if link is not None and link.is_open and not link.paused and not self._queues.get(lid):
+            self._writers[lid] = link.core
+        else:
+            self._writers.pop(lid, None)
 
     def link_closed(self, link: LinkProtocol) -> None:
         lid = self._ids.pop(link, None)
         if lid is None:
             return
         self._links.pop(lid, None)
+        self._writers.pop(lid, None)
         self._queues.pop(lid, None)
         self._queued = {k: v for k, v in self._queued.items() if k[0] != lid}
         events = self.core.link_lost(lid)
@@ -128,6 +146,7 @@ class CircuitRouter:
             return
         if not paused:
             self._drain(lid)
+        self._writable(lid)
         self._set_congested(lid, paused or bool(self._queues.get(lid)))
 
     def _set_congested(self, lid: int, congested: bool) -> None:
@@ -298,14 +317,15 @@ class CircuitRouter:
                 if link is None or not link.is_open:
                     continue  # its link_closed is coming and will destroy the circuits
                 queue = self._queues.get(lid)
-                if queue or link.paused:
+                if cells and (queue or link.paused):
                     self._enqueue(lid, cells)
-                else:
+                else:  # with no cells: the ones written in place are collected and sent
                     self.cells_out += len(cells)
                     link.send_cells(cells)
 
-    def _enqueue(self, lid: int, cells: list[bytes | bytearray]) -> None:
+    def _enqueue(self, lid: int, cells: list[CellBuffer]) -> None:
         queue = self._queues.setdefault(lid, deque())
+        self._writers.pop(lid, None)  # cells wait in order behind the queue now
         events: list[CircuitEvent] = []
         for cell in cells:
             queue.append(cell)
@@ -334,6 +354,7 @@ class CircuitRouter:
             link.send_cells(batch)
         if queue is not None and not queue:
             del self._queues[lid]
+            self._writable(lid)
         if events:
             self.process(events)
 
@@ -379,7 +400,7 @@ class CircuitRouter:
             "relay_memory": self.core.memory_used,
             "queued_cells": sum(len(q) for q in self._queues.values()),
             "cells_in": self.cells_in,
-            "cells_out": self.cells_out,
+            "cells_out": self.cells_out + self.core.cells_in_place,
         }
 
     def close_all(self) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from vx6.core import events as ev
 from vx6.core.handshake import HandshakeResult, LinkHandshake
+from vx6.core.link_cells import CellOps
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamState, StreamTable
 from vx6.core.streams import TransitionError as StreamTransitionError
@@ -27,8 +28,6 @@ from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
 from vx6.wire import frames as fr
 from vx6.wire.cells import CELL_SIZE
-
-CELLS_PER_FRAME = (fr.MAX_FRAME - 1) // CELL_SIZE
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class LinkConfig:
             raise ValueError("window out of range")
 
 
-class Link(StreamOps):
+class Link(StreamOps, CellOps):
     def __init__(
         self,
         *,
@@ -82,6 +81,8 @@ class Link(StreamOps):
         self._inbuf = bytearray()
         self._scratch = bytearray(fr.MAX_FRAME)
         self._scratch_view = memoryview(self._scratch)
+        self._cell_frame: memoryview | None = None
+        self._cells_pending = 0
         self._last_heard = now
         self._started = now
         self._ping_token = 0
@@ -109,6 +110,8 @@ class Link(StreamOps):
 
     # ------------------------------------------------------------------ output
     def data_to_send(self) -> list[bytes]:
+        if self._cells_pending:
+            self._seal_cells()
         out, self._out = self._out, []
         return out
 
@@ -263,33 +266,19 @@ class Link(StreamOps):
             n = min(count - pos, fr.MAX_DATA_PAYLOAD)
             plain_len = fr.DATA_HEADER + n
             scratch[fr.DATA_HEADER : plain_len] = view[pos : pos + n]
-            self._seal_scratch(plain_len)
+            self._seal(self._scratch_view[:plain_len])
             pos += n
         stream.send_credit -= count
         if stream.send_credit <= 0:
             stream.blocked = True
         return bytes(view[count:]) if count < total else None
 
-    def send_cells(self, cells: list[bytes | bytearray]) -> None:
-        """Queue circuit cells (each exactly CELL_SIZE bytes), up to three per frame,
-        sealed like DATA."""
-        self._require_open()
-        scratch = self._scratch
-        scratch[0] = fr.FrameType.CELLS
-        for i in range(0, len(cells), CELLS_PER_FRAME):
-            plain_len = 1
-            for cell in cells[i : i + CELLS_PER_FRAME]:  # one copy into the scratch
-                scratch[plain_len : plain_len + CELL_SIZE] = cell
-                plain_len += CELL_SIZE
-            self._seal_scratch(plain_len)
-
-    def _seal_scratch(self, plain_len: int) -> None:
-        """Queue the scratch plaintext's first `plain_len` bytes as one Noise message: a
-        length prefix and a ciphertext of their own. No output buffer is filled with
-        zeros first or joined: the adapter hands the list to the socket as it is
-        (`writelines`, one writev)."""
+    def _seal(self, plaintext: memoryview) -> None:
+        """Queue one frame's plaintext as one Noise message: a length prefix and a
+        ciphertext of their own. No output buffer is filled with zeros first or joined:
+        the adapter hands the list to the socket as it is (`writelines`, one writev)."""
         assert self._keys is not None
-        ciphertext = self._keys.send.encrypt(self._scratch_view[:plain_len])
+        ciphertext = self._keys.send.encrypt(plaintext)
         self._out += (fr.length_prefix(len(ciphertext)), ciphertext)
         self.bytes_out += len(ciphertext) + 2
 
@@ -363,6 +352,7 @@ class Link(StreamOps):
         if self.closed:
             return
         if self._keys is not None:
+            self._seal_cells()  # cells already written go before the CLOSE
             self._send_frame(fr.Close(code, reason))
         self.closed = True
         self._events.append(ev.LinkClosed(code, reason, by_peer=False))

@@ -2,9 +2,8 @@
 
 `Link` (core/link.py) inherits these operations; they are here to keep each module a
 readable size. Theory of operation of credit flow control: see core/streams.py. The
-hot path is `send` -> `_send_data`: every DATA frame of one call is encrypted straight
-into one output buffer (2-byte length, then ciphertext), so a chunk costs one copy into
-the scratch plaintext and one AEAD pass, whatever its size.
+hot path is `send` -> `_send_data`: each DATA frame of one call is put together in the
+link's scratch plaintext (one copy) and sealed by one AEAD pass, whatever its size.
 """
 
 from __future__ import annotations

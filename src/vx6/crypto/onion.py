@@ -60,6 +60,7 @@ MAX_DEPTH = 6  # five relays and the exit; see docs/circuits.md
 _FLAG_PASS = 0
 _FLAG_END = 1
 _COUNTER_LIMIT = 2**64
+_ZERO_FILL = bytes(LAYER_OVERHEAD * MAX_DEPTH)  # the most a hop's fill can be
 
 
 def _h(key: bytes, message: bytes) -> bytes:
@@ -291,8 +292,8 @@ def open_layers(hops: Sequence[HopCrypto], body: memoryview) -> tuple[int, memor
 
 def peel_into(hop: HopCrypto, body: memoryview, depth: int, out: memoryview) -> bool:
     """Relay, forward: decrypt this hop's layer of `body` into `out` (BODY_SIZE + 1
-    bytes, zeros beyond the layer: a fresh buffer). out[0] is the layer's flag. Returns
-    True if the cell is for this hop, its relay message being
+    bytes, whatever they held: the rest of `out` is set to zeros here). out[0] is the
+    layer's flag. Returns True if the cell is for this hop, its relay message being
     out[1 : 1 + relay_plaintext_size(depth)]; else out[1:] is the body to pass on, its
     zero fill included."""
     _check_body(body)
@@ -300,6 +301,7 @@ def peel_into(hop: HopCrypto, body: memoryview, depth: int, out: memoryview) -> 
         raise CryptoError("peel needs a buffer one byte longer than a body")
     size = layer_size(depth)
     hop.forward.open_into(body[:size], out[: size - TAG_LEN])
+    out[size - TAG_LEN :] = _ZERO_FILL[: BODY_SIZE + 1 - (size - TAG_LEN)]
     flag = out[0]
     if flag == _FLAG_END:
         return True
@@ -312,9 +314,10 @@ def seal_layer(hop: HopCrypto, body: memoryview, depth: int, *, originated: bool
     """Relay or exit, backward, in place: `body` (BODY_SIZE, writable) holds at
     body[1 : 1 + relay_plaintext_size(depth)] this hop's own relay message (originated)
     or the first bytes of the body the next hop sent; [flag | those bytes] is sealed
-    where it lies, so body[:layer_size(depth)] becomes this hop's layer. The rest of the
-    body is left as it is: the zero fill of a fresh buffer."""
+    where it lies, so body[:layer_size(depth)] becomes this hop's layer, and the rest of
+    the body is set to zeros (the fill)."""
     _check_body(body)
     size = layer_size(depth)
     body[0] = _FLAG_END if originated else _FLAG_PASS
     hop.backward.seal_in_place(body[:size])
+    body[size:] = _ZERO_FILL[: BODY_SIZE - size]

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from vx6.core import events as ev
@@ -277,8 +277,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.core.reset(sid, code)
         self._pump()
 
-    def send_cells(self, cells: list[bytes | bytearray]) -> None:
-        if self.is_open and cells:
+    def send_cells(self, cells: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send these cells after any the router wrote into the link in place (with an
+        empty list: just those)."""
+        if self.is_open:
             self.core.send_cells(cells)
             self._write_out()
 

@@ -221,14 +221,16 @@ def write_relay_message(
     buf: memoryview, command: int, stream_id: int, data: bytes | memoryview
 ) -> None:
     """Write a relay message into `buf`, the innermost plaintext's place in a cell
-    buffer, which must already be zeros after the data (a fresh buffer): the padding."""
+    buffer, padding included: all of `buf` is written, whatever it held before."""
     if not 0 <= command <= 255 or not 0 <= stream_id <= MAX_STREAM_ID:
         raise ValueError("bad relay header fields")
     end = RELAY_HEADER + len(data)
-    if end > len(buf):
-        raise ValueError(f"relay data of {len(data)} bytes over {len(buf) - RELAY_HEADER}")
+    size = len(buf)
+    if end > size:
+        raise ValueError(f"relay data of {len(data)} bytes over {size - RELAY_HEADER}")
     _RELAY.pack_into(buf, 0, command, stream_id, len(data))
     buf[RELAY_HEADER:end] = data
+    buf[end:] = _ZEROS[: size - end]
 
 
 def encode_relay_message(message: RelayMessage, size: int) -> bytes:

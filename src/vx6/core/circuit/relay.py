@@ -34,8 +34,9 @@ circuit with PROTOCOL_ERROR.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from enum import auto
+from typing import Protocol
 
 from vx6.core.circuit.events import (
     CircuitDestroyed,
@@ -82,6 +83,17 @@ from vx6.wire.cells import (
 )
 
 CircuitKey = tuple[int, int]
+CellBuffer = bytes | bytearray | memoryview
+
+
+class CellWriter(Protocol):
+    """Where cells for one link can be written in place (a link's CELLS frame buffer,
+    `core.link_cells`): `cell_slot` gives CELL_SIZE writable bytes, `cell_written`
+    confirms them."""
+
+    def cell_slot(self) -> memoryview: ...
+
+    def cell_written(self) -> None: ...
 
 
 class RelayState(TableEnum):
@@ -137,6 +149,7 @@ class RelayCore:
         limits: RelayLimits | None = None,
         *,
         relay: bool = True,
+        writers: Mapping[int, CellWriter] | None = None,
     ) -> None:
         self._node_id = node_id(identity_public)
         self._onion_keys = tuple(onion_keys)
@@ -151,7 +164,11 @@ class RelayCore:
         self._serial = 0
         self._next_id = 0
         self._reserved: set[CircuitKey] = set()  # ids this node's own client circuits use
-        self._outbox: dict[int, list[bytes | bytearray]] = {}
+        self._outbox: dict[int, list[CellBuffer]] = {}
+        # The links that take cells in place right now, kept by the adapter (open, not
+        # paused, nothing queued): data cells for them skip the outbox.
+        self.writers: Mapping[int, CellWriter] = writers if writers is not None else {}
+        self.cells_in_place = 0
         self.memory_used = 0
 
     def __len__(self) -> int:
@@ -191,9 +208,10 @@ class RelayCore:
         circuit = self._by_key.get((link, circuit_id))
         return None if circuit is None else circuit.state
 
-    def cells_to_send(self) -> dict[int, list[bytes | bytearray]]:
-        """The cells written since the last call, per link, each list in sending order.
-        A bytearray is a fresh buffer nobody writes to again."""
+    def cells_to_send(self) -> dict[int, list[CellBuffer]]:
+        """The cells written since the last call, per link, each list in sending order;
+        a link whose list is empty had its cells written in place (`writers`) and only
+        needs its output collected. A buffer here is never written again."""
         out, self._outbox = self._outbox, {}
         return out
 
@@ -367,7 +385,7 @@ class RelayCore:
 
     # --- internals --------------------------------------------------------------------
 
-    def _send(self, link: int, cell: bytes | bytearray) -> None:
+    def _send(self, link: int, cell: CellBuffer) -> None:
         cells = self._outbox.get(link)
         if cells is None:
             self._outbox[link] = [cell]
@@ -416,19 +434,38 @@ class RelayCore:
         self._queue(key, Created(key[1], reply))
         return self._evict()
 
+    def _cell_buffer(self, link: int | None) -> tuple[memoryview, CellWriter | None]:
+        """Where a cell for `link` is written: in place if the link takes it now, else a
+        fresh buffer for the outbox."""
+        writer = None if link is None else self.writers.get(link)
+        if writer is not None:
+            return writer.cell_slot(), writer
+        return memoryview(bytearray(CELL_SIZE)), None
+
+    def _cell_done(self, link: int, cell: memoryview, writer: CellWriter | None) -> None:
+        if writer is None:
+            self._send(link, cell)
+        else:
+            writer.cell_written()
+            self.cells_in_place += 1
+            if link not in self._outbox:
+                self._outbox[link] = []  # its output needs collecting
+
     def _forward(self, circuit: _Circuit, body: bytes | memoryview) -> CircuitEvent | None:
         # The layer is decrypted straight into the cell that goes on: its flag lands on
         # the header's last byte, which the header then overwrites.
-        cell = bytearray(CELL_SIZE)
-        view = memoryview(cell)
-        if not peel_into(circuit.crypto, memoryview(body), circuit.depth, view[CELL_HEADER - 1 :]):
-            circuit.step(RelayInput.FORWARD)
-            assert circuit.next is not None
-            write_cell_header(view, circuit.next[1], CellCommand.RELAY)
-            self._send(circuit.next[0], cell)
+        next_key = circuit.next
+        cell, writer = self._cell_buffer(None if next_key is None else next_key[0])
+        if not peel_into(circuit.crypto, memoryview(body), circuit.depth, cell[CELL_HEADER - 1 :]):
+            circuit.step(RelayInput.FORWARD)  # refused unless extended: next_key is set
+            assert next_key is not None
+            write_cell_header(cell, next_key[1], CellCommand.RELAY)
+            self._cell_done(next_key[0], cell, writer)
             return None
+        if writer is not None:  # for this hop after all: out of the link's frame buffer
+            cell = memoryview(bytearray(cell))
         size = relay_plaintext_size(circuit.depth)
-        message = decode_relay_message(view[CELL_HEADER : CELL_HEADER + size])
+        message = decode_relay_message(cell[CELL_HEADER : CELL_HEADER + size])
         if message.command == RelayCommand.EXTEND:
             return self._extend(circuit, message)
         if message.command == RelayCommand.EXTENDED:
@@ -451,26 +488,24 @@ class RelayCore:
         return ExtendRequested(circuit.serial, extend.identity, extend.endpoints)
 
     def _originate(self, circuit: _Circuit, message: RelayMessage) -> None:
-        cell, body = self._backward_cell(circuit)
+        link, circuit_id = circuit.prev
+        cell, writer = self._cell_buffer(link)
+        body = cell[CELL_HEADER:]
         size = relay_plaintext_size(circuit.depth)
         write_relay_message(body[1 : 1 + size], message.command, message.stream_id, message.data)
         seal_layer(circuit.crypto, body, circuit.depth, originated=True)
-        self._send(circuit.prev[0], cell)
+        write_cell_header(cell, circuit_id, CellCommand.RELAY)
+        self._cell_done(link, cell, writer)
 
     def _wrap_backward(self, circuit: _Circuit, received: bytes | memoryview) -> None:
-        cell, body = self._backward_cell(circuit)
+        link, circuit_id = circuit.prev
+        cell, writer = self._cell_buffer(link)
+        body = cell[CELL_HEADER:]
         size = relay_plaintext_size(circuit.depth)
         body[1 : 1 + size] = memoryview(received)[:size]
         seal_layer(circuit.crypto, body, circuit.depth, originated=False)
-        self._send(circuit.prev[0], cell)
-
-    @staticmethod
-    def _backward_cell(circuit: _Circuit) -> tuple[bytearray, memoryview]:
-        """A fresh RELAY cell towards the client, and a view of its (zero) body."""
-        cell = bytearray(CELL_SIZE)
-        view = memoryview(cell)
-        write_cell_header(view, circuit.prev[1], CellCommand.RELAY)
-        return cell, view[CELL_HEADER:]
+        write_cell_header(cell, circuit_id, CellCommand.RELAY)
+        self._cell_done(link, cell, writer)
 
     def _free_id(self, link: int, *, odd: bool) -> int:
         while True:
