@@ -404,6 +404,7 @@ async def flood(registry: str, key: str, count: str, control: str) -> dict[str, 
 # ---------------------------------------------------------------- the tampering relay
 def relay(marker_hex: str, *argv: str) -> int:
     from vx6 import cli
+    from vx6.core.circuit.outbox import CellOutbox
     from vx6.core.circuit.relay import RelayCore
     from vx6.wire.cells import CELL_HEADER
 
@@ -412,8 +413,8 @@ def relay(marker_hex: str, *argv: str) -> int:
     original_forward, original_relay, original_send, original_done = (
         RelayCore._forward,
         RelayCore._relay,
-        RelayCore._send,
-        RelayCore._cell_done,
+        CellOutbox.send,
+        CellOutbox.done,
     )
     tamper_this_cell = threading.Event()
 
@@ -427,12 +428,12 @@ def relay(marker_hex: str, *argv: str) -> int:
         seen(body)
         original_relay(self, circuit, from_prev, body, events)
 
-    def send(self: RelayCore, link: int, cell: Any) -> None:
+    def send(self: CellOutbox, link: int, cell: Any) -> None:
         """Every cell this relay queues (control cells, and cells for a busy link)."""
         seen(cell)
         original_send(self, link, cell)
 
-    def cell_done(self: RelayCore, link: int, cell: Any, writer: Any) -> None:
+    def cell_done(self: CellOutbox, link: int, cell: Any, writer: Any) -> None:
         """Every RELAY cell this relay writes, after its own layer, before it is final."""
         seen(cell)
         if tamper_this_cell.is_set():
@@ -456,8 +457,8 @@ def relay(marker_hex: str, *argv: str) -> int:
 
     RelayCore._forward = forward  # type: ignore[method-assign]
     RelayCore._relay = relay_cell  # type: ignore[method-assign]
-    RelayCore._send = send  # type: ignore[method-assign]
-    RelayCore._cell_done = cell_done  # type: ignore[method-assign]
+    CellOutbox.send = send  # type: ignore[method-assign]
+    CellOutbox.done = cell_done  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, arm)
     signal.signal(signal.SIGUSR2, lambda *_: armed.clear())
     return cli.main(list(argv))

@@ -41,7 +41,8 @@ from vx6.core.circuit.events import (
     ExtendRequested,
     StreamMessageReceived,
 )
-from vx6.core.circuit.relay import CellBuffer, CellWriter, RelayCore
+from vx6.core.circuit.outbox import CellBuffer, CellWriter
+from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
@@ -400,7 +401,7 @@ class CircuitRouter:
             "relay_memory": self.core.memory_used,
             "queued_cells": sum(len(q) for q in self._queues.values()),
             "cells_in": self.cells_in,
-            "cells_out": self.cells_out + self.core.cells_in_place,
+            "cells_out": self.cells_out + self.core.out.cells_in_place,
         }
 
     def close_all(self) -> None:

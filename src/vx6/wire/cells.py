@@ -204,6 +204,13 @@ def decode_cell(data: bytes | memoryview) -> Cell:
     raise DecodeError(f"unknown cell command {command}")
 
 
+def relay_header(circuit_id: int) -> bytes:
+    """The CELL_HEADER bytes that start every RELAY cell of this circuit id: a relay works
+    them out once per circuit and direction, not once per cell."""
+    _check_circuit_id(circuit_id)
+    return _HEADER.pack(circuit_id, CellCommand.RELAY)
+
+
 def write_cell_header(cell: bytearray | memoryview, circuit_id: int, command: int) -> None:
     """Write a cell's header into the first CELL_HEADER bytes of a cell buffer."""
     _check_circuit_id(circuit_id)

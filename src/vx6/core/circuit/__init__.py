@@ -1,5 +1,6 @@
 """Onion circuits, sans-IO: the client end (`client.py`), the relay and exit side
-(`relay.py`), their events and the relay limits. See docs/circuits.md."""
+(`relay.py`, its data path `relay_path.py`, its circuit record `relay_circuit.py`),
+where cells go (`outbox.py`), their events and the relay limits. See docs/circuits.md."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from vx6.core.circuit.events import (
     StreamMessageReceived,
 )
 from vx6.core.circuit.limits import RelayLimits, SourceLimiter, TokenBucket
-from vx6.core.circuit.relay import RelayCore, RelayState
+from vx6.core.circuit.relay import RelayCore
+from vx6.core.circuit.relay_circuit import RelayState
 
 __all__ = [
     "CellQueued",

@@ -7,13 +7,12 @@ which one a cell arrived on says its direction.
 * CREATE on prev: checks limits (table size, creations per source via token buckets),
   the depth carried in the cell (1..MAX_DEPTH), answers the ntor handshake with this
   node's onion key and sends CREATED. The circuit is OPEN; this node is its end.
-* A RELAY cell from prev loses one layer (`peel_into`, decrypted straight into the
-  cell that goes on). If the layer says "for you", the relay
-  message is handled here: EXTEND asks the adapter for a link to the named node
-  (ExtendRequested), then `link_ready` sends CREATE with depth + 1 on that link and
-  CREATED comes back as EXTENDED, wrapped by this hop; stream messages become
-  StreamMessageReceived events (this is how the exit delivers data). Otherwise the
-  peeled body goes to next. A RELAY cell from next gains one layer and goes to prev.
+* RELAY cells (the data path, `relay_path.py`): from prev a cell loses this hop's
+  layer and goes to next, or is for this hop: EXTEND asks the adapter for a link to the
+  named node (ExtendRequested), then `link_ready` sends CREATE with depth + 1 on that
+  link and CREATED comes back as EXTENDED, wrapped by this hop; stream messages become
+  StreamMessageReceived events (how the exit delivers data). From next a cell gains
+  this hop's layer and goes to prev.
 * The hop cap: the depth in CREATE is set by the node that sends it (a relay always
   writes its own depth + 1), and a hop at MAX_DEPTH refuses EXTEND with HOP_LIMIT.
 * Any failure (bad tag, unexpected cell, failed link) destroys the circuit: DESTROY
@@ -22,50 +21,38 @@ which one a cell arrived on says its direction.
 * Memory: each circuit is charged a fixed overhead plus the bytes the adapter reports
   queued for it (`buffered`); over the budget the oldest circuits are destroyed first.
 
-Output: every cell this core writes goes to a per-link outbox that the adapter drains
-with `cells_to_send()` after each call, like a link's `data_to_send()`; the calls
-return only the other events. The data path, `relay_chunk`, takes the RELAY cells of a
-whole link frame in one call and creates no Python object per cell but the cell itself
-(DESIGN: no per-cell Python objects).
-
-States and inputs form the table `_TRANSITIONS`; an input missing from it destroys the
-circuit with PROTOCOL_ERROR.
+Output: every cell this core writes goes through its `CellOutbox` (outbox.py): in
+place into a link that takes cells now, else into a per-link list; the adapter drains
+`cells_to_send()` after each call, like a link's `data_to_send()`, and the calls return
+only the other events. The circuit record and its state table are in relay_circuit.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from enum import auto
-from typing import Protocol
 
 from vx6.core.circuit.events import (
     CircuitDestroyed,
     CircuitEvent,
     CircuitFailure,
-    ExtendRequested,
-    StreamMessageReceived,
-    next_state,
 )
 from vx6.core.circuit.limits import RelayLimits, SourceLimiter
-from vx6.core.states import TableEnum
+from vx6.core.circuit.outbox import CellBuffer, CellOutbox, CellWriter
+from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput, RelayState
+from vx6.core.circuit.relay_path import RelayPath
 from vx6.crypto.keys import StaticKey, node_id
 from vx6.crypto.onion import (
     MAX_DEPTH,
     HopCrypto,
     HopKeys,
     ntor_server,
-    peel_into,
     relay_plaintext_size,
-    seal_layer,
 )
 from vx6.errors import CryptoError, DecodeError
 from vx6.wire.cells import (
-    CELL_HEADER,
-    CELL_SIZE,
     MAX_CIRCUIT_ID,
     RELAY_HEADER,
     Cell,
-    CellCommand,
     Create,
     Created,
     Destroy,
@@ -73,75 +60,13 @@ from vx6.wire.cells import (
     Relay,
     RelayCommand,
     RelayMessage,
-    cell_header,
-    decode_extend,
-    decode_relay_message,
     destroy_reason,
     encode_cell,
-    write_cell_header,
-    write_relay_message,
+    relay_header,
 )
 
-CircuitKey = tuple[int, int]
-CellBuffer = bytes | bytearray | memoryview
 
-
-class CellWriter(Protocol):
-    """Where cells for one link can be written in place (a link's CELLS frame buffer,
-    `core.link_cells`): `cell_slot` gives CELL_SIZE writable bytes, `cell_written`
-    confirms them."""
-
-    def cell_slot(self) -> memoryview: ...
-
-    def cell_written(self) -> None: ...
-
-
-class RelayState(TableEnum):
-    OPEN = auto()  # this node is the circuit's end
-    LINKING = auto()  # EXTEND accepted, waiting for the adapter's link
-    CREATING = auto()  # CREATE sent to the next hop
-    EXTENDED = auto()  # forwarding in both directions
-
-
-class RelayInput(TableEnum):
-    FOR_US = auto()
-    EXTEND = auto()
-    LINK_READY = auto()
-    CREATED = auto()
-    FORWARD = auto()
-    BACKWARD = auto()
-
-
-_S, _I = RelayState, RelayInput
-_TRANSITIONS: dict[tuple[RelayState, RelayInput], RelayState] = {
-    (_S.OPEN, _I.FOR_US): _S.OPEN,
-    (_S.OPEN, _I.EXTEND): _S.LINKING,
-    (_S.LINKING, _I.LINK_READY): _S.CREATING,
-    (_S.CREATING, _I.CREATED): _S.EXTENDED,
-    (_S.EXTENDED, _I.FOR_US): _S.EXTENDED,
-    (_S.EXTENDED, _I.FORWARD): _S.EXTENDED,
-    (_S.EXTENDED, _I.BACKWARD): _S.EXTENDED,
-}
-
-
-class _Circuit:
-    __slots__ = ("buffered", "crypto", "depth", "next", "onionskin", "prev", "serial", "state")
-
-    def __init__(self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto) -> None:
-        self.serial = serial
-        self.prev = prev
-        self.next: CircuitKey | None = None
-        self.depth = depth
-        self.crypto = crypto
-        self.state = RelayState.OPEN
-        self.onionskin = b""
-        self.buffered = 0
-
-    def step(self, event: RelayInput) -> None:
-        self.state = next_state(_TRANSITIONS, self.state, event)
-
-
-class RelayCore:
+class RelayCore(RelayPath):
     def __init__(
         self,
         identity_public: bytes,
@@ -158,17 +83,13 @@ class RelayCore:
         self._sources = SourceLimiter(
             self.limits.creations_per_second, self.limits.creation_burst, self.limits.max_sources
         )
-        self._by_key: dict[CircuitKey, _Circuit] = {}
-        self._by_serial: dict[int, _Circuit] = {}  # insertion order = age, oldest first
-        self._pending: dict[int, _Circuit] = {}  # extend request id -> circuit
+        self._by_key: dict[CircuitKey, RelayedCircuit] = {}
+        self._by_serial: dict[int, RelayedCircuit] = {}  # insertion order = age, oldest first
+        self._pending: dict[int, RelayedCircuit] = {}  # extend request id -> circuit
         self._serial = 0
         self._next_id = 0
         self._reserved: set[CircuitKey] = set()  # ids this node's own client circuits use
-        self._outbox: dict[int, list[CellBuffer]] = {}
-        # The links that take cells in place right now, kept by the adapter (open, not
-        # paused, nothing queued): data cells for them skip the outbox.
-        self.writers: Mapping[int, CellWriter] = writers if writers is not None else {}
-        self.cells_in_place = 0
+        self.out = CellOutbox(writers)
         self.memory_used = 0
 
     def __len__(self) -> int:
@@ -209,11 +130,8 @@ class RelayCore:
         return None if circuit is None else circuit.state
 
     def cells_to_send(self) -> dict[int, list[CellBuffer]]:
-        """The cells written since the last call, per link, each list in sending order;
-        a link whose list is empty had its cells written in place (`writers`) and only
-        needs its output collected. A buffer here is never written again."""
-        out, self._outbox = self._outbox, {}
-        return out
+        """The cells written since the last call (`CellOutbox.take`)."""
+        return self.out.take()
 
     # --- inputs from the adapter ------------------------------------------------------
 
@@ -258,60 +176,7 @@ class RelayCore:
         except (CircuitFailure, CryptoError, DecodeError) as exc:
             return self._failed(circuit, exc)
 
-    def relay_chunk(
-        self, link: int, chunk: memoryview, start: int = 0
-    ) -> tuple[list[CircuitEvent], int]:
-        """The data path: the cells of one link frame (`chunk`, whole cells) from
-        `start` on, handled in order while they are RELAY cells of circuits this core
-        holds. Returns the events and the offset of the first cell it did not take
-        (len(chunk) when it took them all): the adapter decodes that one (a control
-        cell, a circuit it built as a client, a late or hostile cell) and calls again
-        after it."""
-        events: list[CircuitEvent] = []
-        by_key = self._by_key
-        end = len(chunk)
-        pos = start
-        while pos < end:
-            circuit_id, command = cell_header(chunk, pos)
-            circuit = by_key.get((link, circuit_id))
-            if circuit is None or command != CellCommand.RELAY:
-                break
-            body = chunk[pos + CELL_HEADER : pos + CELL_SIZE]
-            pos += CELL_SIZE
-            self._relay(circuit, circuit.prev == (link, circuit_id), body, events)
-        return events, pos
-
-    def relay_received(
-        self, link: int, circuit_id: int, body: bytes | memoryview
-    ) -> list[CircuitEvent]:
-        """One RELAY cell's body from `link` (`cell_received` ends here)."""
-        key = (link, circuit_id)
-        circuit = self._by_key.get(key)
-        if circuit is None:
-            return []  # late cell for a circuit we already destroyed
-        events: list[CircuitEvent] = []
-        self._relay(circuit, key == circuit.prev, body, events)
-        return events
-
-    def _relay(
-        self,
-        circuit: _Circuit,
-        from_prev: bool,
-        body: bytes | memoryview,
-        events: list[CircuitEvent],
-    ) -> None:
-        try:
-            if from_prev:
-                event = self._forward(circuit, body)
-                if event is not None:
-                    events.append(event)
-            else:
-                circuit.step(RelayInput.BACKWARD)
-                self._wrap_backward(circuit, body)
-        except (CircuitFailure, CryptoError, DecodeError) as exc:
-            events += self._failed(circuit, exc)
-
-    def _failed(self, circuit: _Circuit, exc: Exception) -> list[CircuitEvent]:
+    def _failed(self, circuit: RelayedCircuit, exc: Exception) -> list[CircuitEvent]:
         """Destroy a circuit over what went wrong with one of its cells."""
         if isinstance(exc, CircuitFailure):
             return self._remove(circuit, exc.reason, exc.detail)
@@ -328,6 +193,7 @@ class RelayCore:
         circuit.step(RelayInput.LINK_READY)
         next_key = (link, self._free_id(link, odd=we_dialled))
         circuit.next = next_key
+        circuit.next_header = relay_header(next_key[1])
         self._by_key[next_key] = circuit
         self._queue(next_key, Create(next_key[1], circuit.depth + 1, circuit.onionskin))
         return []
@@ -385,15 +251,8 @@ class RelayCore:
 
     # --- internals --------------------------------------------------------------------
 
-    def _send(self, link: int, cell: CellBuffer) -> None:
-        cells = self._outbox.get(link)
-        if cells is None:
-            self._outbox[link] = [cell]
-        else:
-            cells.append(cell)
-
     def _queue(self, key: CircuitKey, cell: Cell) -> None:
-        self._send(key[0], encode_cell(cell))
+        self.out.send(key[0], encode_cell(cell))
 
     def _refuse(self, key: CircuitKey, reason: DestroyReason, detail: str) -> list[CircuitEvent]:
         self._queue(key, Destroy(key[1], reason))
@@ -425,7 +284,7 @@ class RelayCore:
         except CryptoError as exc:
             return self._refuse(key, DestroyReason.HANDSHAKE_FAILED, str(exc))
         self._serial += 1
-        circuit = _Circuit(
+        circuit = RelayedCircuit(
             self._serial, key, cell.depth, HopCrypto(HopKeys.from_material(material))
         )
         self._by_key[key] = circuit
@@ -433,79 +292,6 @@ class RelayCore:
         self.memory_used += self.limits.circuit_overhead
         self._queue(key, Created(key[1], reply))
         return self._evict()
-
-    def _cell_buffer(self, link: int | None) -> tuple[memoryview, CellWriter | None]:
-        """Where a cell for `link` is written: in place if the link takes it now, else a
-        fresh buffer for the outbox."""
-        writer = None if link is None else self.writers.get(link)
-        if writer is not None:
-            return writer.cell_slot(), writer
-        return memoryview(bytearray(CELL_SIZE)), None
-
-    def _cell_done(self, link: int, cell: memoryview, writer: CellWriter | None) -> None:
-        if writer is None:
-            self._send(link, cell)
-        else:
-            writer.cell_written()
-            self.cells_in_place += 1
-            if link not in self._outbox:
-                self._outbox[link] = []  # its output needs collecting
-
-    def _forward(self, circuit: _Circuit, body: bytes | memoryview) -> CircuitEvent | None:
-        # The layer is decrypted straight into the cell that goes on: its flag lands on
-        # the header's last byte, which the header then overwrites.
-        next_key = circuit.next
-        cell, writer = self._cell_buffer(None if next_key is None else next_key[0])
-        if not peel_into(circuit.crypto, memoryview(body), circuit.depth, cell[CELL_HEADER - 1 :]):
-            circuit.step(RelayInput.FORWARD)  # refused unless extended: next_key is set
-            assert next_key is not None
-            write_cell_header(cell, next_key[1], CellCommand.RELAY)
-            self._cell_done(next_key[0], cell, writer)
-            return None
-        if writer is not None:  # for this hop after all: out of the link's frame buffer
-            cell = memoryview(bytearray(cell))
-        size = relay_plaintext_size(circuit.depth)
-        message = decode_relay_message(cell[CELL_HEADER : CELL_HEADER + size])
-        if message.command == RelayCommand.EXTEND:
-            return self._extend(circuit, message)
-        if message.command == RelayCommand.EXTENDED:
-            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
-        circuit.step(RelayInput.FOR_US)
-        prev_link, prev_id = circuit.prev
-        return StreamMessageReceived(
-            prev_link, prev_id, message.command, message.stream_id, message.data
-        )
-
-    def _extend(self, circuit: _Circuit, message: RelayMessage) -> CircuitEvent:
-        if circuit.depth >= MAX_DEPTH:
-            raise CircuitFailure(DestroyReason.HOP_LIMIT, f"EXTEND at depth {circuit.depth}")
-        if not self.relay:
-            raise CircuitFailure(DestroyReason.NOT_A_RELAY, "EXTEND, but this node is no relay")
-        extend = decode_extend(bytes(message.data))
-        circuit.step(RelayInput.EXTEND)
-        circuit.onionskin = extend.onionskin
-        self._pending[circuit.serial] = circuit
-        return ExtendRequested(circuit.serial, extend.identity, extend.endpoints)
-
-    def _originate(self, circuit: _Circuit, message: RelayMessage) -> None:
-        link, circuit_id = circuit.prev
-        cell, writer = self._cell_buffer(link)
-        body = cell[CELL_HEADER:]
-        size = relay_plaintext_size(circuit.depth)
-        write_relay_message(body[1 : 1 + size], message.command, message.stream_id, message.data)
-        seal_layer(circuit.crypto, body, circuit.depth, originated=True)
-        write_cell_header(cell, circuit_id, CellCommand.RELAY)
-        self._cell_done(link, cell, writer)
-
-    def _wrap_backward(self, circuit: _Circuit, received: bytes | memoryview) -> None:
-        link, circuit_id = circuit.prev
-        cell, writer = self._cell_buffer(link)
-        body = cell[CELL_HEADER:]
-        size = relay_plaintext_size(circuit.depth)
-        body[1 : 1 + size] = memoryview(received)[:size]
-        seal_layer(circuit.crypto, body, circuit.depth, originated=False)
-        write_cell_header(cell, circuit_id, CellCommand.RELAY)
-        self._cell_done(link, cell, writer)
 
     def _free_id(self, link: int, *, odd: bool) -> int:
         while True:
@@ -517,7 +303,7 @@ class RelayCore:
 
     def _remove(
         self,
-        circuit: _Circuit,
+        circuit: RelayedCircuit,
         reason: DestroyReason,
         detail: str,
         *,

@@ -1,0 +1,77 @@
+"""The record a relay keeps per circuit, and the table of its states and inputs.
+
+States and inputs form the table `_TRANSITIONS`; `RelayedCircuit.step` refuses any
+other step with CircuitFailure(PROTOCOL_ERROR), which destroys the circuit.
+"""
+
+from __future__ import annotations
+
+from enum import auto
+
+from vx6.core.circuit.events import next_state
+from vx6.core.states import TableEnum
+from vx6.crypto.onion import HopCrypto
+from vx6.wire.cells import relay_header
+
+CircuitKey = tuple[int, int]
+
+
+class RelayState(TableEnum):
+    OPEN = auto()  # this node is the circuit's end
+    LINKING = auto()  # EXTEND accepted, waiting for the adapter's link
+    CREATING = auto()  # CREATE sent to the next hop
+    EXTENDED = auto()  # forwarding in both directions
+
+
+class RelayInput(TableEnum):
+    FOR_US = auto()
+    EXTEND = auto()
+    LINK_READY = auto()
+    CREATED = auto()
+    FORWARD = auto()
+    BACKWARD = auto()
+
+
+_S, _I = RelayState, RelayInput
+_TRANSITIONS: dict[tuple[RelayState, RelayInput], RelayState] = {
+    (_S.OPEN, _I.FOR_US): _S.OPEN,
+    (_S.OPEN, _I.EXTEND): _S.LINKING,
+    (_S.LINKING, _I.LINK_READY): _S.CREATING,
+    (_S.CREATING, _I.CREATED): _S.EXTENDED,
+    (_S.EXTENDED, _I.FOR_US): _S.EXTENDED,
+    (_S.EXTENDED, _I.FORWARD): _S.EXTENDED,
+    (_S.EXTENDED, _I.BACKWARD): _S.EXTENDED,
+}
+
+
+class RelayedCircuit:
+    """One circuit at this node: its two (link, circuit id) ends, its hop crypto and
+    state, and the bytes queued for it."""
+
+    __slots__ = (
+        "buffered",
+        "crypto",
+        "depth",
+        "next",
+        "next_header",
+        "onionskin",
+        "prev",
+        "prev_header",
+        "serial",
+        "state",
+    )
+
+    def __init__(self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto) -> None:
+        self.serial = serial
+        self.prev = prev
+        self.prev_header = relay_header(prev[1])  # starts every RELAY cell sent to prev
+        self.next: CircuitKey | None = None
+        self.next_header = b""  # set with `next`
+        self.depth = depth
+        self.crypto = crypto
+        self.state = RelayState.OPEN
+        self.onionskin = b""
+        self.buffered = 0
+
+    def step(self, event: RelayInput) -> None:
+        self.state = next_state(_TRANSITIONS, self.state, event)
