@@ -329,11 +329,11 @@ async def dial_first(owner: CellCollector, spec: Any) -> Any:
     )
 
 
-def emit(link: Any, events: list[Any]) -> list[Any]:
-    """Send the cells among `events`; return the CircuitDestroyed ones."""
-    from vx6.core.circuit.events import CellQueued, CircuitDestroyed
+def emit(link: Any, circuit: Any, events: list[Any]) -> list[Any]:
+    """Send the cells the circuit wrote; return the CircuitDestroyed events."""
+    from vx6.core.circuit.events import CircuitDestroyed
 
-    link.send_cells([e.cell for e in events if isinstance(e, CellQueued)])
+    link.send_cells([cell for cells in circuit.out.take().values() for cell in cells])
     return [e for e in events if isinstance(e, CircuitDestroyed)]
 
 
@@ -348,15 +348,15 @@ async def hop_limit(registry: str, *keys: str) -> dict[str, Any]:
     owner = CellCollector()
     link = await dial_first(owner, path[0])
     circuit = ClientCircuit(1, 1, path, [os.urandom(32) for _ in path])
-    emit(link, circuit.start())
+    emit(link, circuit, circuit.start())
     while circuit.state is not ClientState.OPEN:
-        if gone := emit(link, circuit.cell_received(await owner.next())):
+        if gone := emit(link, circuit, circuit.cell_received(await owner.next())):
             return {"hops_keyed": circuit.hops_keyed, "destroyed": gone[0].reason.name}
     keyed = circuit.hops_keyed
     _, skin = ntor_client_start(node_id(beyond.identity), beyond.onion_key, os.urandom(32))
     extend = Extend(beyond.identity, skin, beyond.endpoints)
-    emit(link, circuit.send(RelayCommand.EXTEND, 0, encode_extend(extend)))
-    while not (gone := emit(link, circuit.cell_received(await owner.next()))):
+    emit(link, circuit, circuit.send(RelayCommand.EXTEND, 0, encode_extend(extend)))
+    while not (gone := emit(link, circuit, circuit.cell_received(await owner.next()))):
         pass
     link.close()
     event = gone[0]

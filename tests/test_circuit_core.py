@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vx6.core.circuit import (
-    CellQueued,
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
@@ -124,14 +123,18 @@ class Net:
         return self.client
 
     def dispatch(self, origin: str, events: list[CircuitEvent]) -> None:
-        if origin != "client":  # a relay core's cells wait in its outbox
-            for link, cells in self.nodes[origin].core.cells_to_send().items():
-                for cell in cells:
-                    self._send(origin, link, cell)
+        """Send the cells the origin wrote (they wait in its outbox), then handle its
+        events."""
+        if origin == "client":
+            assert self.client is not None
+            outbox = self.client.out.take()
+        else:
+            outbox = self.nodes[origin].core.cells_to_send()
+        for link, cells in outbox.items():
+            for cell in cells:
+                self._send(origin, link, cell)
         for event in events:
-            if isinstance(event, CellQueued):
-                self._send(origin, event.link, event.cell)
-            elif isinstance(event, ExtendRequested):
+            if isinstance(event, ExtendRequested):
                 target = next(n for n in self.nodes.values() if n.identity == event.identity)
                 link = self.link(origin, target.name)
                 self.dispatch(
@@ -268,7 +271,7 @@ def test_a_message_for_a_middle_hop_is_not_left_in_the_links_buffer() -> None:
     body = view[c.CELL_HEADER :]
     c.write_relay_message(body[2 : 2 + relay_plaintext_size(2)], RelayCommand.DATA, 7, payload)
     seal_layers(circuit._hops[:2], body)  # white box: the client's keys for hops 1 and 2
-    net.dispatch("client", [CellQueued(circuit.link, cell)])
+    net._send("client", circuit.link, cell)
     net.run()
     for i in range(3):  # R2 forwards these to R3 through the slot the message came out of
         net.dispatch("client", circuit.send(RelayCommand.DATA, 1, bytes([i]) * 9000))

@@ -8,8 +8,12 @@ client circuits this node builds (`ClientPath`):
 * Cells in: a link reports whole cells (`cells_received`); each goes to the client
   circuit with that (link, circuit id) if this node built it, else to the relay core.
   The client and relay sides never share an id on a link (`RelayCore.reserve_id`).
-* Events out: CellQueued goes to the link's outbox, sent as one batch per link at the
-  end of each step; ExtendRequested dials the named node (its identity is checked in the
+* Cells out: the relay core and this node's client circuits write cells through one
+  `CellOutbox` (the relay core's `out`): straight into the frame buffer of a link that
+  takes cells now (`_writers`: open, not paused, nothing queued), else listed per link.
+  At the end of each step `_flush` sends the lists and collects each link's output, one
+  write per link.
+* Events out: ExtendRequested dials the named node (its identity is checked in the
   handshake, so a wrong address fails closed); stream messages for a circuit that ends
   here go to its `ExitCircuit`, created on the first message, which hands stream
   requests to the owner side exactly like streams from a direct link.
@@ -34,7 +38,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from vx6.core.circuit.client import ClientCircuit, HopSpec
 from vx6.core.circuit.events import (
-    CellQueued,
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
@@ -102,7 +105,6 @@ class CircuitRouter:
         self._next_link_id = 0
         self.clients: dict[tuple[int, int], ClientPath] = {}
         self.exits: dict[tuple[int, int], ExitCircuit] = {}
-        self._outbox: dict[int, list[CellBuffer]] = {}
         self._queues: dict[int, deque[CellBuffer]] = {}
         self._queued: dict[tuple[int, int], int] = {}
         self.cells_in = 0
@@ -228,9 +230,7 @@ class CircuitRouter:
             if batch:
                 self._stream_messages(batch)
                 batch = []
-            if isinstance(event, CellQueued):
-                self._outbox.setdefault(event.link, []).append(event.cell)
-            elif isinstance(event, CircuitBuilt):
+            if isinstance(event, CircuitBuilt):
                 path = self.clients.get((event.link, event.circuit_id))
                 if path is not None:
                     path.circuit_built()
@@ -299,20 +299,8 @@ class CircuitRouter:
         self.process(self.core.link_ready(event.request_id, lid, we_dialled=link.core.initiator))
 
     # ------------------------------------------------------------------ cells out
-    def _take_core_cells(self) -> None:
-        for lid, cells in self.core.cells_to_send().items():
-            queued = self._outbox.get(lid)
-            if queued is None:
-                self._outbox[lid] = cells
-            else:
-                queued += cells
-
     def _flush(self) -> None:
-        while True:
-            self._take_core_cells()
-            if not self._outbox:
-                return
-            outbox, self._outbox = self._outbox, {}
+        while outbox := self.core.cells_to_send():  # sending may queue more (DESTROYs)
             for lid, cells in outbox.items():
                 link = self._links.get(lid)
                 if link is None or not link.is_open:
@@ -370,7 +358,8 @@ class CircuitRouter:
             raise BuildFailed(f"first hop {fingerprint(first.identity)}: {exc}", 0) from exc
         lid = self.link_id(link)
         circuit_id = self.core.reserve_id(lid, odd=link.core.initiator)
-        core = ClientCircuit(lid, circuit_id, path, [os.urandom(32) for _ in path])
+        ephemerals = [os.urandom(32) for _ in path]
+        core = ClientCircuit(lid, circuit_id, path, ephemerals, out=self.core.out)
         carrier = ClientPath(
             core,
             link,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from vx6.core.circuit.client import ClientCircuit, ClientState, HopSpec
 from vx6.core.circuit.events import (
-    CellQueued,
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
@@ -19,7 +18,6 @@ from vx6.core.circuit.relay import RelayCore
 from vx6.core.circuit.relay_circuit import RelayState
 
 __all__ = [
-    "CellQueued",
     "CircuitBuilt",
     "CircuitDestroyed",
     "CircuitEvent",

@@ -9,6 +9,10 @@ the exit); a longer one is refused here, and the relays enforce the same cap (se
 docs/circuits.md). Once every hop is keyed the circuit is OPEN: `send()` wraps a relay
 message for the last hop, and cells coming back are unwrapped layer by layer.
 
+Cells go out through a `CellOutbox` (outbox.py), shared with the node's relay core so
+the adapter drains one place: in place into the link to hop 1 while it takes cells,
+else queued; the calls return only the other events.
+
 Anything wrong (a bad layer, an answer out of turn, a malformed message) destroys the
 circuit: DESTROY goes to hop 1 with the reason, and a CircuitDestroyed event says why.
 States and inputs form the table `_TRANSITIONS`; an input missing from it is a
@@ -22,7 +26,6 @@ from dataclasses import dataclass
 from enum import auto
 
 from vx6.core.circuit.events import (
-    CellQueued,
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
@@ -31,6 +34,7 @@ from vx6.core.circuit.events import (
     StreamMessageReceived,
     next_state,
 )
+from vx6.core.circuit.outbox import CellOutbox
 from vx6.core.states import TableEnum
 from vx6.crypto.keys import KEY_LEN, node_id
 from vx6.crypto.onion import (
@@ -47,10 +51,8 @@ from vx6.crypto.onion import (
 from vx6.errors import CryptoError, DecodeError, UsageError
 from vx6.wire.cells import (
     CELL_HEADER,
-    CELL_SIZE,
     RELAY_HEADER,
     Cell,
-    CellCommand,
     Create,
     Created,
     Destroy,
@@ -59,12 +61,11 @@ from vx6.wire.cells import (
     Extend,
     Relay,
     RelayCommand,
-    RelayMessage,
     decode_relay_message,
     destroy_reason,
     encode_cell,
     encode_extend,
-    write_cell_header,
+    relay_header,
     write_relay_message,
 )
 
@@ -118,8 +119,10 @@ class ClientCircuit:
         circuit_id: int,
         path: Sequence[HopSpec],
         ephemerals: Sequence[bytes],
+        out: CellOutbox | None = None,
     ) -> None:
-        """`ephemerals`: one fresh 32-byte X25519 private key per hop, from the caller."""
+        """`ephemerals`: one fresh 32-byte X25519 private key per hop, from the caller.
+        `out`: where cells go (a fresh outbox of its own if not given)."""
         if not 1 <= len(path) <= MAX_DEPTH:
             raise UsageError(
                 f"a circuit has 1..{MAX_DEPTH} hops (at most {MAX_DEPTH - 1} relays and "
@@ -131,6 +134,8 @@ class ClientCircuit:
             raise UsageError(f"bad circuit id {circuit_id}")
         self.link = link
         self.circuit_id = circuit_id
+        self.out = out if out is not None else CellOutbox()
+        self._header = relay_header(circuit_id)
         self.state = ClientState.NEW
         self._path = tuple(path)
         self._ephemerals = tuple(ephemerals)
@@ -161,25 +166,26 @@ class ClientCircuit:
         self._pending = state
         return skin
 
-    def _queue(self, cell: Cell) -> CellQueued:
-        return CellQueued(self.link, encode_cell(cell))
+    def _queue(self, cell: Cell) -> None:
+        self.out.send(self.link, encode_cell(cell))
 
-    def _wrap(self, message: RelayMessage) -> CellQueued:
-        """One fresh cell: the message is written where the innermost layer's plaintext
-        goes and every layer is sealed around it in place (no copies)."""
-        cell = bytearray(CELL_SIZE)
-        view = memoryview(cell)
-        write_cell_header(view, self.circuit_id, CellCommand.RELAY)
-        body = view[CELL_HEADER:]
+    def _wrap(self, command: int, stream_id: int, data: bytes | memoryview) -> None:
+        """One cell, where it will be sent from if the link takes it now: the message is
+        written where the innermost layer's plaintext goes and every layer is sealed
+        around it in place (no copies)."""
+        cell, writer = self.out.buffer(self.link)
+        body = cell[CELL_HEADER:]
         n = len(self._hops)
         inner = body[n : n + relay_plaintext_size(n)]
-        write_relay_message(inner, message.command, message.stream_id, message.data)
+        write_relay_message(inner, command, stream_id, data)
         seal_layers(self._hops, body)
-        return CellQueued(self.link, cell)
+        cell[:CELL_HEADER] = self._header
+        self.out.done(self.link, cell, writer)
 
     def start(self) -> list[CircuitEvent]:
         self._step(ClientInput.START)
-        return [self._queue(Create(self.circuit_id, 1, self._onionskin(1)))]
+        self._queue(Create(self.circuit_id, 1, self._onionskin(1)))
+        return []
 
     def send(self, command: int, stream_id: int, data: bytes | memoryview) -> list[CircuitEvent]:
         """Wrap one stream message for the last hop. UsageError if the circuit is not open
@@ -189,18 +195,17 @@ class ClientCircuit:
         if len(data) > self.max_data:
             raise UsageError(f"{len(data)} bytes over one cell's {self.max_data}")
         self._step(ClientInput.SEND)
-        return [self._wrap(RelayMessage(command, stream_id, data))]
+        self._wrap(command, stream_id, data)
+        return []
 
     def destroy(self, reason: DestroyReason = DestroyReason.NONE) -> list[CircuitEvent]:
         if self.state is ClientState.DESTROYED:
             return []
         sent_create = self.state is not ClientState.NEW
         self._step(ClientInput.DESTROY)
-        out: list[CircuitEvent] = []
         if sent_create:
-            out.append(self._queue(Destroy(self.circuit_id, reason)))
-        out.append(CircuitDestroyed(self.link, self.circuit_id, reason, "closed locally", True))
-        return out
+            self._queue(Destroy(self.circuit_id, reason))
+        return [CircuitDestroyed(self.link, self.circuit_id, reason, "closed locally", True)]
 
     def link_lost(self) -> list[CircuitEvent]:
         if self.state is ClientState.DESTROYED:
@@ -229,10 +234,8 @@ class ClientCircuit:
 
     def _fail(self, reason: DestroyReason, detail: str) -> list[CircuitEvent]:
         self.state = ClientState.DESTROYED
-        return [
-            self._queue(Destroy(self.circuit_id, reason)),
-            CircuitDestroyed(self.link, self.circuit_id, reason, detail, True),
-        ]
+        self._queue(Destroy(self.circuit_id, reason))
+        return [CircuitDestroyed(self.link, self.circuit_id, reason, detail, True)]
 
     def _handle(self, cell: Cell) -> list[CircuitEvent]:
         if isinstance(cell, Created):
@@ -276,5 +279,5 @@ class ClientCircuit:
         self._step(ClientInput.HOP_KEYED)
         following = self._path[depth]
         extend = Extend(following.identity, self._onionskin(depth + 1), following.endpoints)
-        out.append(self._wrap(RelayMessage(RelayCommand.EXTEND, 0, encode_extend(extend))))
+        self._wrap(RelayCommand.EXTEND, 0, encode_extend(extend))
         return out

@@ -1,6 +1,7 @@
 """What the circuit cores hand back to their adapter: frozen events, named in the past
 tense. A link is an opaque integer chosen by the adapter; a circuit on a link is the
-pair (link, circuit id)."""
+pair (link, circuit id). Cells are not events: the cores write them through a
+`CellOutbox` (outbox.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,6 @@ from enum import Enum
 from typing import TypeVar
 
 from vx6.wire.cells import DestroyReason, Endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class CellQueued:
-    """An encoded cell (exactly CELL_SIZE bytes) waiting to be written to `link`. A
-    bytearray is a fresh buffer nobody writes to again."""
-
-    link: int
-    cell: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +65,7 @@ class StreamMessageReceived:
     data: bytes | memoryview
 
 
-CircuitEvent = (
-    CellQueued
-    | ExtendRequested
-    | HopAdded
-    | CircuitBuilt
-    | CircuitDestroyed
-    | StreamMessageReceived
-)
+CircuitEvent = ExtendRequested | HopAdded | CircuitBuilt | CircuitDestroyed | StreamMessageReceived
 
 
 class CircuitFailure(Exception):
