@@ -58,7 +58,6 @@ from vx6.wire.cells import (
     Create,
     DestroyReason,
     Endpoint,
-    RelayMessage,
     cell_circuit_id,
     decode_cell,
 )
@@ -245,7 +244,6 @@ class CircuitRouter:
     def _stream_messages(self, batch: list[StreamMessageReceived]) -> None:
         event = batch[0]
         key = (event.link, event.circuit_id)
-        messages = [RelayMessage(e.command, e.stream_id, e.data) for e in batch]
         carrier: ClientPath | ExitCircuit | None = self.clients.get(key)
         if carrier is None:
             carrier = self.exits.get(key)
@@ -265,7 +263,7 @@ class CircuitRouter:
             )
             self.exits[key] = carrier
             self.node.count("circuits_exit")
-        carrier.messages_received(messages)
+        carrier.messages_received(batch)  # the events carry the messages' fields
 
     def _destroyed(self, event: CircuitDestroyed) -> None:
         key = (event.link, event.circuit_id)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vx6.core import events as ev
 from vx6.core.circuit.client import ClientCircuit, ClientState
@@ -39,6 +39,7 @@ from vx6.wire.cells import (
     DestroyReason,
     RelayCommand,
     RelayMessage,
+    RelayMessageFields,
     decode_auth,
     encode_auth,
 )
@@ -101,7 +102,7 @@ class CircuitCarrier:
     def _stream_requested(self, sid: int, service: str, flags: int) -> None:
         self.session.reject_stream(sid, StreamError.PROTOCOL_ERROR, "streams go the other way")
 
-    def messages_received(self, messages: list[RelayMessage]) -> None:
+    def messages_received(self, messages: Sequence[RelayMessageFields]) -> None:
         """A batch of relay messages for this circuit, in order; one pump after them."""
         for message in messages:
             if self.closed:
@@ -109,7 +110,7 @@ class CircuitCarrier:
             self._message(message)
         self._pump()
 
-    def _message(self, message: RelayMessage) -> None:
+    def _message(self, message: RelayMessageFields) -> None:
         self.session.message_received(message)
 
     def set_congested(self, congested: bool) -> None:
@@ -295,7 +296,7 @@ class ExitCircuit(CircuitCarrier):
         self.streams_total += 1
         self._on_stream(self, sid, service, flags)
 
-    def _message(self, message: RelayMessage) -> None:
+    def _message(self, message: RelayMessageFields) -> None:
         if message.command == RelayCommand.AUTH:
             self._authenticate(bytes(message.data))
         else:

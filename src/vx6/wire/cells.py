@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 from vx6.errors import DecodeError
 from vx6.wire import frames as fr
@@ -127,6 +128,20 @@ class RelayMessage:
     command: int
     stream_id: int
     data: bytes | memoryview  # a view into the cell for received DATA
+
+
+class RelayMessageFields(Protocol):
+    """Anything that carries a relay message's fields (a RelayMessage, or the event that
+    delivers one), so a message received is not copied into a new object per cell."""
+
+    @property
+    def command(self) -> int: ...
+
+    @property
+    def stream_id(self) -> int: ...
+
+    @property
+    def data(self) -> bytes | memoryview: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +348,7 @@ def stream_message(frame: fr.ControlFrame) -> RelayMessage:
     raise ValueError(f"not a stream frame: {frame!r}")
 
 
-def stream_frame(message: RelayMessage) -> fr.ControlFrame:
+def stream_frame(message: RelayMessageFields) -> fr.ControlFrame:
     """The inverse of `stream_message`; DecodeError on anything malformed."""
     command, sid, data = message.command, message.stream_id, bytes(message.data)
     if sid == 0:

@@ -32,6 +32,7 @@ from vx6.wire import frames as fr
 from vx6.wire.cells import (
     RelayCommand,
     RelayMessage,
+    RelayMessageFields,
     is_stream_control,
     stream_frame,
     stream_message,
@@ -77,7 +78,7 @@ class CircuitStreams(StreamOps):
         return out
 
     # ------------------------------------------------------------------ input
-    def message_received(self, message: RelayMessage) -> None:
+    def message_received(self, message: RelayMessageFields) -> None:
         """One relay message for a stream (DATA or a stream control command)."""
         if self.closed:
             return
