@@ -134,6 +134,10 @@ class CircuitCarrier:
 
     # ------------------------------------------------------------------ StreamCarrier
     @property
+    def send_quantum(self) -> int:
+        return self.session.max_data
+
+    @property
     def active_streams(self) -> int:
         return len(self.session.streams)
 

@@ -26,6 +26,7 @@ from vx6.core.link import Link, LinkConfig
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
+from vx6.wire.frames import MAX_DATA_PAYLOAD
 
 log = logging.getLogger("vx6.link")
 
@@ -240,6 +241,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def send_quantum(self) -> int:
+        return MAX_DATA_PAYLOAD
 
     def open_stream(self, service: str, flags: int, sink: StreamSink) -> int:
         sid = self.core.open_stream(service, flags, self.clock())
