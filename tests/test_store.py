@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import vx6
-from vx6 import store
+from vx6 import store, store_schema
 from vx6.errors import VX6Error
 from vx6.store import LocalService, Registry, RegistryError
 
@@ -252,10 +252,10 @@ def test_meta_roundtrip_and_reserved_key(reg: Registry) -> None:
 def test_schema_version_is_stored(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     with Registry(path) as reg:
-        assert reg.schema_version == len(store.MIGRATIONS)
+        assert reg.schema_version == len(store_schema.MIGRATIONS)
     with sqlite3.connect(path) as conn:
         (value,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert int(value) == len(store.MIGRATIONS)
+    assert int(value) == len(store_schema.MIGRATIONS)
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -264,7 +264,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     with conn:
         conn.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (len(store.MIGRATIONS) + 1,)
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+            (len(store_schema.MIGRATIONS) + 1,),
         )
     conn.close()
     with pytest.raises(RegistryError, match="newer"):
@@ -276,14 +277,14 @@ def test_migrations_apply_in_order_and_a_failed_one_rolls_back(
 ) -> None:
     path = tmp_path / "r.db"
     Registry(path).close()
-    base = len(store.MIGRATIONS)
+    base = len(store_schema.MIGRATIONS)
     broken = ("CREATE TABLE half_done (x)", "THIS IS NOT SQL")
     monkeypatch.setattr(
-        store, "MIGRATIONS", (*store.MIGRATIONS, ("CREATE TABLE extra (x)",), broken)
+        store_schema, "MIGRATIONS", (*store_schema.MIGRATIONS, ("CREATE TABLE extra (x)",), broken)
     )
     with pytest.raises(RegistryError):
         Registry(path)
-    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[: base + 1])
+    monkeypatch.setattr(store_schema, "MIGRATIONS", store_schema.MIGRATIONS[: base + 1])
     with Registry(path) as reg:
         assert reg.schema_version == base + 1  # the good step stayed applied
     with sqlite3.connect(path) as conn:

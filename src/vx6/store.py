@@ -14,10 +14,8 @@ itself. There is one row per (kind, signer, subject); a new offer replaces it on
 its seq is strictly higher, and that comparison happens inside the UPSERT statement, so
 a lower seq never replaces a higher one, however writers interleave.
 
-The schema is versioned: ``meta['schema_version']`` names how many entries of
-MIGRATIONS have been applied. Opening applies the missing ones in order, each in its own
-transaction (SQLite DDL is transactional, so a failed migration leaves the previous
-version intact). A file written by a newer VX6 is refused rather than misread.
+The schema is versioned and migrated when a file is opened (`vx6.store_schema`); a file
+written by a newer VX6 is refused rather than misread.
 
 Durability: WAL journal with synchronous=NORMAL. A commit appends to the WAL and returns
 without fsync; the WAL is fsynced at checkpoints. That is safe here: a process crash
@@ -39,16 +37,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from vx6.errors import VX6Error
+from vx6.store_schema import SCHEMA_VERSION_KEY, create_private_file, migrate
+from vx6.store_schema import RegistryError as RegistryError  # callers catch it from here
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _BUSY_TIMEOUT_MS = 5000
-_SCHEMA_VERSION_KEY = "schema_version"
-
-
-class RegistryError(VX6Error):
-    """The local registry cannot be opened or used (newer schema, corrupt file, I/O)."""
 
 
 @dataclass(frozen=True)
@@ -84,36 +78,6 @@ class LocalService:
     allow_remote_target: bool
 
 
-# Each migration is a tuple of single statements (executescript would COMMIT on its own
-# and break the one-transaction-per-migration rule). Append only; never edit a shipped one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
-        """CREATE TABLE records (
-            kind INTEGER NOT NULL, signer BLOB NOT NULL, subject TEXT NOT NULL,
-            seq INTEGER NOT NULL, issued INTEGER NOT NULL, expires INTEGER NOT NULL,
-            raw BLOB NOT NULL, source TEXT NOT NULL, received_at REAL NOT NULL,
-            UNIQUE (kind, subject, signer))""",
-        # Resolving a name: subject first, then kind (the unique index covers kind-first).
-        "CREATE INDEX records_by_subject ON records (subject, kind)",
-        "CREATE INDEX records_by_signer ON records (signer, kind)",
-        "CREATE INDEX records_by_expiry ON records (expires)",
-        "CREATE INDEX records_by_received ON records (received_at)",
-        """CREATE TABLE peers (
-            host TEXT NOT NULL, port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
-            key BLOB, last_seen REAL NOT NULL, rtt_ms REAL, first_seen REAL NOT NULL,
-            PRIMARY KEY (host, port)) WITHOUT ROWID""",
-        "CREATE INDEX peers_by_last_seen ON peers (last_seen)",
-        """CREATE TABLE pins (name TEXT PRIMARY KEY, key BLOB NOT NULL, pinned_at REAL NOT NULL)
-            WITHOUT ROWID""",
-        """CREATE TABLE services (
-            name TEXT PRIMARY KEY CHECK (name <> ''), target_host TEXT NOT NULL,
-            target_port INTEGER NOT NULL CHECK (target_port BETWEEN 1 AND 65535),
-            allow_json TEXT NOT NULL, public INTEGER NOT NULL,
-            allow_remote_target INTEGER NOT NULL) WITHOUT ROWID""",
-    ),
-)
-
 _RECORD_COLUMNS = "kind, signer, subject, seq, issued, expires, raw, source, received_at"
 _PEER_COLUMNS = "key, host, port, last_seen, rtt_ms, first_seen"
 _SERVICE_COLUMNS = "name, target_host, target_port, allow_json, public, allow_remote_target"
@@ -148,7 +112,7 @@ class Registry:
         in_memory = self._path == ":memory:"
         try:
             if not in_memory:
-                _create_private_file(self._path)
+                create_private_file(self._path)
             conn = sqlite3.connect(
                 self._path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
             )
@@ -162,7 +126,7 @@ class Registry:
             # Safe with WAL; see the module docstring for what it does and does not risk.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._schema_version = _migrate(conn, self._path)
+            self._schema_version = migrate(conn, self._path)
         except sqlite3.Error as exc:
             conn.close()
             raise RegistryError(f"cannot open registry {self._path}: {exc}") from exc
@@ -414,7 +378,7 @@ class Registry:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        if key == _SCHEMA_VERSION_KEY:
+        if key == SCHEMA_VERSION_KEY:
             raise RegistryError(f"meta key {key!r} is owned by the registry itself")
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -422,58 +386,3 @@ class Registry:
     def integrity_ok(self) -> bool:
         rows = self._fetchall("PRAGMA integrity_check")
         return len(rows) == 1 and rows[0][0] == "ok"
-
-
-def _create_private_file(path: str) -> None:
-    """Create the file 0600 before SQLite does (SQLite gives its -wal/-shm the same mode).
-
-    An existing file readable by others is tightened: it holds pins and allow-lists.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _read_schema_version(conn: sqlite3.Connection, path: str) -> int:
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
-        return 0
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCHEMA_VERSION_KEY,)).fetchone()
-    if row is None:
-        return 0
-    if not isinstance(row[0], int | str) or not str(row[0]).isdigit():
-        raise RegistryError(f"registry {path}: unreadable schema_version {row[0]!r}")
-    return int(row[0])
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> int:
-    """Bring the file up to len(MIGRATIONS), one transaction per step; return the version."""
-    known = len(MIGRATIONS)
-    while True:
-        # Read the version inside the write lock so two processes opening a fresh file
-        # at once cannot both apply the same migration.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _read_schema_version(conn, path)
-            if version > known:
-                raise RegistryError(
-                    f"registry {path} has schema version {version}, but this VX6 only knows "
-                    f"up to {known}: it was written by a newer VX6; upgrade VX6 or move the "
-                    "file aside"
-                )
-            if version == known:
-                conn.execute("COMMIT")
-                return version
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                (_SCHEMA_VERSION_KEY, version + 1),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
