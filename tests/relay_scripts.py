@@ -296,7 +296,7 @@ class CellCollector:
 
 def hop_specs(registry: str, keys: list[str]) -> list[Any]:
     """HopSpecs for node keys, from their signed node records in a node's registry."""
-    from vx6.circuits import hop_endpoints
+    from vx6.circuit_pool import hop_endpoints
     from vx6.core.circuit.client import HopSpec
     from vx6.crypto.keys import key_from_text
     from vx6.store import Registry

@@ -20,15 +20,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from vx6.circuits import BuildFailed, hop_endpoints
+from vx6.circuits import BuildFailed
 from vx6.core.circuit.client import HopSpec
 from vx6.core.dht.contacts import prefix_of
 from vx6.core.routes import RelayCandidate, plan_route
 from vx6.crypto.keys import fingerprint, node_id
 from vx6.errors import DecodeError, StreamError, StreamFailed
 from vx6.net.circuit import ClientPath
+from vx6.wire.cells import MAX_ENDPOINTS, Endpoint
 from vx6.wire.records import Capability, Kind, NodeBody, decode_body, decode_record
 
 if TYPE_CHECKING:
@@ -41,6 +43,18 @@ BUILD_ATTEMPTS = 3
 AVOID_SECONDS = 300.0
 
 PoolKey = tuple[bytes, int]
+
+
+class HostPort(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+def hop_endpoints(addresses: Sequence[HostPort]) -> tuple[Endpoint, ...]:
+    """The endpoints an EXTEND may carry: IPv6 first, as the node record lists them."""
+    return tuple(Endpoint(a.host, a.port) for a in addresses[:MAX_ENDPOINTS])
 
 
 class CircuitPool:

@@ -28,13 +28,11 @@ client circuits this node builds (`ClientPath`):
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from vx6.core.circuit.client import ClientCircuit, HopSpec
 from vx6.core.circuit.events import (
@@ -49,28 +47,18 @@ from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
-from vx6.net.addresses import is_loopback
 from vx6.net.circuit import ClientPath, ExitCircuit
 from vx6.net.link import LinkProtocol
 from vx6.wire.cells import (
     CELL_SIZE,
-    MAX_ENDPOINTS,
     Create,
     DestroyReason,
-    Endpoint,
     cell_circuit_id,
     decode_cell,
 )
 
 if TYPE_CHECKING:
     from vx6.daemon import Node
-
-
-class HostPort(Protocol):
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
 
 
 log = logging.getLogger("vx6.circuits")
@@ -394,23 +382,3 @@ class CircuitRouter:
     def close_all(self) -> None:
         for path in list(self.clients.values()):
             path.close(DestroyReason.SHUTDOWN)
-
-
-def hop_endpoints(addresses: Sequence[HostPort]) -> tuple[Endpoint, ...]:
-    """The endpoints an EXTEND may carry: IPv6 first, as the node record lists them."""
-    return tuple(Endpoint(a.host, a.port) for a in addresses[:MAX_ENDPOINTS])
-
-
-def dialable(host: str, own_listen: list[tuple[str, int]]) -> bool:
-    """May a relay dial `host` for an EXTEND? Never an unspecified or multicast address,
-    and a loopback one only on a node that itself listens only on loopback (a local test
-    network): a client must not use relays to reach services on their own localhost."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    if ip.is_loopback:
-        return bool(own_listen) and all(is_loopback(h) for h, _ in own_listen)
-    return True

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vx6.circuit_pool import CircuitPool
-from vx6.circuits import CircuitRouter, dialable
+from vx6.circuits import CircuitRouter
 from vx6.client import ClientSide
 from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
@@ -40,7 +40,7 @@ from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, StreamError, StreamFailed, VX6Error
 from vx6.home import Home
 from vx6.net import eventloop
-from vx6.net.addresses import format_endpoint, is_loopback, network_of
+from vx6.net.addresses import dialable, format_endpoint, is_loopback, network_of
 from vx6.net.control import serve_control
 from vx6.net.dht import DhtService
 from vx6.net.link import LinkOwner, LinkProtocol, dial

@@ -106,3 +106,18 @@ def _ipv4_addresses() -> list[str]:
         if not ipaddress.ip_address(host).is_loopback and host not in out:
             out.append(host)
     return out
+
+
+def dialable(host: str, own_listen: list[tuple[str, int]]) -> bool:
+    """May a relay dial `host` for an EXTEND? Never an unspecified or multicast address,
+    and a loopback one only on a node that itself listens only on loopback (a local test
+    network): a client must not use relays to reach services on their own localhost."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    if ip.is_loopback:
+        return bool(own_listen) and all(is_loopback(h) for h, _ in own_listen)
+    return True
