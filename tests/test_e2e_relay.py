@@ -140,6 +140,53 @@ def test_six_relays_refused_by_the_cli(rnet: RelayNet) -> None:
     assert b"1..5" in result.stderr
 
 
+def test_circuits_rotate_after_their_lifetime(rnet: RelayNet, echo_server: TCPServer) -> None:
+    """A circuit takes new connections for `circuit_lifetime` seconds after its first one
+    (dave's config: 2 s). A connection still open then keeps working on it, the next ones
+    go over another circuit, and the old one is closed once its last connection ends."""
+    home = rnet.net.base / "dave"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("circuit_lifetime = 2\n")
+    dave = rnet.net.start("dave", peers=(rnet.relays[0].listen,))
+    wait_for(
+        lambda: knows_owner(dave, "alice") and relays_known(dave, RELAYS),
+        READY_TIMEOUT,
+        "dave to learn alice and the relays",
+    )
+    service = expose(rnet.alice, echo_server.address, allow=[dave.key])
+    port, name = relay_forward(dave, service, 1)
+
+    def circuits() -> dict[int, dict[str, Any]]:
+        return {c["id"]: c for c in forward_named(dave, name)["circuits"]}
+
+    with connect(port) as held:
+        held.sendall(b"first")
+        assert recv_exact(held, 5) == b"first"
+        (first,) = [i for i, c in circuits().items() if c["streams"] == 1]
+        wait_for(lambda: circuits()[first]["retiring"], 15.0, "the held circuit to retire")
+        carried = circuits()[first]["streams_total"]
+        assert echo_once(port, b"later") == b"later"
+        now = circuits()
+        assert now[first]["streams_total"] == carried  # the new connection went elsewhere
+        assert now[first]["state"] == "open" and now[first]["streams"] == 1
+        held.sendall(b"still")  # and the held one keeps working on the retiring circuit
+        assert recv_exact(held, 5) == b"still"
+    wait_for(
+        lambda: first not in circuits() or circuits()[first]["state"] != "open",
+        15.0,
+        "the retired circuit to close once its connection ended",
+    )
+    assert echo_once(port, b"again") == b"again"
+
+
+def recv_exact(sock: socket.socket, count: int) -> bytes:
+    sock.settimeout(IO_TIMEOUT)
+    data = b""
+    while len(data) < count and (chunk := sock.recv(count - len(data))):
+        data += chunk
+    return data
+
+
 def test_relay_killed_mid_transfer_then_next_connection_works(
     rnet: RelayNet, pusher: Pusher
 ) -> None:

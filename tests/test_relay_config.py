@@ -1,6 +1,6 @@
 """Relay-mode settings: onion key rotation in the home (the previous key stays
-accepted), and `hops` / `relay_fallback` / `relay` in the config file and on the
-command line, with clear errors for values the protocol cannot carry."""
+accepted), and `hops` / `relay_fallback` / `relay` / `circuit_lifetime` in the config
+file and on the command line, with clear errors for values the protocol cannot carry."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vx6.config import forward_config, load_config
+from vx6.config import CIRCUIT_LIFETIME, forward_config, load_config
 from vx6.errors import UsageError
 from vx6.home import ONION_KEY_LIFETIME, Home
 
@@ -51,6 +51,23 @@ def test_config_file_rejects_impossible_hops(tmp_path: Path, extra: str) -> None
     path = tmp_path / "config.toml"
     path.write_text(f'[forwards.a]\nservice = "alice.ssh"\nlocal = "2222"\n{extra}\n')
     with pytest.raises(UsageError):
+        load_config(path)
+
+
+def test_circuit_lifetime_in_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert load_config(path).circuit_lifetime == CIRCUIT_LIFETIME  # no file: the default
+    path.write_text("circuit_lifetime = 90\n")
+    assert load_config(path).circuit_lifetime == 90.0
+    path.write_text("circuit_lifetime = 2.5\n")
+    assert load_config(path).circuit_lifetime == 2.5
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.5", "100000", '"600"', "true"])
+def test_circuit_lifetime_out_of_range_is_refused(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"circuit_lifetime = {value}\n")
+    with pytest.raises(UsageError, match="circuit_lifetime"):
         load_config(path)
 
 

@@ -7,6 +7,13 @@ whenever it hands one out, or one dies, it builds replacements in the background
 when nothing is ready (the first connection, or right after every circuit died) does a
 connection wait for a build.
 
+Circuits are rotated like Tor's (MaxCircuitDirtiness): a circuit takes new connections
+for `circuit_lifetime` seconds (config, default 600) after its first one; after that it
+is *retiring*: its connections go on, new ones go over a fresh circuit, and it is closed
+once its last connection ends (checked on every hand-out and by `maintain_loop`). Spares
+that never carried a connection do not age. So one circuit never links more than a few
+minutes of a client's connections.
+
 Routes come from the local registry (`relay_candidates`): nodes whose signed node record
 advertises the relay capability and an onion key, weighted by how long we have seen them
 up and by their measured RTT, and kept apart by network (core/routes.py). A build that
@@ -17,6 +24,7 @@ relay costs the next connection one failed attempt at most, not an error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vx6.pool")
 
 SPARE = 2  # open circuits kept per (owner, hops)
+SWEEP_EVERY = 30.0  # at most this long between checks for retiring circuits to close
 BUILD_ATTEMPTS = 3
 AVOID_SECONDS = 300.0
 
@@ -66,10 +75,39 @@ class CircuitPool:
         self._rng = random.SystemRandom()
 
     # ------------------------------------------------------------------ handing out
+    def takes_new(self, path: ClientPath, now: float) -> bool:
+        """Does this circuit take new connections (it is not retiring)?"""
+        first = path.first_stream_at
+        return first is None or now - first < self.node.config.circuit_lifetime
+
     def ready(self, key: PoolKey) -> list[ClientPath]:
-        live = [p for p in self.paths.get(key, []) if p.is_open]
-        self.paths[key] = live
-        return live
+        """The open circuits that take new connections. Drops closed circuits and closes
+        retiring ones whose last connection has ended."""
+        now = time.monotonic()
+        fresh: list[ClientPath] = []
+        kept: list[ClientPath] = []
+        for path in self.paths.get(key, []):
+            if not path.is_open:
+                continue
+            if self.takes_new(path, now):
+                fresh.append(path)
+            elif path.active_streams:
+                kept.append(path)  # retiring: its connections go on
+            else:
+                log.info("circuit %d retired after its lifetime", path.circuit_id)
+                path.close()
+        self.paths[key] = fresh + kept
+        return fresh
+
+    async def maintain_loop(self) -> None:
+        """Close retiring circuits once idle, and build their fresh replacements."""
+        while True:
+            every = min(SWEEP_EVERY, self.node.config.circuit_lifetime / 2)
+            await asyncio.sleep(every)  # periodic timer, not synchronisation
+            for key in list(self.paths):
+                self.ready(key)
+                if self.paths[key]:  # in use: keep its spares fresh
+                    self._top_up(key)
 
     async def get(self, owner: bytes, hops: int) -> ClientPath:
         key = (owner, hops)
@@ -181,11 +219,20 @@ class CircuitPool:
             )
         return HopSpec(owner, body.onion_key, hop_endpoints(body.addresses))
 
-    def describe(self) -> list[dict[str, object]]:
+    def describe_circuits(self, key: PoolKey) -> list[dict[str, object]]:
+        now = time.monotonic()
         return [
-            {"owner": fingerprint(owner), "hops": hops, "circuits": [p.describe() for p in paths]}
-            for (owner, hops), paths in self.paths.items()
+            {**path.describe(), "retiring": path.is_open and not self.takes_new(path, now)}
+            for path in self.paths.get(key, [])
         ]
+
+    def describe(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for key in self.paths:
+            owner, hops = key
+            circuits = self.describe_circuits(key)
+            out.append({"owner": fingerprint(owner), "hops": hops, "circuits": circuits})
+        return out
 
     def close(self) -> None:
         for paths in self.paths.values():

@@ -327,7 +327,7 @@ class ClientSide:
             key = self.resolve(addr, follow_pin=False)
         except StreamFailed:
             return []
-        return [p.describe() for p in self.node.pool.paths.get((key, hops), [])]
+        return self.node.pool.describe_circuits((key, hops))
 
     async def disconnect(self, name: str) -> bool:
         fwd = self.forwards.pop(name, None)

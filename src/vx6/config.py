@@ -6,6 +6,7 @@ Example:
     listen = ["[::]:4242"]
     peers = ["[2001:db8::7]:4242"]
     # relay = true                 # carry circuits for others (advertised in the record)
+    # circuit_lifetime = 600       # seconds a relay circuit takes new connections
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -37,6 +38,10 @@ from vx6.net.addresses import is_loopback, parse_endpoint
 
 DEFAULT_PORT = 4242
 MAX_RELAYS = 5  # relays on one circuit; the exit makes the sixth hop (docs/circuits.md)
+# Like Tor's MaxCircuitDirtiness: connections made more than this long after a circuit's
+# first one go over a fresh circuit, so one circuit does not link a day of connections.
+CIRCUIT_LIFETIME = 600.0
+CIRCUIT_LIFETIME_RANGE = (1.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class NodeConfig:
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
     relay: bool = False
+    circuit_lifetime: float = CIRCUIT_LIFETIME
 
 
 def service_config(
@@ -138,6 +144,13 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
+def _seconds(value: Any, what: str, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise UsageError(f"config: {what} must be a number of seconds from {low:g} to {high:g}")
+    return float(value)
+
+
 def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise UsageError(f"config: {what} must be a list of strings")
@@ -162,6 +175,9 @@ def load_config(path: Path) -> NodeConfig:
     cfg.bootstrap = _endpoints(data.get("bootstrap", []), "bootstrap")
     cfg.advertise = _endpoints(data.get("advertise", []), "advertise")
     cfg.relay = bool(data.get("relay", False))
+    cfg.circuit_lifetime = _seconds(
+        data.get("circuit_lifetime", CIRCUIT_LIFETIME), "circuit_lifetime", CIRCUIT_LIFETIME_RANGE
+    )
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")

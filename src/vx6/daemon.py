@@ -118,6 +118,7 @@ class Node(LinkOwner):
                 tg.create_task(self.publisher.republish_loop())
                 tg.create_task(self.records.reconcile_loop())
                 tg.create_task(self.remember_loop())
+                tg.create_task(self.pool.maintain_loop())
                 log.info(
                     "node %s (%s) listening on %s",
                     self.name or "-",
@@ -377,6 +378,7 @@ def _merge(file_cfg: NodeConfig, cli: NodeConfig) -> NodeConfig:
         services=dict(file_cfg.services),
         forwards=dict(file_cfg.forwards),
         relay=cli.relay or file_cfg.relay,
+        circuit_lifetime=file_cfg.circuit_lifetime,  # the file only: no flag
     )
     return merged
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from vx6.core import events as ev
@@ -61,6 +62,7 @@ class CircuitCarrier:
         self.close_reason = ""
         self.congested = False  # set by the router while cells for this link queue up
         self.streams_total = 0
+        self.first_stream_at: float | None = None  # time.monotonic() of the first stream
         self._submit = submit
 
     # ------------------------------------------------------------------ subclass hooks
@@ -147,6 +149,8 @@ class CircuitCarrier:
         sid = self.session.open_stream(service, flags)
         self.sinks[sid] = sink
         self.streams_total += 1
+        if self.first_stream_at is None:
+            self.first_stream_at = time.monotonic()
         self._pump()
         return sid
 
