@@ -143,7 +143,8 @@ def test_six_relays_refused_by_the_cli(rnet: RelayNet) -> None:
 def test_circuits_rotate_after_their_lifetime(rnet: RelayNet, echo_server: TCPServer) -> None:
     """A circuit takes new connections for `circuit_lifetime` seconds after its first one
     (dave's config: 2 s). A connection still open then keeps working on it, the next ones
-    go over another circuit, and the old one is closed once its last connection ends."""
+    go over another circuit, and the old one is closed once its last connection ends;
+    spares nobody asks for are closed after six lifetimes."""
     home = rnet.net.base / "dave"
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text("circuit_lifetime = 2\n")
@@ -177,6 +178,10 @@ def test_circuits_rotate_after_their_lifetime(rnet: RelayNet, echo_server: TCPSe
         "the retired circuit to close once its connection ended",
     )
     assert echo_once(port, b"again") == b"again"
+    # Unused for six lifetimes (12 s here), the forward's spare circuits are closed too;
+    # the next connection builds a circuit again.
+    wait_for(lambda: not circuits(), 40.0, "the unused spares to be closed")
+    assert echo_once(port, b"back") == b"back"
 
 
 def recv_exact(sock: socket.socket, count: int) -> bytes:

@@ -11,8 +11,10 @@ Circuits are rotated like Tor's (MaxCircuitDirtiness): a circuit takes new conne
 for `circuit_lifetime` seconds (config, default 600) after its first one; after that it
 is *retiring*: its connections go on, new ones go over a fresh circuit, and it is closed
 once its last connection ends (checked on every hand-out and by `maintain_loop`). Spares
-that never carried a connection do not age. So one circuit never links more than a few
-minutes of a client's connections.
+that never carried a connection do not age, but an (owner, hops) that has not been asked
+for a circuit in `IDLE_LIFETIMES` lifetimes (an hour by default) drops them, so a forward
+nobody uses does not keep circuits open at relays. So one circuit never links more than a
+few minutes of a client's connections.
 
 Routes come from the local registry (`relay_candidates`): nodes whose signed node record
 advertises the relay capability and an onion key, weighted by how long we have seen them
@@ -48,6 +50,7 @@ log = logging.getLogger("vx6.pool")
 
 SPARE = 2  # open circuits kept per (owner, hops)
 SWEEP_EVERY = 30.0  # at most this long between checks for retiring circuits to close
+IDLE_LIFETIMES = 6  # an (owner, hops) unused this many circuit lifetimes drops its spares
 BUILD_ATTEMPTS = 3
 AVOID_SECONDS = 300.0
 
@@ -72,6 +75,7 @@ class CircuitPool:
         self.paths: dict[PoolKey, list[ClientPath]] = {}
         self._building: dict[PoolKey, int] = {}
         self._avoid: dict[bytes, float] = {}
+        self._last_asked: dict[PoolKey, float] = {}
         self._rng = random.SystemRandom()
 
     # ------------------------------------------------------------------ handing out
@@ -100,17 +104,27 @@ class CircuitPool:
         return fresh
 
     async def maintain_loop(self) -> None:
-        """Close retiring circuits once idle, and build their fresh replacements."""
+        """Close retiring circuits once idle and build their fresh replacements; drop
+        the spares of an (owner, hops) nobody has asked for in a long time."""
         while True:
-            every = min(SWEEP_EVERY, self.node.config.circuit_lifetime / 2)
-            await asyncio.sleep(every)  # periodic timer, not synchronisation
+            lifetime = self.node.config.circuit_lifetime
+            await asyncio.sleep(min(SWEEP_EVERY, lifetime / 2))  # a periodic timer
+            now = time.monotonic()
             for key in list(self.paths):
                 self.ready(key)
-                if self.paths[key]:  # in use: keep its spares fresh
+                paths = self.paths[key]
+                unused = now - self._last_asked.get(key, 0.0) > IDLE_LIFETIMES * lifetime
+                if unused and not any(p.active_streams for p in paths):
+                    log.info("closing %d spare circuits nobody used", len(paths))
+                    for path in paths:
+                        path.close()
+                    del self.paths[key]
+                elif paths:  # in use: keep its spares fresh
                     self._top_up(key)
 
     async def get(self, owner: bytes, hops: int) -> ClientPath:
         key = (owner, hops)
+        self._last_asked[key] = time.monotonic()
         for path in sorted(self.ready(key), key=lambda p: p.active_streams):
             if path.active_streams < path.session.streams.max_streams:
                 self._top_up(key)
@@ -122,6 +136,7 @@ class CircuitPool:
 
     def warm(self, owner: bytes, hops: int) -> None:
         """Start building circuits for a forward before its first connection."""
+        self._last_asked[(owner, hops)] = time.monotonic()
         self._top_up((owner, hops))
 
     def _top_up(self, key: PoolKey) -> None:
