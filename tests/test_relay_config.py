@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vx6.cli_format import render
 from vx6.config import CIRCUIT_LIFETIME, forward_config, load_config
 from vx6.errors import UsageError
 from vx6.home import ONION_KEY_LIFETIME, Home
@@ -87,3 +88,25 @@ def test_previous_key_file_is_ignored_when_damaged(tmp_path: Path) -> None:
     (tmp_path / "h" / "onion.prev.key").write_bytes(b"short")
     os.chmod(tmp_path / "h" / "onion.prev.key", 0o600)
     assert len(home.onion_keys(now=0.0)) == 1
+
+
+def test_forwards_listing_marks_retiring_circuits() -> None:
+    circuit = {"id": 3, "state": "open", "hops": 2, "streams": 1, "build_ms": 9.5}
+    forward = {
+        "name": "web",
+        "local": "127.0.0.1:8080",
+        "service": "alice.web",
+        "path": "relay (1 hops)",
+        "active": 1,
+        "connections": 4,
+        "failures": 0,
+        "last_error": "",
+        "circuits": [
+            {**circuit, "relays": ["r1"], "retiring": True},
+            {**circuit, "id": 5, "streams": 0, "relays": ["r2"], "retiring": False},
+        ],
+    }
+    text = render("forwards", {"forwards": [forward]})
+    assert "web circuits (2 of 2 open):" in text
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines() if line[:1] in "35"}
+    assert rows == {"3": "retiring", "5": "open"}

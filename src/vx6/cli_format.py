@@ -41,7 +41,9 @@ def _circuit_health(forwards: list[dict[str, Any]]) -> list[str]:
             continue
         healthy = sum(1 for c in circuits if c["state"] == "open")
         lines.append(f"{f['name']} circuits ({healthy} of {len(circuits)} open):")
-        lines.append(table(circuits, ["id", "state", "hops", "streams", "build_ms", "relays"]))
+        # A retiring circuit carries its connections on but takes no new ones.
+        rows = [{**c, "state": "retiring" if c.get("retiring") else c["state"]} for c in circuits]
+        lines.append(table(rows, ["id", "state", "hops", "streams", "build_ms", "relays"]))
     return lines
 
 
