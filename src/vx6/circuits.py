@@ -328,8 +328,7 @@ class CircuitRouter:
             self.cells_out += len(batch)
             link.send_cells(batch)
         if queue is not None and not queue:
-            del self._queues[lid]
-            self._writable(lid)
+            del self._queues[lid]  # link_paused, our only caller, then lets it write in place
         if events:
             self.process(events)
 

@@ -246,9 +246,6 @@ def relay_plaintext_size(depth: int) -> int:
     return BODY_SIZE - LAYER_OVERHEAD * depth
 
 
-_LAYER_SIZES = tuple(layer_size(depth) for depth in range(MAX_DEPTH + 1))  # index: depth
-
-
 # Every layer operation works in place on a writable buffer the caller owns, so a cell
 # costs one AEAD pass per layer and no copies: the client writes its relay message into
 # a fresh cell and seals every layer around it where it lies; a relay decrypts the layer
@@ -299,9 +296,10 @@ def peel_into(hop: HopCrypto, body: memoryview, depth: int, out: memoryview) -> 
     layer's flag. Returns True if the cell is for this hop, its relay message being
     out[1 : 1 + relay_plaintext_size(depth)]; else out[1:] is the body to pass on, its
     zero fill included."""
-    if len(body) != BODY_SIZE or len(out) != BODY_SIZE + 1:
-        raise CryptoError("peel takes a relay body and a buffer one byte longer")
-    size = _LAYER_SIZES[depth]
+    _check_body(body)
+    if len(out) != BODY_SIZE + 1:
+        raise CryptoError("peel needs a buffer one byte longer than a body")
+    size = layer_size(depth)
     hop.forward.open_into(body[:size], out[: size - TAG_LEN])
     out[size - TAG_LEN :] = _ZERO_FILL[: BODY_SIZE + 1 - (size - TAG_LEN)]
     flag = out[0]

@@ -70,12 +70,13 @@ class RelayPath:
         pos = start
         while pos < end:
             circuit_id, command = cell_header(chunk, pos)
-            circuit = by_key.get((link, circuit_id))
+            key = (link, circuit_id)
+            circuit = by_key.get(key)
             if circuit is None or command != CellCommand.RELAY:
                 break
             body = chunk[pos + CELL_HEADER : pos + CELL_SIZE]
             pos += CELL_SIZE
-            self._relay(circuit, circuit.prev == (link, circuit_id), body, events)
+            self._relay(circuit, circuit.prev == key, body, events)
         return events, pos
 
     def relay_received(
