@@ -126,6 +126,20 @@ def read_to_end(sock: socket.socket) -> str:
     return "eof"
 
 
+def refused_outcome(port: int, payload: bytes, timeout: float = IO_TIMEOUT) -> str:
+    """Connect to a forward that is expected to refuse, send `payload` and say how the
+    connection ended: "eof" or "reset". The forward may reset the connection before
+    `connect()` returns (the RST can beat a slow test thread), during the send, or at
+    the read; all are the same refusal."""
+    try:
+        with connect(port, timeout=timeout) as sock:
+            with contextlib.suppress(BrokenPipeError):
+                sock.sendall(payload)
+            return read_to_end(sock)
+    except ConnectionResetError:
+        return "reset"
+
+
 def recv_all(sock: socket.socket) -> bytes:
     parts = []
     while data := sock.recv(CHUNK):

@@ -24,7 +24,7 @@ from helpers_net import (
     echo_once,
     expose,
     forward_to,
-    read_to_end,
+    refused_outcome,
 )
 from vx6.errors import UsageError
 from vx6.localnet import LocalNet, wait_for
@@ -124,12 +124,7 @@ def test_refused_stream_resets_on_the_stdlib_loop(stdlib_trio: Trio) -> None:
         host, target_port = target.getsockname()
         service = expose(alice, f"{host}:{target_port}", allow=[bob.key])
         port = forward_to(bob, "alice", service)
-    with connect(port, timeout=10) as sock:
-        try:
-            sock.sendall(b"anyone?")
-            outcome = read_to_end(sock)
-        except ConnectionResetError:
-            outcome = "reset"
+    outcome = refused_outcome(port, b"anyone?", timeout=10)
     # The owner could not reach the target: the client's connection is reset (SO_LINGER
     # 0), never closed cleanly as if the reply were complete.
     assert outcome == "reset"
