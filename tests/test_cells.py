@@ -287,3 +287,17 @@ def test_relay_messages_round_trip(command: int, stream: int, data: bytes, extra
     message = c.RelayMessage(command, stream, data)
     raw = c.encode_relay_message(message, c.RELAY_HEADER + len(data) + extra)
     assert c.decode_relay_message(raw) == message
+
+
+def test_cells_frame_body_is_whole_cells_after_the_type_byte() -> None:
+    assert c.CELLS_PER_FRAME == 3  # 3 x 16 KiB fit in one Noise message, 4 do not
+    for count in range(1, c.CELLS_PER_FRAME + 1):
+        frame = bytes([fr.FrameType.CELLS]) + bytes(range(256)) * (64 * count)
+        body = c.cells_frame_body(frame)
+        assert len(body) == count * c.CELL_SIZE and bytes(body) == frame[1:]
+
+
+@pytest.mark.parametrize("size", [0, 1, c.CELL_SIZE, c.CELL_SIZE + 2, 4 * c.CELL_SIZE + 1])
+def test_cells_frame_that_is_not_whole_cells_raises_decode_error(size: int) -> None:
+    with pytest.raises(DecodeError, match="not whole cells"):
+        c.cells_frame_body(bytes(size))

@@ -77,6 +77,24 @@ def test_golden_data_header_and_length_prefix() -> None:
     assert fr.length_prefix(65535).hex() == "ffff"
 
 
+@given(st.integers(0, fr.MAX_STREAM_ID), st.binary(max_size=fr.MAX_DATA_PAYLOAD))
+@settings(max_examples=50)
+def test_data_frames_round_trip(stream_id: int, data: bytes) -> None:
+    sid, payload = fr.decode_data(fr.data_header(stream_id) + data)
+    assert (sid, bytes(payload)) == (stream_id, data)
+
+
+def test_golden_data_frame_decodes() -> None:
+    sid, payload = fr.decode_data(bytes.fromhex("010a0b0c0d6869"))
+    assert (sid, bytes(payload)) == (0x0A0B0C0D, b"hi")
+
+
+@pytest.mark.parametrize("raw", ["", "01", "01000000"])
+def test_short_data_frame_raises_decode_error(raw: str) -> None:
+    with pytest.raises(DecodeError, match="DATA frame too short"):
+        fr.decode_data(bytes.fromhex(raw))
+
+
 @pytest.mark.parametrize(
     ("window", "golden_window"), [(2 * 1024 * 1024, "00200000"), (4096, "00001000")]
 )

@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 from test_link_core import Net, make_net
 from vx6.core import events as ev
-from vx6.core.link_cells import CELLS_PER_FRAME
 from vx6.wire import frames as fr
-from vx6.wire.cells import CELL_SIZE
+from vx6.wire.cells import CELL_SIZE, CELLS_PER_FRAME
 
 
 def _cell(n: int) -> bytes:

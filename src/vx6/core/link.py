@@ -27,7 +27,7 @@ from vx6.core.streams import TransitionError as StreamTransitionError
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
 from vx6.wire import frames as fr
-from vx6.wire.cells import CELL_SIZE
+from vx6.wire.cells import cells_frame_body
 
 
 @dataclass(frozen=True)
@@ -210,16 +210,17 @@ class Link(StreamOps, CellOps):
             raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
 
     def _on_data(self, plain: bytes) -> None:
-        if len(plain) < fr.DATA_HEADER:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, "DATA frame too short")
-        sid = int.from_bytes(plain[1:5], "big")
-        self._on_stream_data(sid, memoryview(plain)[5:])  # no copy: the write takes the view
+        try:
+            sid, payload = fr.decode_data(plain)
+        except DecodeError as exc:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+        self._on_stream_data(sid, payload)  # no copy: the write takes the view
 
     def _on_cells(self, plain: bytes) -> None:
-        count, rest = divmod(len(plain) - 1, CELL_SIZE)
-        if count == 0 or rest:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, "CELLS frame is not whole cells")
-        chunk = memoryview(plain)[1:]
+        try:
+            chunk = cells_frame_body(plain)
+        except DecodeError as exc:
+            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
         last = self._events[-1] if self._events else None
         if isinstance(last, ev.CellsReceived):
             self._events[-1] = ev.CellsReceived((*last.chunks, chunk))

@@ -16,9 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vx6.wire import frames as fr
-from vx6.wire.cells import CELL_SIZE
-
-CELLS_PER_FRAME = (fr.MAX_FRAME - 1) // CELL_SIZE
+from vx6.wire.cells import CELL_SIZE, CELLS_PER_FRAME
 
 
 class CellOps:

@@ -30,6 +30,7 @@ from vx6.wire.endpoint import pack_endpoint, unpack_endpoint
 
 CELL_SIZE = 16 * 1024
 CELL_HEADER = 5
+CELLS_PER_FRAME = (fr.MAX_FRAME - 1) // CELL_SIZE  # a CELLS link frame: its type byte, then cells
 BODY_SIZE = CELL_SIZE - CELL_HEADER
 MAX_CIRCUIT_ID = 0xFFFFFFFF
 MAX_STREAM_ID = 0xFFFFFFFF
@@ -230,6 +231,15 @@ def write_cell_header(cell: bytearray | memoryview, circuit_id: int, command: in
     """Write a cell's header into the first CELL_HEADER bytes of a cell buffer."""
     _check_circuit_id(circuit_id)
     _HEADER.pack_into(cell, 0, circuit_id, command)
+
+
+def cells_frame_body(plain: bytes) -> memoryview:
+    """The cells of a CELLS link frame (type byte, then whole cells back to back), as a
+    view of `plain`: at least one cell and at most CELLS_PER_FRAME."""
+    count, rest = divmod(len(plain) - 1, CELL_SIZE)
+    if not 0 < count <= CELLS_PER_FRAME or rest:
+        raise DecodeError("CELLS frame is not whole cells")
+    return memoryview(plain)[1:]
 
 
 def cell_header(buf: bytes | memoryview, offset: int) -> tuple[int, int]:

@@ -132,6 +132,13 @@ def data_header(stream_id: int) -> bytes:
     return _DATA_PREFIX + stream_id.to_bytes(4, "big")
 
 
+def decode_data(plain: bytes) -> tuple[int, memoryview]:
+    """A DATA frame's stream id and payload; the payload is a view of `plain`, not a copy."""
+    if len(plain) < DATA_HEADER:
+        raise DecodeError("DATA frame too short")
+    return _U32.unpack_from(plain, 1)[0], memoryview(plain)[DATA_HEADER:]
+
+
 def _text(raw: bytes | memoryview, what: str) -> str:
     try:
         return bytes(raw).decode("utf-8")
