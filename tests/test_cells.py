@@ -1,4 +1,5 @@
-"""Circuit cells (wire/cells.py): golden bytes, round trips, and hostile input."""
+"""Circuit cells (wire/cells.py) and stream frames as relay messages
+(wire/relay_streams.py): golden bytes, round trips, and hostile input."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from vx6.errors import DecodeError
 from vx6.wire import cells as c
 from vx6.wire import frames as fr
+from vx6.wire import relay_streams as rs
 
 SKIN = bytes(range(96))
 REPLY = bytes(range(100, 164))
@@ -93,11 +95,11 @@ GOLDEN_STREAM_MESSAGES: list[tuple[fr.ControlFrame, str]] = [
 @pytest.mark.parametrize(("frame", "golden"), GOLDEN_STREAM_MESSAGES, ids=lambda x: repr(x)[:30])
 def test_golden_stream_messages(frame: fr.ControlFrame, golden: str) -> None:
     raw = bytes.fromhex(golden)
-    message = c.stream_message(frame)
+    message = rs.stream_message(frame)
     assert c.encode_relay_message(message, len(raw)) == raw
     decoded = c.decode_relay_message(raw)
-    assert c.is_stream_control(decoded.command)
-    assert c.stream_frame(decoded) == frame
+    assert rs.is_stream_control(decoded.command)
+    assert rs.stream_frame(decoded) == frame
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,7 @@ def test_golden_stream_messages(frame: fr.ControlFrame, golden: str) -> None:
 )
 def test_bad_stream_messages_are_refused(message: c.RelayMessage) -> None:
     with pytest.raises(DecodeError):
-        c.stream_frame(message)
+        rs.stream_frame(message)
 
 
 def test_auth_codec() -> None:

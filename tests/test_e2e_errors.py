@@ -147,7 +147,7 @@ def test_forward_whose_target_later_refuses_closes_the_local_connection(errnet: 
         target.stop_listening()
         assert_closed_promptly(port)
     assert counters(alice).get("streams_refused_target", 0) == refused_before + 1
-    last = wait_for(lambda: _forward(bob, port)["last_error"], 5, "the forward's last_error")
+    last = wait_for(lambda: _forward(bob, port)["last_error"], 15, "the forward's last_error")
     assert "Connect call failed" in last or "refused" in last.lower(), last
 
 
@@ -159,7 +159,7 @@ def test_forward_whose_service_is_withdrawn_closes_the_local_connection(errnet: 
         assert echo_once(port, b"ping") == b"ping"
         alice.call("unexpose", name=service)
         assert_closed_promptly(port)
-    last = wait_for(lambda: _forward(bob, port)["last_error"], 5, "the forward's last_error")
+    last = wait_for(lambda: _forward(bob, port)["last_error"], 15, "the forward's last_error")
     assert service in last, last
 
 
@@ -179,7 +179,7 @@ def test_forward_whose_owner_stops_closes_the_local_connection(errnet: Trio) -> 
             # The stream in progress ends with the link instead of hanging.
             assert read_to_end(live) in ("eof", "reset")
         assert_closed_promptly(port)
-    last = wait_for(lambda: _forward(bob, port)["last_error"], 5, "the forward's last_error")
+    last = wait_for(lambda: _forward(bob, port)["last_error"], 15, "the forward's last_error")
     assert last.startswith("owner unreachable"), last
 
 

@@ -3,7 +3,7 @@
 Theory of operation. A circuit carries streams exactly as a link does: the same stream
 table, credit flow control, 0-RTT data and half-close (`core/link_streams.py`), so the
 port forwarding above it is written once. Only the carrier differs: each stream frame
-becomes one relay message (`wire.cells.stream_message`), and DATA is cut to the largest
+becomes one relay message (`wire.relay_streams.stream_message`), and DATA is cut to the largest
 payload one cell carries to the other end. The client opens streams (odd ids); the exit
 answers them. A circuit has no handshake in which to announce a window, so both ends use
 `CIRCUIT_WINDOW`; with at most `CIRCUIT_MAX_STREAMS` streams that bounds the bytes in
@@ -29,14 +29,8 @@ from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamTable
 from vx6.errors import CloseCode, DecodeError, LinkError
 from vx6.wire import frames as fr
-from vx6.wire.cells import (
-    RelayCommand,
-    RelayMessage,
-    RelayMessageFields,
-    is_stream_control,
-    stream_frame,
-    stream_message,
-)
+from vx6.wire.cells import RelayCommand, RelayMessage, RelayMessageFields
+from vx6.wire.relay_streams import is_stream_control, stream_frame, stream_message
 
 # The window decides how much data is in flight on a circuit of up to seven processes,
 # and so how many cells each of them handles per wake-up: 5 relays on loopback moved
