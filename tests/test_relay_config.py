@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vx6.cli_format import render
-from vx6.config import CIRCUIT_LIFETIME, forward_config, load_config
+from vx6.config import CIRCUIT_LIFETIME, NodeConfig, forward_config, load_config
 from vx6.errors import UsageError
 from vx6.home import ONION_KEY_LIFETIME, Home
 
@@ -62,6 +62,24 @@ def test_circuit_lifetime_in_the_config_file(tmp_path: Path) -> None:
     assert load_config(path).circuit_lifetime == 90.0
     path.write_text("circuit_lifetime = 2.5\n")
     assert load_config(path).circuit_lifetime == 2.5
+
+
+def test_command_line_flags_override_the_file_and_add_peers(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'name = "alice"\nlisten = ["[::1]:4242"]\npeers = ["[::1]:5000"]\n'
+        "circuit_lifetime = 90\n"
+        '[forwards.a]\nservice = "bob.ssh"\nlocal = "2222"\n'
+    )
+    file_cfg = load_config(path)
+    assert file_cfg.with_flags(NodeConfig()) == file_cfg  # no flags: the file as it is
+    flags = NodeConfig(
+        name="carol", listen=[("::1", 4300)], peers=[("::1", 5000), ("::1", 5001)], relay=True
+    )
+    merged = file_cfg.with_flags(flags)
+    assert (merged.name, merged.listen, merged.relay) == ("carol", [("::1", 4300)], True)
+    assert merged.peers == [("::1", 5000), ("::1", 5001)]  # added, not duplicated
+    assert merged.circuit_lifetime == 90.0 and list(merged.forwards) == ["a"]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "0.5", "100000", '"600"', "true"])

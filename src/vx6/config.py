@@ -79,6 +79,21 @@ class NodeConfig:
     relay: bool = False
     circuit_lifetime: float = CIRCUIT_LIFETIME
 
+    def with_flags(self, cli: NodeConfig) -> NodeConfig:
+        """This (the file's) config with the command line's flags applied: a flag given
+        replaces the file's value, peers and bootstrap addresses add to the file's."""
+        return NodeConfig(
+            name=cli.name or self.name,
+            listen=cli.listen or self.listen,
+            peers=self.peers + [p for p in cli.peers if p not in self.peers],
+            bootstrap=self.bootstrap + [p for p in cli.bootstrap if p not in self.bootstrap],
+            advertise=cli.advertise or self.advertise,
+            services=dict(self.services),
+            forwards=dict(self.forwards),
+            relay=cli.relay or self.relay,
+            circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
+        )
+
 
 def service_config(
     name: str, target: str, allow: list[str], public: bool, allow_remote_target: bool

@@ -63,7 +63,7 @@ class Node(LinkOwner):
         self.home = home
         home.ensure()
         file_cfg = load_config(home.config_path)
-        self.config = _merge(file_cfg, cli or NodeConfig())
+        self.config = file_cfg.with_flags(cli or NodeConfig())
         self.identity = home.identity()
         self.link_key = home.link_key()
         self.onion_keys = home.onion_keys(time.time())
@@ -366,21 +366,6 @@ def _listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _merge(file_cfg: NodeConfig, cli: NodeConfig) -> NodeConfig:
-    merged = NodeConfig(
-        name=cli.name or file_cfg.name,
-        listen=cli.listen or file_cfg.listen,
-        peers=file_cfg.peers + [p for p in cli.peers if p not in file_cfg.peers],
-        bootstrap=file_cfg.bootstrap + [p for p in cli.bootstrap if p not in file_cfg.bootstrap],
-        advertise=cli.advertise or file_cfg.advertise,
-        services=dict(file_cfg.services),
-        forwards=dict(file_cfg.forwards),
-        relay=cli.relay or file_cfg.relay,
-        circuit_lifetime=file_cfg.circuit_lifetime,  # the file only: no flag
-    )
-    return merged
 
 
 def _tune_allocator() -> None:
