@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from helpers_net import (
     HTTPFileServer,
@@ -23,6 +24,12 @@ from helpers_net import (
 )
 from netns import no_leftover_namespaces  # noqa: F401  (a fixture, shared by the netns tests)
 from vx6.localnet import LocalNet, LocalNode, wait_for
+
+# The property tests check behaviour, not speed. Hypothesis's default deadline (200 ms per
+# example) turns one slow example on a shared 2-core CI machine into a failed run, so no
+# deadline; every test still has its own bounds where it waits for something.
+settings.register_profile("vx6", deadline=None)
+settings.load_profile("vx6")
 
 NET_READY_TIMEOUT = 15.0
 

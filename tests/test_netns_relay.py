@@ -291,7 +291,9 @@ def test_relay_limits_hold_under_a_flood_of_creations(bed: Bed) -> None:
             started = time.monotonic()
             status(victim)
             slowest = max(slowest, time.monotonic() - started)
-            assert slowest < 2.0 and started < deadline
+            # Bounded, not timed: a relay busy with the flood answers within seconds even
+            # on a loaded machine; one that stopped serving would not answer at all.
+            assert slowest < 5.0 and started < deadline
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.05)
         result = lines.json(WAIT, "the flood's result")
