@@ -1,5 +1,16 @@
 """Relay limits: creation rate per source (token buckets, `now` passed in) and the knobs
-of the relay core."""
+of the relay core.
+
+Theory of operation. Each source that sends CREATE cells (its /48 or /24, or on loopback
+the peer itself: chosen by the adapter, see `circuits.py`) has a token bucket of
+`creation_burst` tokens, refilled at `creations_per_second`. A CREATE takes one token;
+with none left, the relay refuses the circuit (RATE_LIMITED) before it does any key
+exchange, so a flood costs the relay a lookup per cell. The buckets are refilled lazily,
+from the time since the bucket was last used. At most `max_sources` buckets are kept:
+when a new source arrives with the table full, the least recently used one is forgotten.
+A source that is forgotten and comes back starts with a full burst again, so a flood from
+many sources is bounded by max_sources x burst, never by the memory of a table that keeps
+growing."""
 
 from __future__ import annotations
 
