@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from helpers_net import (
     HTTPFileServer,
@@ -26,9 +26,9 @@ from netns import no_leftover_namespaces  # noqa: F401  (a fixture, shared by th
 from vx6.localnet import LocalNet, LocalNode, wait_for
 
 # The property tests check behaviour, not speed. Hypothesis's default deadline (200 ms per
-# example) turns one slow example on a shared 2-core CI machine into a failed run, so no
-# deadline; every test still has its own bounds where it waits for something.
-settings.register_profile("vx6", deadline=None)
+# example) and its too-slow health check turn a slow moment on a shared 2-core CI machine
+# into a failed run, so neither applies; every test still bounds what it waits for.
+settings.register_profile("vx6", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("vx6")
 
 NET_READY_TIMEOUT = 15.0
