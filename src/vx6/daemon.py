@@ -45,6 +45,7 @@ from vx6.net.control import serve_control
 from vx6.net.dht import DhtService
 from vx6.net.link import LinkOwner, LinkProtocol, dial
 from vx6.owner import OwnerSide
+from vx6.parent import exit_with_parent
 from vx6.publisher import Publisher
 from vx6.records_hub import RecordHub
 from vx6.store import Registry
@@ -382,6 +383,7 @@ def _tune_allocator() -> None:
 
 
 def run_node(home: Path | None, cli: NodeConfig) -> int:
+    exit_with_parent()
     _tune_allocator()
     node = Node(Home(home), cli)
     eventloop.run(node.run())  # uvloop when installed; VX6_EVENT_LOOP=asyncio forces stdlib

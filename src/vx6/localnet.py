@@ -6,7 +6,8 @@ Theory of operation. `LocalNet` starts `python -m vx6 run` processes, waits (pol
 the control socket, with a deadline) until each answers `status`, and talks to them
 through the same control protocol the CLI uses. Leaving the `with` block stops every
 process (SIGTERM, then SIGKILL after a grace period) and deletes the homes, also when
-the body raised.
+the body raised. If this process dies without cleaning up (SIGKILL, a CI timeout), the
+kernel stops the nodes it started from its main thread (`vx6/parent.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 from vx6.errors import VX6Error
 from vx6.net.control import request
+from vx6.parent import EXIT_WITH_PARENT_ENV
 
 READY_TIMEOUT = 20.0
 
@@ -115,13 +118,16 @@ class LocalNet:
         for p in peers:
             argv += ["--peer", p]
         argv += list(extra)
+        child_env = {**os.environ, **(env or {})}
+        if threading.current_thread() is threading.main_thread():
+            child_env[EXIT_WITH_PARENT_ENV] = str(os.getpid())  # see vx6/parent.py
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
+                env=child_env,
                 start_new_session=True,
             )
         node = LocalNode(name, home, proc, log_path)
