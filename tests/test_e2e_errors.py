@@ -43,7 +43,7 @@ from vx6.errors import CloseCode, StreamError
 from vx6.localnet import LocalNet, LocalNode, wait_for
 from vx6.net.addresses import parse_endpoint
 from vx6.net.link import LinkProtocol, dial
-from vx6.wire import frames
+from vx6.wire import cells, frames
 from vx6.wire.records import Mode, ServiceBody, decode_record, encode_record
 
 CLOSE_BOUND = 10.0  # a failed stream must close its local connection within this
@@ -312,6 +312,7 @@ def test_replayed_older_tampered_and_forged_records_are_refused(errnet: Trio) ->
     assert counters(victim).get("records_accepted", 0) == after.get("records_accepted", 0)
 
 
+_UNKNOWN_COMMAND = (7).to_bytes(4, "big") + b"\xee"  # circuit 7, cell command 0xee
 ATTACKS: dict[str, tuple[Callable[[LinkProtocol], None], CloseCode]] = {
     "broken-ciphertext": (
         lambda link: link.transport.write(frames.length_prefix(48) + os.urandom(48)),  # type: ignore[union-attr]
@@ -324,6 +325,20 @@ ATTACKS: dict[str, tuple[Callable[[LinkProtocol], None], CloseCode]] = {
     ),
     "truncated-open": (
         lambda link: _sealed(link, bytes([frames.FrameType.OPEN, 0, 0])),
+        CloseCode.PROTOCOL_ERROR,
+    ),
+    "truncated-data": (
+        lambda link: _sealed(link, bytes([frames.FrameType.DATA, 0, 0])),
+        CloseCode.PROTOCOL_ERROR,
+    ),
+    "cells-frame-not-whole-cells": (
+        lambda link: _sealed(link, bytes([frames.FrameType.CELLS]) + bytes(100)),
+        CloseCode.PROTOCOL_ERROR,
+    ),
+    "cell-with-unknown-command": (
+        lambda link: _sealed(
+            link, bytes([frames.FrameType.CELLS]) + _UNKNOWN_COMMAND + bytes(cells.BODY_SIZE)
+        ),
         CloseCode.PROTOCOL_ERROR,
     ),
 }
@@ -354,7 +369,7 @@ def test_garbage_on_links_closes_only_those_links(errnet: Trio) -> None:
                     assert (got_code, by_peer) == (code, True), (name, reason)
                     # The node logs why (just after the CLOSE frame goes out).
                     line = f"closed ({code.name}, we): {reason}"
-                    wait_for(lambda n=node, ln=line: ln in n.log_text(), 5, f"log: {line}")
+                    wait_for(lambda n=node, ln=line: ln in n.log_text(), 15, f"log: {line}")
 
             for node in (alice, bob):
                 assert node.process.poll() is None, f"{node.name} died"
