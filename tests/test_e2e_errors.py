@@ -312,7 +312,12 @@ def test_replayed_older_tampered_and_forged_records_are_refused(errnet: Trio) ->
     assert counters(victim).get("records_accepted", 0) == after.get("records_accepted", 0)
 
 
-_UNKNOWN_COMMAND = (7).to_bytes(4, "big") + b"\xee"  # circuit 7, cell command 0xee
+def _cell_with_unknown_command() -> bytes:
+    cell = bytearray(cells.CELL_SIZE)
+    cells.write_cell_header(cell, 7, 0xEE)  # circuit 7, a cell command no version knows
+    return bytes(cell)
+
+
 ATTACKS: dict[str, tuple[Callable[[LinkProtocol], None], CloseCode]] = {
     "broken-ciphertext": (
         lambda link: link.transport.write(frames.length_prefix(48) + os.urandom(48)),  # type: ignore[union-attr]
@@ -336,9 +341,7 @@ ATTACKS: dict[str, tuple[Callable[[LinkProtocol], None], CloseCode]] = {
         CloseCode.PROTOCOL_ERROR,
     ),
     "cell-with-unknown-command": (
-        lambda link: _sealed(
-            link, bytes([frames.FrameType.CELLS]) + _UNKNOWN_COMMAND + bytes(cells.BODY_SIZE)
-        ),
+        lambda link: _sealed(link, bytes([frames.FrameType.CELLS]) + _cell_with_unknown_command()),
         CloseCode.PROTOCOL_ERROR,
     ),
 }

@@ -37,7 +37,10 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie is dead too; it only waits for its (new) parent to reap it.
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False  # reaped since the kill() above
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 

@@ -7,6 +7,7 @@ whole and in order."""
 from __future__ import annotations
 
 import random
+from collections import deque
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,15 +45,15 @@ def _feed(core: RelayCore, link: int, chunk: bytes, now: float) -> list[CircuitE
 
 def _raw(circuit_id: int, command: int, seed: int) -> bytes:
     """A cell with a valid header and a body of random bytes."""
-    body = random.Random(seed).randbytes(c.BODY_SIZE)
-    return circuit_id.to_bytes(4, "big") + bytes([command]) + body
+    cell = bytearray(random.Random(seed).randbytes(c.CELL_SIZE))
+    c.write_cell_header(cell, circuit_id, command)
+    return bytes(cell)
 
 
 # What a hostile peer sends besides B's genuine cells, on either of R1's links:
 # ("fwd" = from the client's side, "back" = from R2's side).
 hostile = st.one_of(
-    st.tuples(st.just("fwd"), st.just("relay_a"), st.integers(0, 2**32)),
-    st.tuples(st.just("back"), st.just("relay_a"), st.integers(0, 2**32)),
+    st.tuples(st.sampled_from(["fwd", "back"]), st.just("relay_a"), st.integers(0, 2**32)),
     st.tuples(st.sampled_from(["fwd", "back"]), st.just("relay_unknown"), st.integers(0, 2**32)),
     st.tuples(st.just("fwd"), st.just("create"), st.integers(0, 2**32)),
     st.tuples(st.sampled_from(["fwd", "back"]), st.just("destroy_a"), st.integers(0, 255)),
@@ -120,7 +121,7 @@ def test_garbage_in_a_peers_frames_never_costs_another_circuit_its_data(
         # After every frame R1 accounts for what its table holds, no more.
         assert relay.memory_used == len(relay) * relay.limits.circuit_overhead
     # Deliver what R1 sent on to R2 and the owner (the client's side is not simulated).
-    net.queue = type(net.queue)(m for m in net.queue if m[1] != "client")
+    net.queue = deque(m for m in net.queue if m[1] != "client")
     net.run()
 
     # B: every byte reached the owner, in order, and B is open at R1 on both sides.
