@@ -39,7 +39,7 @@ from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, StreamError, StreamFailed, VX6Error
 from vx6.home import Home
-from vx6.net import eventloop
+from vx6.net import eventloop, ratelog
 from vx6.net.addresses import dialable, format_endpoint, is_loopback, network_of
 from vx6.net.control import serve_control
 from vx6.net.dht import DhtService
@@ -57,6 +57,7 @@ PEER_RETRY_MIN = 1.0
 PEER_RETRY_MAX = 30.0
 MAX_LINKS = 1024
 REMEMBER_EVERY = 60.0
+RATELOG_FLUSH_EVERY = 10.0
 
 
 class Node(LinkOwner):
@@ -120,6 +121,7 @@ class Node(LinkOwner):
                 tg.create_task(self.records.reconcile_loop())
                 tg.create_task(self.remember_loop())
                 tg.create_task(self.pool.maintain_loop())
+                tg.create_task(self._ratelog_loop())
                 log.info(
                     "node %s (%s) listening on %s",
                     self.name or "-",
@@ -255,6 +257,12 @@ class Node(LinkOwner):
         while True:
             await asyncio.sleep(REMEMBER_EVERY)  # periodic timer, not synchronisation
             self.remember_contacts()
+
+    async def _ratelog_loop(self) -> None:
+        # A flood that has stopped still gets its one summary line written.
+        while True:
+            await asyncio.sleep(RATELOG_FLUSH_EVERY)  # periodic timer, not synchronisation
+            ratelog.flush_all()
 
     def own_addresses_changed(self, hosts: set[str]) -> None:
         """Our address changed: links bound to an address we no longer have are dead
