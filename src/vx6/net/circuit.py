@@ -36,6 +36,7 @@ from vx6.crypto.keys import Identity, check_circuit_auth_proof, circuit_auth_pro
 from vx6.errors import CloseCode, DecodeError, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
 from vx6.net.link import LinkProtocol
+from vx6.net.ratelog import RATELOG
 from vx6.wire.cells import (
     DestroyReason,
     RelayCommand,
@@ -98,7 +99,13 @@ class CircuitCarrier:
             ):
                 self._stream_requested(event.stream_id, event.service, event.flags)
         if self.session.failed is not None and not self.closed:
-            log.warning("circuit %d: %s; destroying it", self.circuit_id, self.session.failed)
+            RATELOG.warning(
+                log,
+                "circuit-failed",
+                "circuit %d: %s; destroying it",
+                self.circuit_id,
+                self.session.failed,
+            )
             self._destroy(DestroyReason.PROTOCOL_ERROR)
 
     def _stream_requested(self, sid: int, service: str, flags: int) -> None:
@@ -330,7 +337,13 @@ class ExitCircuit(CircuitCarrier):
                     reason = "AUTH proof does not verify"
         self._authenticated = True
         if reason is not None:
-            log.warning("circuit %d: %s; destroying it", self.circuit_id, reason)
+            RATELOG.warning(
+                log,
+                "circuit-auth-refused",
+                "circuit %d: %s; destroying it",
+                self.circuit_id,
+                reason,
+            )
             self._destroy(DestroyReason.PROTOCOL_ERROR)
 
 
