@@ -85,6 +85,9 @@ def render(command: str, reply: dict[str, Any]) -> str:
             f"{circ.get('exit_circuits', 0)}, own {circ.get('client_circuits', 0)}"
         )
         lines += _circuit_health(reply["forwards"])
+        refusals = reply.get("refusals") or {}
+        if refusals:
+            lines.append("refused:     " + ", ".join(f"{name} {n}" for name, n in refusals.items()))
         return "\n".join(lines)
     if command == "peers":
         return (

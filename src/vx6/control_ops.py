@@ -14,6 +14,7 @@ from vx6.core.names import parse_service_address
 from vx6.crypto.keys import fingerprint, key_from_text, key_to_text, node_id
 from vx6.errors import StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint
+from vx6.net.ratelog import RATELOG
 from vx6.wire.records import Kind, decode_record
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class ControlOps:
             "services": len(node.owner.services),
             "forwards": [f.describe() for f in node.client.forwards.values()],
             "counters": dict(sorted(node.counters.items())),
+            # Every rate-limited refusal or drop, counted exactly (the log shows only a few).
+            "refusals": dict(sorted(RATELOG.counts.items())),
             "dht": node.dht.health(),
             "circuits": node.circuits.describe(),
         }
