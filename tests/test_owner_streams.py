@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import resource
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,12 +17,13 @@ from typing import Any
 import pytest
 
 import vx6.owner as owner_module
-from vx6.config import NodeConfig, OwnerLimits, ServiceConfig
+from vx6.config import NodeConfig, OwnerLimits, ServiceConfig, load_config
 from vx6.core.streams import Stream, StreamInput, StreamState
-from vx6.errors import StreamError
+from vx6.errors import StreamError, UsageError
 from vx6.net.carrier import StreamSink
 from vx6.net.ratelog import RATELOG
 from vx6.owner import OwnerSide
+from vx6.owner_streams import fd_bound
 from vx6.store import Registry
 from vx6.wire.frames import OPEN_FLAG_PROBE
 
@@ -380,3 +382,23 @@ def test_out_of_file_descriptors_on_the_target_connect_is_refused_and_logged(
     node = _run(registry, body, OwnerLimits())
     assert node.counters["streams_refused_fd_limit"] == 1
     assert RATELOG.count("owner-target-out-of-fds") == before + 1
+
+
+# ---------------------------------------------------------------- configuration
+def test_owner_limits_come_from_the_config_file_and_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert load_config(path).owner_limits == OwnerLimits(4096, 256, 256, 32)
+    path.write_text("[owner_limits]\nstreams = 100\npending_connects_per_key = 4\n")
+    cfg = load_config(path)
+    assert cfg.owner_limits == OwnerLimits(100, 256, 256, 4)
+    assert cfg.with_flags(NodeConfig()).owner_limits == cfg.owner_limits
+    for bad in ("streams = 0", "streams = true", 'streams = "9"', "stream = 5"):
+        path.write_text(f"[owner_limits]\n{bad}\n")
+        with pytest.raises(UsageError, match="owner_limits"):
+            load_config(path)
+
+
+def test_the_stream_bound_stays_under_half_the_open_file_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert fd_bound(10**9) == max(1, soft // 2)
+    assert fd_bound(3) == 3
