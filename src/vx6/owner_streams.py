@@ -91,9 +91,6 @@ class Budget:
         if left:
             self._by_key[key] = left
 
-    def holding(self, key: object) -> int:
-        return self._by_key.get(key, 0)
-
 
 class ConnectState(Enum):
     CONNECTING = auto()
@@ -114,7 +111,7 @@ class TargetConnect:
         timeout: float,
         lease: Lease,
         on_connected: Callable[[], None],
-        on_failed: Callable[[StreamError, str, OSError | None], None],
+        on_failed: Callable[[StreamError, str], None],
     ) -> None:
         self.state = ConnectState.CONNECTING
         self._lease = lease
@@ -139,7 +136,7 @@ class TargetConnect:
 
     def _timed_out(self) -> None:
         if self._leave(ConnectState.FAILED):
-            self._on_failed(StreamError.TARGET_REFUSED, "timeout", None)
+            self._on_failed(StreamError.TARGET_REFUSED, "timeout")
 
     def _connect_done(self, task: asyncio.Task[tuple[asyncio.BaseTransport, Any]]) -> None:
         if task.cancelled():
@@ -152,12 +149,12 @@ class TargetConnect:
             return
         if self._leave(ConnectState.FAILED):
             if isinstance(exc, OSError) and _out_of_resources(exc):
-                self._on_failed(StreamError.RESOURCE_LIMIT, _describe(exc), exc)
+                self._on_failed(StreamError.RESOURCE_LIMIT, _describe(exc))
             elif isinstance(exc, OSError):
-                self._on_failed(StreamError.TARGET_REFUSED, _describe(exc), exc)
+                self._on_failed(StreamError.TARGET_REFUSED, _describe(exc))
             else:  # not the target's fault either: say so, refuse the stream
                 log.error("connecting to a target failed unexpectedly", exc_info=exc)
-                self._on_failed(StreamError.TARGET_REFUSED, "internal error", None)
+                self._on_failed(StreamError.TARGET_REFUSED, "internal error")
 
     def _leave(self, new: ConnectState) -> bool:
         if self.state is not ConnectState.CONNECTING:
@@ -233,7 +230,7 @@ class OwnerStreams:
             stream.release()
             connect.cancel()  # the link or circuit died, or the peer reset: stop there
 
-        def failed(code: StreamError, reason: str, exc: OSError | None) -> None:
+        def failed(code: StreamError, reason: str) -> None:
             self._refused(carrier, sid, svc, code, reason)
             pipe.close()  # no socket yet: just done (the stream is refused, no reset)
 
@@ -258,7 +255,7 @@ class OwnerStreams:
             carrier.accept_stream(sid)
             carrier.finish(sid)
 
-        def failed(code: StreamError, reason: str, exc: OSError | None) -> None:
+        def failed(code: StreamError, reason: str) -> None:
             self._refused(carrier, sid, svc, code, reason)
 
         connect = TargetConnect(
