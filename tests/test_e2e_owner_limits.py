@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 
 from conftest import knows_owner
-from helpers_net import TCPServer, counters, echo_handler, echo_once, expose, forward_to, unique
+from helpers_net import (
+    TCPServer,
+    connect,
+    counters,
+    echo_handler,
+    echo_once,
+    expose,
+    forward_to,
+    recv_exact,
+    stderr_line,
+    unique,
+)
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import StreamError
 from vx6.localnet import LocalNet, LocalNode, wait_for
@@ -207,7 +218,7 @@ def test_a_client_over_its_stream_bound_is_refused_and_another_client_still_conn
         wait_for(lambda: knows_owner(bob, owner_name), BOUND, "bob to learn the owner")
         refused_before = counters(owner).get("streams_refused_limit", 0)
 
-        async def greedy() -> None:
+        async def greedy() -> int:
             link = await raw_link(owner)
             held = [Answer() for _ in range(3)]
             for answer in held:
@@ -223,10 +234,21 @@ def test_a_client_over_its_stream_bound_is_refused_and_another_client_still_conn
             assert await asyncio.to_thread(echo_once, port, b"still served") == b"still served"
             assert all(a.reset is None for a in held)
             link.close()
+            return port
 
-        asyncio.run(greedy())
-    assert counters(owner).get("streams_refused_limit", 0) == refused_before + 1
-    assert "refused stream from" in owner.log_text()
+        port = asyncio.run(greedy())
+        assert counters(owner).get("streams_refused_limit", 0) == refused_before + 1
+        assert "refused stream from" in owner.log_text()
+        # A real client over the bound reads the existing message.
+        wait_for(lambda: owner.call("status")["streams_owner_active"] == 0, BOUND, "no streams")
+        with contextlib.ExitStack() as stack:
+            for i in range(3):
+                sock = stack.enter_context(connect(port))
+                sock.sendall(b"%d" % i)
+                assert recv_exact(sock, 1) == b"%d" % i
+            result = bob.cli("nc", f"{owner_name}.{service}", input_bytes=b"one more\n")
+        assert result.returncode != 0
+        assert stderr_line(result).startswith("vx6: the owner's node is over its stream limit")
 
 
 # ---------------------------------------------------------------- finding 11
