@@ -49,6 +49,7 @@ class ClientSide:
         self.forwards: dict[str, Forward] = {}
         self._dialing: dict[object, asyncio.Future[LinkProtocol]] = {}
         self._suspects: set[bytes] = set()
+        self._pinned: set[str] = set()  # names known to have a pin (named by local users)
         # (name, fingerprint, follow_pin) -> key; see resolve.
         self._resolved: RegistryMemo[tuple[str, str | None, bool], bytes] = RegistryMemo(
             node.registry
@@ -101,6 +102,14 @@ class ClientSide:
         return body if isinstance(body, NodeBody) else None
 
     async def link_for(self, addr: ServiceAddress, via: tuple[str, int] | None) -> LinkProtocol:
+        """An open link to `addr`'s owner (found, or dialled), its name pinned."""
+        link = await self._find_or_dial(addr, via)
+        self._pin(addr, link)
+        return link
+
+    async def _find_or_dial(
+        self, addr: ServiceAddress, via: tuple[str, int] | None
+    ) -> LinkProtocol:
         if via is not None:
             return await self._link_via(addr, via)
         key = await self.resolve_with_dht(addr)
@@ -171,7 +180,6 @@ class ClientSide:
             except (OSError, TimeoutError, LinkError) as exc:
                 errors.append(f"{format_endpoint(ep.host, ep.port)}: {exc or 'timeout'}")
                 continue
-            self._pin(addr, key)
             return link
         raise StreamFailed(StreamError.OWNER_UNREACHABLE, "; ".join(errors))
 
@@ -200,15 +208,19 @@ class ClientSide:
             raise StreamFailed(
                 StreamError.OWNER_UNREACHABLE, f"{format_endpoint(*via)}: {exc or 'timeout'}"
             ) from exc
-        assert link.peer_identity is not None
-        self._pin(addr, link.peer_identity)
         return link
 
-    def _pin(self, addr: ServiceAddress, key: bytes) -> None:
-        name = addr.owner_name
-        if name and addr.fingerprint is None and self.node.registry.get_pin(name) is None:
+    def _pin(self, addr: ServiceAddress, carrier: StreamCarrier) -> None:
+        """Pin the name to the key that `carrier` proved, if nothing is pinned yet: on
+        the first success, whatever carries it (a new link, a link we already had such
+        as a sync link, a circuit). Called from link_for and carrier_for only."""
+        name, key = addr.owner_name, carrier.peer_identity
+        if not name or addr.fingerprint is not None or key is None or name in self._pinned:
+            return
+        if self.node.registry.get_pin(name) is None:
             self.node.registry.set_pin(name, key, time.time())
             log.info("pinned %s to %s", name, fingerprint(key))
+        self._pinned.add(name)  # pins are replaced, never removed: no need to ask again
 
     # ------------------------------------------------------------------ streams
     async def carrier_for(
@@ -218,9 +230,8 @@ class ClientSide:
         circuit through that many relays (DESIGN: one stream abstraction, many paths)."""
         if not hops:
             return await self.link_for(addr, via)
-        key = await self.resolve_with_dht(addr)
-        path = await self.node.pool.get(key, hops)
-        self._pin(addr, key)
+        path = await self.node.pool.get(await self.resolve_with_dht(addr), hops)
+        self._pin(addr, path)
         return path
 
     async def open(

@@ -21,6 +21,12 @@ Example:
     # hops = 3                     # relay proxy mode: through 3 relays (1..5)
     # relay_fallback = 2           # direct, but through 2 relays if the owner is unreachable
 
+    [owner_limits]                 # bounds on streams to this node's services (defaults)
+    # streams = 4096               # open at once, node-wide
+    # streams_per_key = 256        # open at once per client key (or anonymous circuit)
+    # pending_connects = 256       # target connections being set up, node-wide
+    # pending_connects_per_key = 32
+
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
 registry and merge with those declared here (the file wins on a name clash).
 """
@@ -55,6 +61,22 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class OwnerLimits:
+    """What clients may make the owner side hold (docs/security.md, "Resource bounds:
+    owner streams"): streams to this node's services and connections to their targets
+    still being set up, node-wide and per client key (an anonymous circuit client counts
+    per circuit)."""
+
+    streams: int = 4096
+    streams_per_key: int = 256
+    pending_connects: int = 256
+    pending_connects_per_key: int = 32
+
+
+OWNER_LIMIT_RANGE = (1, 1_000_000)
+
+
+@dataclass(frozen=True)
 class ForwardConfig:
     name: str
     service: str
@@ -78,6 +100,7 @@ class NodeConfig:
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
     relay: bool = False
     circuit_lifetime: float = CIRCUIT_LIFETIME
+    owner_limits: OwnerLimits = field(default_factory=OwnerLimits)
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -92,6 +115,7 @@ class NodeConfig:
             forwards=dict(self.forwards),
             relay=cli.relay or self.relay,
             circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
+            owner_limits=self.owner_limits,  # the file only
         )
 
 
@@ -166,6 +190,22 @@ def _seconds(value: Any, what: str, bounds: tuple[float, float]) -> float:
     return float(value)
 
 
+def _owner_limits(value: Any) -> OwnerLimits:
+    if not isinstance(value, dict):
+        raise UsageError("config: owner_limits must be a table")
+    unknown = set(value) - set(OwnerLimits.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"config: owner_limits: unknown key {sorted(unknown)[0]!r}")
+    low, high = OWNER_LIMIT_RANGE
+    limits: dict[str, int] = {}
+    for key, raw in value.items():
+        number = _int(raw, f"owner_limits.{key}")
+        if not low <= number <= high:
+            raise UsageError(f"config: owner_limits.{key} must be from {low} to {high}")
+        limits[key] = number
+    return OwnerLimits(**limits)
+
+
 def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise UsageError(f"config: {what} must be a list of strings")
@@ -193,6 +233,7 @@ def load_config(path: Path) -> NodeConfig:
     cfg.circuit_lifetime = _seconds(
         data.get("circuit_lifetime", CIRCUIT_LIFETIME), "circuit_lifetime", CIRCUIT_LIFETIME_RANGE
     )
+    cfg.owner_limits = _owner_limits(data.get("owner_limits", {}))
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")

@@ -2,8 +2,9 @@
 
 Theory of operation. Deny by default. A stream request names a service; it is refused
 with a distinct code if the service is unknown, if the requesting key is not on the
-service's allow-list (unless the service is explicitly public), or if the target does
-not accept a connection. Allow-list entries are keys, or names resolved through the
+service's allow-list (unless the service is explicitly public), if the node is at one
+of its bounds on owner streams, or if the target does not accept a connection (both in
+owner_streams.py). Allow-list entries are keys, or names resolved through the
 registry with the same claim-and-pin rule the client uses. A stream only ever reaches
 the target configured for its service, which is loopback unless the owner allowed
 otherwise when exposing it.
@@ -11,10 +12,8 @@ otherwise when exposing it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vx6.config import ServiceConfig
@@ -23,6 +22,7 @@ from vx6.crypto.keys import fingerprint, key_from_text
 from vx6.errors import StreamError, StreamFailed, UsageError
 from vx6.net.carrier import StreamCarrier
 from vx6.net.pipe import StreamPipe
+from vx6.owner_streams import OwnerStreams
 from vx6.registry_memo import RegistryMemo
 from vx6.store import LocalService
 from vx6.wire.frames import OPEN_FLAG_PROBE
@@ -39,8 +39,7 @@ class OwnerSide:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.services: dict[str, ServiceConfig] = {}
-        self.active: set[StreamPipe] = set()
-        self.streams_total = 0
+        self.streams = OwnerStreams(node.config.owner_limits, node.count)
         self._allowed: RegistryMemo[tuple[str, tuple[str, ...]], frozenset[bytes]] = RegistryMemo(
             node.registry
         )
@@ -129,56 +128,12 @@ class OwnerSide:
             self.node.count("streams_refused_not_allowed")
             link.reject_stream(sid, StreamError.NOT_ALLOWED, f"{who} may not use {service!r}")
             return
-        if flags & OPEN_FLAG_PROBE:
-            self.node.spawn(self._probe_target(link, sid, svc))
-            return
-        pipe = StreamPipe(on_done=self.active.discard, on_connected=lambda: link.accept_stream(sid))
-        self.active.add(pipe)
-        link.attach(sid, pipe)
-        pipe.bind(link, sid)
-        self.streams_total += 1
-        self.node.spawn(self._connect_target(link, sid, svc, pipe))
+        self.streams.open(link, sid, svc, bool(flags & OPEN_FLAG_PROBE), TARGET_CONNECT_TIMEOUT)
 
-    async def _open_target(
-        self, svc: ServiceConfig, factory: Callable[[], asyncio.BaseProtocol]
-    ) -> str | None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(TARGET_CONNECT_TIMEOUT):
-                await loop.create_connection(factory, svc.target_host, svc.target_port)
-        except (OSError, TimeoutError) as exc:
-            log.warning(
-                "target %s:%d of %s refused: %s",
-                svc.target_host,
-                svc.target_port,
-                svc.name,
-                exc or "timeout",
-            )
-            self.node.count("streams_refused_target")
-            return f"{svc.target_host}:{svc.target_port}: {exc or 'timeout'}"
-        return None
+    @property
+    def active(self) -> set[StreamPipe]:
+        return self.streams.active
 
-    async def _connect_target(
-        self, link: StreamCarrier, sid: int, svc: ServiceConfig, pipe: StreamPipe
-    ) -> None:
-        # The pipe accepts the stream itself the moment the target connection exists
-        # (before the target can say anything), see stream_requested.
-        error = await self._open_target(svc, lambda: pipe)
-        if error is not None:
-            self.active.discard(pipe)
-            link.reject_stream(sid, StreamError.TARGET_REFUSED, error)
-
-    async def _probe_target(self, link: StreamCarrier, sid: int, svc: ServiceConfig) -> None:
-        error = await self._open_target(svc, _ClosingProtocol)
-        if error is not None:
-            link.reject_stream(sid, StreamError.TARGET_REFUSED, error)
-            return
-        link.accept_stream(sid)
-        link.finish(sid)
-
-
-class _ClosingProtocol(asyncio.Protocol):
-    """Connects, then closes at once: a probe that the target accepts connections."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
+    @property
+    def streams_total(self) -> int:
+        return self.streams.streams_total

@@ -15,7 +15,9 @@ local reader that stalls stops the remote sender after one window, and memory pe
 stream stays bounded.
 
 Half-close travels both ways (EOF <-> FIN); a reset or a lost link aborts the local
-socket so the application sees an error rather than a clean end.
+socket so the application sees an error rather than a clean end. A local connection that
+completes after its stream is gone (or that `on_connected` declines) is aborted at once,
+so no socket outlives its stream.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class StreamPipe(asyncio.BufferedProtocol):
         self,
         *,
         on_done: Callable[[StreamPipe], None] | None = None,
-        on_connected: Callable[[], None] | None = None,
+        on_connected: Callable[[], bool] | None = None,
     ) -> None:
         self.link: StreamCarrier | None = None
         self._read_size = READ_BUFFER
@@ -103,11 +105,20 @@ class StreamPipe(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ local socket side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._done:
+            # The stream went away (its link died, the peer reset it, the owner gave up
+            # waiting) before this connection completed: nothing would ever close it.
+            cast(asyncio.Transport, transport).abort()
+            return
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
         set_nodelay(transport)
-        if self._on_connected is not None:
-            self._on_connected()  # e.g. the owner accepts the stream before any reply
+        # e.g. the owner accepts the stream before any reply, unless it already gave up
+        if self._on_connected is not None and not self._on_connected():
+            self.transport = None
+            cast(asyncio.Transport, transport).abort()
+            self._finish()
+            return
         self._update_reading()
         early, self._early = self._early, []
         for chunk in early:
