@@ -22,6 +22,7 @@ from vx6.crypto.keys import fingerprint, key_from_text
 from vx6.errors import StreamError, StreamFailed, UsageError
 from vx6.net.carrier import StreamCarrier
 from vx6.net.pipe import StreamPipe
+from vx6.net.ratelog import RATELOG
 from vx6.owner_streams import OwnerStreams
 from vx6.registry_memo import RegistryMemo
 from vx6.store import LocalService
@@ -119,12 +120,24 @@ class OwnerSide:
         who = fingerprint(peer) if peer else "an anonymous circuit client"
         svc = self.services.get(service)
         if svc is None:
-            log.warning("refused stream from %s: unknown service %r", who, service)
+            RATELOG.warning(
+                log,
+                "owner-unknown-service",
+                "refused stream from %s: unknown service %r",
+                who,
+                service,
+            )
             self.node.count("streams_refused_unknown_service")
             link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, f"no service {service!r} here")
             return
         if not svc.public and (peer is None or peer not in self.allowed_keys(svc)):
-            log.warning("refused stream from %s to %s: not on the allow-list", who, service)
+            RATELOG.warning(
+                log,
+                "owner-not-allowed",
+                "refused stream from %s to %s: not on the allow-list",
+                who,
+                service,
+            )
             self.node.count("streams_refused_not_allowed")
             link.reject_stream(sid, StreamError.NOT_ALLOWED, f"{who} may not use {service!r}")
             return

@@ -281,7 +281,9 @@ class OwnerStreams:
             )  # fmt: skip
         else:
             self._count("streams_refused_target")
-            log.warning("target %s of %s refused: %s", target, svc.name, reason)
+            RATELOG.warning(
+                log, "owner-target-refused", "target %s of %s refused: %s", target, svc.name, reason
+            )
         carrier.reject_stream(sid, code, f"{target}: {reason}")
 
 
