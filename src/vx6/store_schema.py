@@ -56,11 +56,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 def create_private_file(path: str) -> None:
     """Create the file 0600 before SQLite does (SQLite gives its -wal/-shm the same mode).
 
-    An existing file readable by others is tightened: it holds pins and allow-lists.
+    An existing file readable by others is tightened: it holds pins and allow-lists. A
+    symlink is not followed, and a file of another user's is refused: it could be made to
+    say anything, or be a file of theirs we would write to.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        if os.fstat(fd).st_mode & 0o077:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise RegistryError(f"registry {path} belongs to another user (uid {st.st_uid})")
+        if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
