@@ -19,6 +19,7 @@ records come again by sync or the DHT once the disk has room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -51,7 +52,7 @@ class RecordHub:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.neighbours: dict[LinkProtocol, Neighbour] = {}
-        self.dumps = DumpLimiter.new(time.monotonic())
+        self.dumps = DumpLimiter.new(time.time())
 
     async def lookup(self, target: bytes) -> bool:
         """Ask the DHT for the records under `target` and store what passes the rules
@@ -87,9 +88,12 @@ class RecordHub:
     def start_sync(self, link: LinkProtocol) -> None:
         """Make `link` a sync neighbour and send it everything we hold (up to
         SYNC_DUMP_LIMIT records), if its key may have a dump now."""
-        neighbour = self.neighbours[link] = Neighbour.new(time.time())
+        now = time.time()
+        neighbour = self.neighbours[link] = Neighbour.new(now)
         key = link.peer_identity or b""
-        if not self.dumps.grant(key, time.monotonic()):
+        if not self.dumps.grant(key, now):
+            # It had everything up to its last dump: the reconcile sends what changed since.
+            neighbour.cursor = min(now, self.dumps.last.get(key, now))
             self.node.count("sync_dumps_refused")
             RATELOG.info(
                 log,
@@ -144,6 +148,8 @@ class RecordHub:
         go on with a dump that a paused link held up)."""
         while True:
             await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
+            with contextlib.suppress(RegistryError):  # expired records only take room
+                self.node.registry.purge_expired(time.time())
             for link, neighbour in list(self.neighbours.items()):
                 if link.paused:
                     continue  # its write buffer is full: the next round catches up

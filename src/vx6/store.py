@@ -40,7 +40,6 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from vx6.errors import RecordRejected
@@ -54,44 +53,14 @@ from vx6.store_bounds import (
 from vx6.store_health import RegistryWriteError as RegistryWriteError
 from vx6.store_health import WriteHealth, write_failure_reason
 from vx6.store_schema import SCHEMA_VERSION_KEY, create_private_file, migrate
+from vx6.store_schema import LocalService as LocalService  # row types, imported from here
+from vx6.store_schema import Peer as Peer
 from vx6.store_schema import RegistryError as RegistryError  # callers catch it from here
+from vx6.store_schema import StoredRecord as StoredRecord
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _BUSY_TIMEOUT_MS = 5000
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    kind: int
-    signer: bytes
-    subject: str
-    seq: int
-    issued: int
-    expires: int
-    raw: bytes
-    source: str
-    received_at: float
-
-
-@dataclass(frozen=True)
-class Peer:
-    key: bytes | None
-    host: str
-    port: int
-    last_seen: float
-    rtt_ms: float | None
-    first_seen: float
-
-
-@dataclass(frozen=True)
-class LocalService:
-    name: str
-    target_host: str
-    target_port: int
-    allow: tuple[str, ...]
-    public: bool
-    allow_remote_target: bool
 
 
 _RECORD_COLUMNS = "kind, signer, subject, seq, issued, expires, raw, source, received_at"
