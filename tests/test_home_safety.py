@@ -68,6 +68,7 @@ def test_a_parent_writable_by_others_without_sticky_bit_is_refused(tmp_path: Pat
     shared.chmod(0o777)
     with pytest.raises(HomeError, match="writable by other users"):
         Home(shared / "h").ensure()
+    assert not (shared / "h").exists()  # refused before creating anything there
     shared.chmod(0o1777)  # like /tmp: the sticky bit stops others renaming our entries
     Home(shared / "h").ensure()
     assert (shared / "h").stat().st_mode & 0o777 == 0o700

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vx6.config import NodeConfig
+from vx6.core.dht.contacts import Contact
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity
 from vx6.daemon import Node
@@ -160,7 +161,11 @@ def test_background_writes_are_dropped_not_raised(
         assert node.counters["records_dropped_registry"] == 50
         node.publisher.publish_all()
         assert node.publisher.unsaved
+        contact = Contact(os.urandom(32), ("::1", 4242))
+        node.dht.node.table.contacts = lambda: [contact]  # type: ignore[method-assign]
+        failed = node.registry.health.failed_writes
         node.remember_contacts()
+        assert node.registry.health.failed_writes == failed + 1  # tried, dropped
         assert node.registry.health.degraded == reason
         store_lines = [r for r in caplog.records if r.name == "vx6.store"]
         assert len(store_lines) == 1, [r.getMessage() for r in store_lines]
@@ -303,3 +308,42 @@ def test_running_totals_match_the_file(ops: list[tuple[int, int, int]]) -> None:
             real = reg._fetchone("SELECT count(*), coalesce(sum(length(raw)), 0) FROM records")
             assert (real[0], real[1]) == (reg.count_records(), reg.record_bytes())
             assert real[0] <= limits.max_records and real[1] <= limits.max_bytes
+
+
+# ------------------------------------------------------------------ dumps and backpressure
+class PausingLink:
+    """Stands in for a LinkProtocol whose write buffer fills after `room` records."""
+
+    def __init__(self, key: bytes, room: int) -> None:
+        self.peer_identity = key
+        self.is_open = True
+        self.paused = False
+        self.room = room
+        self.sent: list[bytes] = []
+
+    def send_records(self, records: list[bytes]) -> None:
+        self.sent += records
+        if len(self.sent) >= self.room:
+            self.paused = True
+
+
+def test_a_dump_stops_while_the_link_is_paused_and_goes_on_when_it_resumes(node: Node) -> None:
+    import time
+
+    from vx6.core.sync import DUMP_BATCH, SYNC_DUMP_LIMIT
+
+    now = time.time()
+    for raw in fresh_records(300, now):
+        node.records.accept([raw], source="dht")
+    held = node.registry.count_records(now)
+    link = PausingLink(b"\x05" * 32, room=2 * DUMP_BATCH)
+    node.records.start_sync(link)  # type: ignore[arg-type]
+    assert len(link.sent) == 2 * DUMP_BATCH  # stopped at the first batch that filled it
+    node.records.continue_dump(link)  # type: ignore[arg-type]
+    assert len(link.sent) == 2 * DUMP_BATCH  # still paused: nothing more
+    link.paused, link.room = False, 10**9
+    node.link_paused(link, False)  # type: ignore[arg-type]
+    assert len(link.sent) == held <= SYNC_DUMP_LIMIT
+    assert len(set(link.sent)) == held  # every record once
+    assert node.records.neighbours[link].dump_left == 0  # type: ignore[index]
+    node.registry.close()

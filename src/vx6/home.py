@@ -61,7 +61,10 @@ def check_parents(path: Path) -> None:
     bit (a sticky world-writable directory such as /tmp only lets owners rename)."""
     uid = os.geteuid()
     for parent in path.parents:
-        st = os.stat(parent)
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue  # not there yet: mkdir creates it as ours
         if st.st_uid not in (uid, 0):
             raise HomeError(
                 f"unsafe home {path}: its parent {parent} belongs to another user (uid {st.st_uid})"
@@ -97,6 +100,7 @@ class Home:
         if self._checked:
             return
         try:
+            check_parents(self.path)  # before creating anything under them
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._check_home()
             if stat.S_IMODE(os.stat(self.path).st_mode) != 0o700:
@@ -131,7 +135,6 @@ class Home:
                 f"unsafe home {self.path}: other users can write it "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 700 it if that was not them)"
             )
-        check_parents(self.path)
 
     def exists(self) -> bool:
         return (self.path / "identity.key").exists()
