@@ -92,6 +92,8 @@ def test_a_full_disk_degrades_the_node_and_space_brings_it_back(tmp_path: Path) 
         filler = fill(mnt)
 
         wait_for(lambda: degraded_by_pushes(full), 30, "the registry to report the full disk")
+        shown = full.cli("status")
+        assert shown.returncode == 0 and b"(registry degraded: disk full)" in shown.stdout
         # Commands that change state fail with one line and change nothing.
         refused = full.cli("expose", "ssh", "--target", "127.0.0.1:22", "--public")
         assert refused.returncode == 1
