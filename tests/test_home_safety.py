@@ -83,6 +83,9 @@ def test_a_symlink_home_of_another_user_is_refused(tmp_path: Path) -> None:
     os.lchown(link, NOBODY, NOBODY)
     with pytest.raises(HomeError, match="symlink owned by another user"):
         Home(link).ensure()
+    with pytest.raises(HomeError, match="symlink owned by another user"):
+        Home(link / "below").ensure()  # a symlinked directory above the home, too
+    assert not (real / "below").exists()
 
 
 def test_a_symlink_planted_at_the_temporary_key_path_is_not_followed(tmp_path: Path) -> None:

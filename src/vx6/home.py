@@ -18,7 +18,6 @@ written (read-only file system) is a one-line error too, not a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -100,7 +99,8 @@ class Home:
         if self._checked:
             return
         try:
-            check_parents(self.path)  # before creating anything under them
+            self._check_symlinks()  # both before creating anything under them
+            check_parents(self.path)
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._check_home()
             if stat.S_IMODE(os.stat(self.path).st_mode) != 0o700:
@@ -113,15 +113,25 @@ class Home:
             raise HomeError(f"cannot use home {self.path}: {exc.strerror or exc}") from exc
         self._checked = True
 
-    def _check_home(self) -> None:
+    def _check_symlinks(self) -> None:
         uid = os.geteuid()
-        with contextlib.suppress(FileNotFoundError):
-            link = os.lstat(self.given)
+        # A symlink on the way (the home itself or a directory above it) could be
+        # pointed elsewhere by whoever owns it.
+        here = Path(self.given.anchor)
+        for part in self.given.parts[1:]:
+            here = here / part
+            try:
+                link = os.lstat(here)
+            except FileNotFoundError:
+                break
             if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
                 raise HomeError(
-                    f"unsafe home {self.given}: it is a symlink owned by another user "
+                    f"unsafe home {self.given}: {here} is a symlink owned by another user "
                     f"(uid {link.st_uid})"
                 )
+
+    def _check_home(self) -> None:
+        uid = os.geteuid()
         st = os.stat(self.path)
         if not stat.S_ISDIR(st.st_mode):
             raise HomeError(f"home {self.path} is not a directory")
