@@ -17,6 +17,8 @@ import contextlib
 import logging
 import os
 import sqlite3
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 from vx6.config import NodeConfig
 from vx6.core.dht.contacts import Contact
 from vx6.core.records import make_record
+from vx6.core.sync import DUMP_BATCH, DUMPS_BURST, SYNC_DUMP_LIMIT
 from vx6.crypto.keys import Identity
 from vx6.daemon import Node
 from vx6.errors import RecordRejected
@@ -34,7 +37,7 @@ from vx6.home import Home
 from vx6.store import LocalService, Registry, RegistryWriteError
 from vx6.store_bounds import RegistryLimits
 from vx6.store_health import DEGRADED_LOG_EVERY, WriteHealth
-from vx6.wire.records import Mode, NameClaimBody, ServiceBody
+from vx6.wire.records import Mode, NameClaimBody, ServiceBody, decode_record
 
 FAULTS = {
     "disk full": "database or disk is full",
@@ -151,8 +154,6 @@ def fresh_records(count: int, now: float) -> list[bytes]:
 def test_background_writes_are_dropped_not_raised(
     node: Node, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import time
-
     async def run() -> None:
         caplog.set_level(logging.WARNING)
         failing = break_writes(node.registry, FAULTS[reason])
@@ -215,8 +216,6 @@ def test_commands_fail_with_one_line_and_state_matches_the_disk(node: Node) -> N
 
 # ------------------------------------------------------------------ the cap
 def test_a_flood_of_fresh_keys_stays_under_the_caps(tmp_path: Path) -> None:
-    import time
-
     limits = RegistryLimits(max_records=400, max_bytes=60_000, max_per_signer=8)
     now = time.time()
     own = Identity(os.urandom(32))
@@ -231,8 +230,6 @@ def test_a_flood_of_fresh_keys_stays_under_the_caps(tmp_path: Path) -> None:
             keep.append((rec.kind, rec.signer, rec.subject))
         reg.set_pin("n", pinned.public, now)
         for i, raw in enumerate(fresh_records(1500, now)):
-            from vx6.wire.records import decode_record
-
             rec = decode_record(raw)
             reg.put_record(
                 rec.kind,
@@ -286,8 +283,6 @@ def test_the_peers_table_is_capped(tmp_path: Path) -> None:
 @settings(max_examples=30)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 3), st.integers(1, 900)), max_size=80))
 def test_running_totals_match_the_file(ops: list[tuple[int, int, int]]) -> None:
-    import tempfile
-
     limits = RegistryLimits(max_records=25, max_bytes=6_000, max_per_signer=4)
     with tempfile.TemporaryDirectory() as d, Registry(Path(d) / "r.sqlite", limits) as reg:
         for who, seq, size in ops:
@@ -328,9 +323,6 @@ class PausingLink:
 
 
 def test_a_dump_stops_while_the_link_is_paused_and_goes_on_when_it_resumes(node: Node) -> None:
-    import time
-
-    from vx6.core.sync import DUMP_BATCH, SYNC_DUMP_LIMIT
 
     now = time.time()
     for raw in fresh_records(300, now):
@@ -346,4 +338,23 @@ def test_a_dump_stops_while_the_link_is_paused_and_goes_on_when_it_resumes(node:
     assert len(link.sent) == held <= SYNC_DUMP_LIMIT
     assert len(set(link.sent)) == held  # every record once
     assert node.records.neighbours[link].dump_left == 0  # type: ignore[index]
+    node.registry.close()
+
+
+def test_dumps_beyond_the_shared_budget_wait_for_a_later_reconcile(node: Node) -> None:
+
+    node.records.accept(fresh_records(3, time.time()), source="dht")  # something to dump
+    links = [PausingLink(os.urandom(32), room=10**9) for _ in range(int(DUMPS_BURST) + 5)]
+    for link in links:
+        node.records.start_sync(link)  # type: ignore[arg-type]
+    served = [bool(link.sent) for link in links]
+    assert served == [True] * int(DUMPS_BURST) + [False] * 5
+    assert node.counters["sync_dumps_deferred"] == 5
+    node.records.dumps.budget.tokens = 5.0  # as if 10 s had passed
+    node.records.reconcile_once()
+    assert all(link.sent for link in links)  # the deferred ones got theirs
+    assert node.counters["sync_dumps_sent"] == int(DUMPS_BURST) + 5
+    again = PausingLink(links[0].peer_identity, room=10**9)
+    node.records.start_sync(again)  # type: ignore[arg-type]
+    assert again.sent == [] and node.counters["sync_dumps_refused"] == 1
     node.registry.close()

@@ -91,18 +91,26 @@ class RecordHub:
         now = time.time()
         neighbour = self.neighbours[link] = Neighbour.new(now)
         key = link.peer_identity or b""
-        if not self.dumps.grant(key, now):
+        if self.dumps.recent(key, now):
             # It had everything up to its last dump: the reconcile sends what changed since.
-            neighbour.cursor = min(now, self.dumps.last.get(key, now))
+            neighbour.cursor = min(now, self.dumps.last[key])
             self.node.count("sync_dumps_refused")
             RATELOG.info(
                 log,
                 "sync-dump-refused",
-                "no full dump for %s: it had one less than a minute ago (or too many peers did)",
+                "no full dump for %s: it had one less than a minute ago",
                 fingerprint(key),
             )
             return
+        neighbour.dump_wanted = True
+        self._begin_dump(link, neighbour, now)
+
+    def _begin_dump(self, link: LinkProtocol, neighbour: Neighbour, now: float) -> None:
+        if not self.dumps.grant(link.peer_identity or b"", now):
+            self.node.count("sync_dumps_deferred")  # the shared budget: a later reconcile
+            return
         self.node.count("sync_dumps_sent")
+        neighbour.dump_wanted = False
         neighbour.dump_left, neighbour.dump_after = SYNC_DUMP_LIMIT, 0
         self.continue_dump(link)
 
@@ -148,22 +156,28 @@ class RecordHub:
         go on with a dump that a paused link held up)."""
         while True:
             await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
-            with contextlib.suppress(RegistryError):  # expired records only take room
-                self.node.registry.purge_expired(time.time())
-            for link, neighbour in list(self.neighbours.items()):
-                if link.paused:
-                    continue  # its write buffer is full: the next round catches up
+            self.reconcile_once()
+
+    def reconcile_once(self) -> None:
+        with contextlib.suppress(RegistryError):  # expired records only take room
+            self.node.registry.purge_expired(time.time())
+        for link, neighbour in list(self.neighbours.items()):
+            if link.paused:
+                continue  # its write buffer is full: the next round catches up
+            if neighbour.dump_wanted:
+                self._begin_dump(link, neighbour, time.time())
+            else:
                 self.continue_dump(link)
-                try:
-                    changed = self.node.registry.records_changed_since(
-                        neighbour.cursor, RECONCILE_BATCH
-                    )
-                except RegistryError:
-                    self.node.count("sync_reconcile_failed_registry")
-                    continue
-                if changed:
-                    link.send_records([r.raw for r in changed if r.expires > time.time()])
-                    neighbour.cursor = max(r.received_at for r in changed)
+            try:
+                changed = self.node.registry.records_changed_since(
+                    neighbour.cursor, RECONCILE_BATCH
+                )
+            except RegistryError:
+                self.node.count("sync_reconcile_failed_registry")
+                continue
+            if changed:
+                link.send_records([r.raw for r in changed if r.expires > time.time()])
+                neighbour.cursor = max(r.received_at for r in changed)
 
     def accept(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
         now = time.time()

@@ -11,10 +11,12 @@ waits for the next reconcile rather than growing a queue.
 
 A full dump is the expensive answer (up to SYNC_DUMP_LIMIT records for a 2-byte
 request), so `DumpLimiter` grants one per peer key per DUMP_INTERVAL and at most
-DUMPS_BURST at once for all keys together (refilled at DUMPS_PER_SECOND); a refused peer
-still becomes a neighbour and gets pushes and reconciles, only not the dump. A granted
-dump is sent in batches of DUMP_BATCH records; `Neighbour.dump_left` and `dump_after`
-say where it stands while the link is paused.
+DUMPS_BURST at once for all keys together (refilled at DUMPS_PER_SECOND). A key that had
+a dump recently gets none (it is still a neighbour: pushes, and reconciles from the time
+of its last dump); one that only found the shared budget spent waits for a later
+reconcile (`Neighbour.dump_wanted`). A granted dump is sent in batches of DUMP_BATCH
+records; `Neighbour.dump_left` and `dump_after` say where it stands while the link is
+paused.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Neighbour:
     cursor: float  # registry `received_at` up to which the neighbour has been sent everything
     dump_left: int = 0  # records of the full dump still to send (0: none under way)
     dump_after: int = 0  # registry rowid after which the dump goes on
+    dump_wanted: bool = False  # owed a dump that the shared budget could not pay yet
 
     @classmethod
     def new(cls, now: float) -> Neighbour:
@@ -97,10 +100,14 @@ class DumpLimiter:
     def new(cls, now: float) -> DumpLimiter:
         return cls(DUMP_INTERVAL, RateBudget.full(DUMPS_PER_SECOND, DUMPS_BURST, now), {})
 
+    def recent(self, key: bytes, now: float) -> bool:
+        """Did `key` have a dump less than `interval` ago?"""
+        last = self.last.get(key)
+        return last is not None and 0 <= now - last < self.interval
+
     def grant(self, key: bytes, now: float) -> bool:
         """True if `key` may have a full dump now (and the grant is recorded)."""
-        last = self.last.get(key)
-        if last is not None and 0 <= now - last < self.interval:
+        if self.recent(key, now):
             return False
         if len(self.last) >= MAX_DUMP_KEYS:
             self.last = {k: t for k, t in self.last.items() if 0 <= now - t < self.interval}
