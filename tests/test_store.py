@@ -398,7 +398,10 @@ TestHeldSeqIsTheMaximum.settings = settings(
 WRITER = """
 import hashlib, sys
 from vx6.store import Registry
-reg = Registry(sys.argv[1])
+from vx6.store_bounds import RegistryLimits
+# Crash safety, not the caps: one signer writes thousands of rows here.
+unbounded = RegistryLimits(max_records=10**9, max_bytes=2**60, max_per_signer=10**9)
+reg = Registry(sys.argv[1], unbounded)
 signer = b"\\x01" * 32
 seq = (reg.held_seq(2, signer, "head") or 0) + 1
 while True:

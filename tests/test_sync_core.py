@@ -5,7 +5,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vx6.core.sync import RECORDS_BURST, RECORDS_PER_SECOND, Neighbour, RateBudget
+from vx6.core.sync import (
+    DUMP_INTERVAL,
+    DUMPS_BURST,
+    DUMPS_PER_SECOND,
+    MAX_DUMP_KEYS,
+    RECORDS_BURST,
+    RECORDS_PER_SECOND,
+    DumpLimiter,
+    Neighbour,
+    RateBudget,
+)
 
 
 def test_budget_refills_with_time_and_caps_at_burst() -> None:
@@ -36,3 +46,31 @@ def test_budget_never_grants_more_than_rate_times_time_plus_burst(
         if budget.take(n, now):
             granted += n
     assert granted <= 300 + 100 * now + 1e-6
+
+
+def test_one_full_dump_per_key_per_interval_and_a_global_budget() -> None:
+    limiter = DumpLimiter.new(0.0)
+    assert limiter.grant(b"a", 0.0)
+    assert not limiter.grant(b"a", DUMP_INTERVAL - 0.1)
+    assert limiter.grant(b"a", DUMP_INTERVAL)  # the interval has passed
+    # Fresh keys do not get around it: all keys together share a bucket.
+    granted = sum(limiter.grant(bytes([i]) * 32, DUMP_INTERVAL) for i in range(100))
+    assert granted == int(DUMPS_BURST) - 1  # the bucket refilled to its burst; "a" took one
+    assert not limiter.grant(b"z" * 32, DUMP_INTERVAL)
+    assert limiter.grant(b"z" * 32, DUMP_INTERVAL + 1 / DUMPS_PER_SECOND)
+
+
+@given(st.lists(st.tuples(st.floats(0, 30), st.integers(0, 5000)), max_size=200))
+def test_dump_grants_are_bounded_per_key_and_in_total(steps: list[tuple[float, int]]) -> None:
+    limiter = DumpLimiter.new(0.0)
+    now, grants = 0.0, []
+    for dt, key in steps:
+        now += dt
+        if limiter.grant(key.to_bytes(2, "big"), now):
+            grants.append((now, key))
+    assert len(grants) <= DUMPS_BURST + now * DUMPS_PER_SECOND + 1e-9
+    last: dict[int, float] = {}
+    for at, key in grants:
+        assert key not in last or at - last[key] >= DUMP_INTERVAL
+        last[key] = at
+    assert len(limiter.last) <= MAX_DUMP_KEYS

@@ -57,7 +57,7 @@ def render(command: str, reply: dict[str, Any]) -> str:
             f"advertised:  {', '.join(reply['advertised'])}",
             f"uptime:      {reply['uptime_s']} s",
             f"links:       {reply['links']} ({reply['sync_links']} syncing)",
-            f"records:     {reply['records']}",
+            f"records:     {reply['records']} (registry {reply.get('registry', 'ok')})",
             f"dht:         {reply['dht']['table_size']} contacts, "
             f"{reply['dht']['records_held']} records held, last successful lookup "
             f"{_ago(reply['dht']['last_successful_lookup'])}",

@@ -1,4 +1,9 @@
-"""What the daemon answers on its control socket (one function per CLI command)."""
+"""What the daemon answers on its control socket (one function per CLI command).
+
+A command that changes state and cannot be written to the registry (disk full, read-only
+file) fails with one line saying so, and leaves the node as the disk says it is: nothing
+changed in memory that the registry did not keep.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from vx6.crypto.keys import fingerprint, key_from_text, key_to_text, node_id
 from vx6.errors import StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint
 from vx6.net.ratelog import RATELOG
+from vx6.store import RegistryError
 from vx6.wire.records import Kind, decode_record
 
 if TYPE_CHECKING:
@@ -56,6 +62,9 @@ class ControlOps:
         except StreamFailed as exc:
             log.warning("%s %s failed: %s", op, _subject(request), exc)
             return {"ok": False, "error": str(exc), "code": exc.code.name}
+        except RegistryError as exc:
+            log.warning("%s %s failed: %s", op, _subject(request), exc)
+            return {"ok": False, "error": f"{op} failed: {exc}", "code": "REGISTRY"}
         return {"ok": True, **result}
 
     async def id(self, _: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +90,10 @@ class ControlOps:
             "streams_owner_active": len(node.owner.active),
             "streams_owner_total": node.owner.streams_total,
             "records": node.registry.count_records(now),
+            "registry": node.registry.health.describe(),
+            "registry_record_bytes": node.registry.record_bytes(),
+            "registry_evicted": node.registry.evicted,
+            "registry_failed_writes": node.registry.health.failed_writes,
             "services": len(node.owner.services),
             "forwards": [f.describe() for f in node.client.forwards.values()],
             "counters": dict(sorted(node.counters.items())),
@@ -142,7 +155,17 @@ class ControlOps:
 
     async def unexpose(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))
-        if not self.node.owner.unexpose(name):
+        owner = self.node.owner
+        held = owner.services.get(name)
+        try:
+            removed = owner.unexpose(name)
+        except RegistryError:
+            # The registry still holds the service, and a restart would bring it back:
+            # so it stays exposed, and the user is told the unexpose did not happen.
+            if held is not None:
+                owner.services[name] = held
+            raise
+        if not removed:
             raise UsageError(f"no service named {name!r}")
         return {"removed": name}
 

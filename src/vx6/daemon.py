@@ -48,7 +48,7 @@ from vx6.owner import OwnerSide
 from vx6.parent import exit_with_parent
 from vx6.publisher import Publisher
 from vx6.records_hub import RecordHub
-from vx6.store import Registry
+from vx6.store import Registry, RegistryError, RegistryWriteError
 from vx6.wire.cells import Endpoint
 
 log = logging.getLogger("vx6.node")
@@ -72,8 +72,10 @@ class Node(LinkOwner):
         self.onion_key = self.onion_keys[0]
         self.registry = Registry(home.registry_path)
         if self.config.name:
-            self.registry.set_meta("name", self.config.name)
-        self.name = self.registry.get_meta("name")
+            # A full disk degrades the node (the registry logs it); it does not stop it.
+            with contextlib.suppress(RegistryWriteError):
+                self.registry.set_meta("name", self.config.name)
+        self.name = self.config.name or self.registry.get_meta("name")
         self.started = time.time()
         self.links: dict[bytes, LinkProtocol] = {}
         self.all_links: set[LinkProtocol] = set()
@@ -220,7 +222,8 @@ class Node(LinkOwner):
         self.all_links.add(link)
         link.dialled = (host, port)
         if link.peer_identity is not None:
-            self.registry.upsert_peer(host, port, time.time(), key=link.peer_identity)
+            with contextlib.suppress(RegistryError):  # background write: dropped if degraded
+                self.registry.upsert_peer(host, port, time.time(), key=link.peer_identity)
         if sync and link.is_open:
             self.records.start_sync(link)
         return link
@@ -249,9 +252,10 @@ class Node(LinkOwner):
         """Keep a few DHT contacts that are in our table now (they answered recently),
         so a restart without any bootstrap can rejoin through them."""
         now = time.time()
-        for contact in self.dht.node.table.contacts()[:count]:
-            host, port = contact.address
-            self.registry.upsert_peer(host, port, now)
+        with contextlib.suppress(RegistryError):  # background write: dropped if degraded
+            for contact in self.dht.node.table.contacts()[:count]:
+                host, port = contact.address
+                self.registry.upsert_peer(host, port, now)
 
     async def remember_loop(self) -> None:
         while True:
@@ -310,6 +314,8 @@ class Node(LinkOwner):
 
     def link_paused(self, link: LinkProtocol, paused: bool) -> None:
         self.circuits.link_paused(link, paused)
+        if not paused:
+            self.records.continue_dump(link)
 
     async def link_to(self, identity: bytes, endpoints: Sequence[Endpoint] = ()) -> LinkProtocol:
         """An open link to the node with this identity: the one we have, or a dial to

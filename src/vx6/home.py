@@ -4,19 +4,38 @@ Theory of operation. Everything a node is lives in one directory, so several nod
 run on one machine side by side (`VX6_HOME` or `--home`). Keys are created on first use
 with mode 0600 inside a 0700 directory, written atomically (temp file, fsync, rename), so
 a crash can never leave a half-written key, and are stable across restarts.
+
+Like ssh's StrictModes, a home another user could have tampered with is refused with a
+one-line error (`HomeError`) before anything is read from it: the directory (and a
+symlink naming it) must belong to this user, and neither it nor any parent may be
+writable by others (a parent may belong to root; a world-writable parent needs the
+sticky bit, like /tmp). A key file must be a regular file of this user's that nobody
+else can write; one that others can read is tightened to 0600 with a warning. A new key
+goes to a temporary file opened O_CREAT|O_EXCL|O_NOFOLLOW (so nothing planted at that
+name is followed or reused), is fsynced, and is renamed into place. A home that cannot be
+written (read-only file system) is a one-line error too, not a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import sys
 from pathlib import Path
 
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import UsageError
+from vx6.errors import UsageError, VX6Error
+
+log = logging.getLogger("vx6.home")
 
 KEY_FILES = ("identity.key", "link.key", "onion.key")
 ONION_KEY_LIFETIME = 7 * 24 * 3600.0
+KEY_LEN = 32
+
+
+class HomeError(VX6Error):
+    """The home directory or a key file in it is unsafe or unusable."""
 
 
 def default_home() -> Path:
@@ -31,9 +50,37 @@ def default_home() -> Path:
     return Path(base) / "vx6"
 
 
+def _others_may_write(st: os.stat_result) -> bool:
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_parents(path: Path) -> None:
+    """Refuse `path` if a directory above it lets another user replace what is below:
+    owned by someone other than us or root, or writable by others without the sticky
+    bit (a sticky world-writable directory such as /tmp only lets owners rename)."""
+    uid = os.geteuid()
+    for parent in path.parents:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue  # not there yet: mkdir creates it as ours
+        if st.st_uid not in (uid, 0):
+            raise HomeError(
+                f"unsafe home {path}: its parent {parent} belongs to another user (uid {st.st_uid})"
+            )
+        if _others_may_write(st) and not st.st_mode & stat.S_ISVTX:
+            raise HomeError(
+                f"unsafe home {path}: its parent {parent} is writable by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}, no sticky bit)"
+            )
+
+
 class Home:
     def __init__(self, path: Path | None = None) -> None:
-        self.path = (path or default_home()).expanduser().resolve()
+        given = (path or default_home()).expanduser()
+        self.given = given if given.is_absolute() else Path.cwd() / given
+        self.path = self.given.resolve()
+        self._checked = False
 
     @property
     def registry_path(self) -> Path:
@@ -48,29 +95,127 @@ class Home:
         return self.path / "config.toml"
 
     def ensure(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path, 0o700)
+        """Create the home (0700) if needed and check it is safe and writable."""
+        if self._checked:
+            return
+        try:
+            self._check_symlinks()  # both before creating anything under them
+            check_parents(self.path)
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._check_home()
+            if stat.S_IMODE(os.stat(self.path).st_mode) != 0o700:
+                os.chmod(self.path, 0o700)
+            if not os.access(self.path, os.W_OK):
+                read_only = os.statvfs(self.path).f_flag & os.ST_RDONLY
+                why = "it is on a read-only file system" if read_only else "permission denied"
+                raise HomeError(f"home {self.path} cannot be written: {why}")
+        except OSError as exc:
+            raise HomeError(f"cannot use home {self.path}: {exc.strerror or exc}") from exc
+        self._checked = True
+
+    def _check_symlinks(self) -> None:
+        uid = os.geteuid()
+        # A symlink on the way (the home itself or a directory above it) could be
+        # pointed elsewhere by whoever owns it.
+        here = Path(self.given.anchor)
+        for part in self.given.parts[1:]:
+            here = here / part
+            try:
+                link = os.lstat(here)
+            except FileNotFoundError:
+                break
+            if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
+                raise HomeError(
+                    f"unsafe home {self.given}: {here} is a symlink owned by another user "
+                    f"(uid {link.st_uid})"
+                )
+
+    def _check_home(self) -> None:
+        uid = os.geteuid()
+        st = os.stat(self.path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise HomeError(f"home {self.path} is not a directory")
+        if st.st_uid != uid:
+            raise HomeError(
+                f"unsafe home {self.path}: it belongs to another user (uid {st.st_uid}, "
+                f"we are {uid})"
+            )
+        if _others_may_write(st):
+            raise HomeError(
+                f"unsafe home {self.path}: other users can write it "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 700 it if that was not them)"
+            )
 
     def exists(self) -> bool:
         return (self.path / "identity.key").exists()
 
-    def _load_or_create(self, name: str) -> bytes:
-        file = self.path / name
-        if file.exists():
-            raw = file.read_bytes()
-            if len(raw) != 32:
-                raise UsageError(f"{file} is damaged (expected 32 bytes, found {len(raw)})")
-            return raw
-        self.ensure()
-        raw = os.urandom(32)
+    def _read_key(self, file: Path) -> bytes | None:
+        """The key in `file` after the ownership and mode checks, or None if absent."""
+        try:
+            link = os.lstat(file)
+        except FileNotFoundError:
+            return None
+        uid = os.geteuid()
+        if stat.S_ISLNK(link.st_mode) and link.st_uid != uid:
+            raise HomeError(f"unsafe key file {file}: a symlink owned by uid {link.st_uid}")
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOCTTY", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise HomeError(f"unsafe key file {file}: not a regular file")
+            if st.st_uid != uid:
+                raise HomeError(f"unsafe key file {file}: it belongs to uid {st.st_uid}")
+            if _others_may_write(st):
+                raise HomeError(
+                    f"unsafe key file {file}: other users can write it "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o})"
+                )
+            if st.st_mode & 0o077:
+                log.warning(
+                    "key file %s was readable by other users (mode %04o): tightened to 0600",
+                    file,
+                    stat.S_IMODE(st.st_mode),
+                )
+                os.fchmod(fd, 0o600)
+            raw = os.read(fd, KEY_LEN + 1)
+        finally:
+            os.close(fd)
+        if len(raw) != KEY_LEN:
+            raise UsageError(f"{file} is damaged (expected {KEY_LEN} bytes, found {len(raw)})")
+        return raw
+
+    def _write_key(self, file: Path, raw: bytes) -> None:
         tmp = file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            # Left by a crash, or planted: removing the name never touches what a
+            # symlink there points to; O_EXCL then makes sure the file is ours.
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, 0o600)
         try:
             os.write(fd, raw)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, file)
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
+
+    def _load_or_create(self, name: str) -> bytes:
+        self.ensure()
+        file = self.path / name
+        try:
+            raw = self._read_key(file)
+            if raw is None:
+                raw = os.urandom(KEY_LEN)
+                self._write_key(file, raw)
+        except OSError as exc:
+            raise HomeError(f"cannot use key file {file}: {exc.strerror or exc}") from exc
         return raw
 
     def identity(self) -> Identity:
@@ -87,13 +232,19 @@ class Home:
         older than `lifetime` is rotated first: it becomes the previous key (relays still
         accept it until the next rotation, so circuits planned from an older node record
         still build) and a fresh one takes its place."""
+        self.ensure()
         current = self.path / "onion.key"
         previous = self.path / "onion.prev.key"
-        if current.exists() and now - current.stat().st_mtime > lifetime:
-            os.replace(current, previous)
+        try:
+            if current.exists() and now - current.stat().st_mtime > lifetime:
+                os.replace(current, previous)
+        except OSError as exc:
+            raise HomeError(f"cannot rotate {current}: {exc.strerror or exc}") from exc
         keys = [self.onion_key()]
-        if previous.exists():
-            raw = previous.read_bytes()
-            if len(raw) == 32:
-                keys.append(StaticKey(raw))
+        try:
+            old = self._read_key(previous)
+        except (OSError, UsageError):
+            old = None  # a damaged previous key only costs circuits planned from it
+        if old is not None:
+            keys.append(StaticKey(old))
         return keys

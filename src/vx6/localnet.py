@@ -110,7 +110,7 @@ class LocalNet:
         wait: bool = True,
     ) -> LocalNode:
         home = self.base / name
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)  # a home others can write is refused
         log_path = self.base / f"{name}.log"
         argv = [sys.executable, "-m", "vx6", "--home", str(home), "run", "--listen", listen]
         if claim:

@@ -8,11 +8,17 @@ numbers come from one counter kept in the registry, never below the wall clock i
 milliseconds, so they keep rising across restarts and lost state. Every new record goes
 into the node's own registry and out to every sync link; a loop republishes well
 before expiry and whenever the host's addresses change.
+
+A registry that cannot be written (disk full) does not stop publishing: the record is
+signed with a sequence number above every one used in this process (kept in memory
+too), pushed and stored in the DHT all the same, and the loop publishes everything again
+every UNSAVED_RETRY_EVERY until a copy lands in the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -21,6 +27,7 @@ from vx6.core.names import name_pow_ok, solve_name_pow
 from vx6.core.records import make_record
 from vx6.errors import UsageError
 from vx6.net.addresses import is_wildcard, local_addresses
+from vx6.store import RegistryError
 from vx6.wire.records import (
     Body,
     Capability,
@@ -41,27 +48,40 @@ RECORD_LIFETIME = 24 * 3600
 REPUBLISH_EVERY = 6 * 3600
 ADDRESS_CHECK_EVERY = 2.0  # cheap: reads kernel tables, sends nothing
 MAX_ADDRESSES = 8
+UNSAVED_RETRY_EVERY = 60.0
 
 
 class Publisher:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._addresses: tuple[Endpoint, ...] = ()
+        self._last_seq = 0  # also in memory: the registry may fail to keep it
+        self.unsaved = False  # a record of ours is missing from the registry
 
     def next_seq(self) -> int:
         reg = self.node.registry
-        last = int(reg.get_meta("last_seq") or 0)
-        seq = max(last + 1, int(time.time() * 1000))
-        reg.set_meta("last_seq", str(seq))
+        try:
+            last = int(reg.get_meta("last_seq") or 0)
+        except RegistryError:
+            last = 0
+        seq = max(last + 1, self._last_seq + 1, int(time.time() * 1000))
+        self._last_seq = seq
+        # Degraded (logged by the registry): the in-memory counter carries on.
+        with contextlib.suppress(RegistryError):
+            reg.set_meta("last_seq", str(seq))
         return seq
 
     def publish(self, body: Body) -> bytes:
         node = self.node
         now = time.time()
         rec, raw = make_record(node.identity, body, self.next_seq(), now, RECORD_LIFETIME)
-        node.registry.put_record(
-            rec.kind, rec.signer, rec.subject, rec.seq, rec.issued, rec.expires, raw, "self", now
-        )
+        r = rec
+        try:
+            node.registry.put_record(
+                r.kind, r.signer, r.subject, r.seq, r.issued, r.expires, raw, "self", now
+            )
+        except RegistryError:
+            self.unsaved = True  # republished until it lands; peers and the DHT get it now
         node.records.push([raw])
         node.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
         return raw
@@ -71,11 +91,15 @@ class Publisher:
         name = self.node.name or ""
         meta_key = f"name_pow:{name}"
         reg = self.node.registry
-        cached = reg.get_meta(meta_key)
+        try:
+            cached = reg.get_meta(meta_key)
+        except RegistryError:
+            cached = None
         if cached is not None and name_pow_ok(name, self.node.identity.public, int(cached)):
             return int(cached)
         nonce = solve_name_pow(name, self.node.identity.public)
-        reg.set_meta(meta_key, str(nonce))
+        with contextlib.suppress(RegistryError):  # else solved again next time
+            reg.set_meta(meta_key, str(nonce))
         return nonce
 
     def publish_rotation(self, new_key: bytes) -> None:
@@ -121,6 +145,7 @@ class Publisher:
         self.publish(ServiceBody(service=name, modes=modes, public=public))
 
     def publish_all(self) -> None:
+        self.unsaved = False
         self.publish_node()
         if self.node.name:
             self.publish(NameClaimBody(name=self.node.name, pow_nonce=self._name_pow()))
@@ -131,7 +156,8 @@ class Publisher:
         last_full = time.monotonic()
         while True:
             await asyncio.sleep(ADDRESS_CHECK_EVERY)  # periodic timer, not synchronisation
-            if time.monotonic() - last_full >= REPUBLISH_EVERY:
+            since = time.monotonic() - last_full
+            if since >= REPUBLISH_EVERY or (self.unsaved and since >= UNSAVED_RETRY_EVERY):
                 self.publish_all()
                 last_full = time.monotonic()
             elif self.advertised() != self._addresses:

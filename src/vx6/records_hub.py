@@ -7,11 +7,19 @@ work), then the registry, whose SQL re-checks "strictly newer". What was new is 
 on to the other sync neighbours within their budgets (`core/sync.py`), and a new node
 record of a peer we dialled closes links to addresses it no longer publishes. Sync
 neighbours also get a full dump when the link comes up and a periodic reconcile.
+
+Bounds: a full dump goes to one peer key at most once a minute and to all together at a
+bounded rate (`core/sync.DumpLimiter`); it is sent in batches and stops while the link
+is paused (its write buffer is full), going on when the link resumes or at the next
+reconcile. A registry that cannot be read or written drops what arrives (counted, and
+logged by the registry's health at most once a minute): it never ends the node, and the
+records come again by sync or the DHT once the disk has room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -19,10 +27,19 @@ from typing import TYPE_CHECKING
 from vx6.core.dht import events as dht_events
 from vx6.core.names import NAME_POW_BITS
 from vx6.core.records import check_claim_policy, check_record
-from vx6.core.sync import RECONCILE_BATCH, RECONCILE_EVERY, Neighbour
+from vx6.core.sync import (
+    DUMP_BATCH,
+    RECONCILE_BATCH,
+    RECONCILE_EVERY,
+    SYNC_DUMP_LIMIT,
+    DumpLimiter,
+    Neighbour,
+)
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, RecordRejected
 from vx6.net.link import LinkProtocol
+from vx6.net.ratelog import RATELOG
+from vx6.store import RegistryError, RegistryWriteError
 from vx6.wire.records import Kind, NodeBody, decode_record
 
 if TYPE_CHECKING:
@@ -30,13 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vx6.records")
 
-SYNC_DUMP_LIMIT = 2000
-
 
 class RecordHub:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.neighbours: dict[LinkProtocol, Neighbour] = {}
+        self.dumps = DumpLimiter.new(time.time())
 
     async def lookup(self, target: bytes) -> bool:
         """Ask the DHT for the records under `target` and store what passes the rules
@@ -69,15 +85,54 @@ class RecordHub:
         elif isinstance(event, dht_events.RepublishDue):
             self.node.publisher.publish_all()
 
-    def for_sync(self) -> list[bytes]:
-        now = time.time()
-        return [r.raw for r in self.node.registry.records(now=now, limit=SYNC_DUMP_LIMIT)]
-
     def start_sync(self, link: LinkProtocol) -> None:
-        """Make `link` a sync neighbour and send it everything we hold, once."""
+        """Make `link` a sync neighbour and send it everything we hold (up to
+        SYNC_DUMP_LIMIT records), if its key may have a dump now."""
         now = time.time()
-        self.neighbours[link] = Neighbour.new(now)
-        link.send_records(self.for_sync())
+        neighbour = self.neighbours[link] = Neighbour.new(now)
+        key = link.peer_identity or b""
+        if self.dumps.recent(key, now):
+            # It had everything up to its last dump: the reconcile sends what changed since.
+            neighbour.cursor = min(now, self.dumps.last[key])
+            self.node.count("sync_dumps_refused")
+            RATELOG.info(
+                log,
+                "sync-dump-refused",
+                "no full dump for %s: it had one less than a minute ago",
+                fingerprint(key),
+            )
+            return
+        neighbour.dump_wanted = True
+        self._begin_dump(link, neighbour, now)
+
+    def _begin_dump(self, link: LinkProtocol, neighbour: Neighbour, now: float) -> None:
+        if not self.dumps.grant(link.peer_identity or b"", now):
+            self.node.count("sync_dumps_deferred")  # the shared budget: a later reconcile
+            return
+        self.node.count("sync_dumps_sent")
+        neighbour.dump_wanted = False
+        neighbour.dump_left, neighbour.dump_after = SYNC_DUMP_LIMIT, 0
+        self.continue_dump(link)
+
+    def continue_dump(self, link: LinkProtocol) -> None:
+        """Send the rest of `link`'s dump in batches until it is done or the link is
+        paused (its write buffer is full); called again when the link resumes."""
+        neighbour = self.neighbours.get(link)
+        if neighbour is None:
+            return
+        while neighbour.dump_left > 0 and link.is_open and not link.paused:
+            try:
+                batch, neighbour.dump_after = self.node.registry.records_page(
+                    neighbour.dump_after, time.time(), min(DUMP_BATCH, neighbour.dump_left)
+                )
+            except RegistryError:
+                self.node.count("sync_dumps_failed_registry")
+                batch = []
+            if not batch:
+                neighbour.dump_left = 0
+                break
+            neighbour.dump_left -= len(batch)
+            link.send_records([r.raw for r in batch])
 
     def push(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
         """Pass newly accepted records on to the sync neighbours, within their budgets."""
@@ -97,36 +152,65 @@ class RecordHub:
             self.push(fresh, skip=link)
 
     async def reconcile_loop(self) -> None:
-        """Every RECONCILE_EVERY, send each neighbour what changed since its cursor."""
+        """Every RECONCILE_EVERY, send each neighbour what changed since its cursor (and
+        go on with a dump that a paused link held up)."""
         while True:
             await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
-            for link, neighbour in list(self.neighbours.items()):
+            self.reconcile_once()
+
+    def reconcile_once(self) -> None:
+        with contextlib.suppress(RegistryError):  # expired records only take room
+            self.node.registry.purge_expired(time.time())
+        for link, neighbour in list(self.neighbours.items()):
+            if link.paused:
+                continue  # its write buffer is full: the next round catches up
+            if neighbour.dump_wanted:
+                self._begin_dump(link, neighbour, time.time())
+            else:
+                self.continue_dump(link)
+            try:
                 changed = self.node.registry.records_changed_since(
                     neighbour.cursor, RECONCILE_BATCH
                 )
-                if changed:
-                    link.send_records([r.raw for r in changed if r.expires > time.time()])
-                    neighbour.cursor = max(r.received_at for r in changed)
+            except RegistryError:
+                self.node.count("sync_reconcile_failed_registry")
+                continue
+            if changed:
+                link.send_records([r.raw for r in changed if r.expires > time.time()])
+                neighbour.cursor = max(r.received_at for r in changed)
 
     def accept(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
         now = time.time()
         fresh: list[bytes] = []
-        for raw in records:
+        registry = self.node.registry
+        for i, raw in enumerate(records):
             try:
                 rec = decode_record(raw)
                 subject = rec.subject
-                held = self.node.registry.held_seq(rec.kind, rec.signer, subject)
+                held = registry.held_seq(rec.kind, rec.signer, subject)
                 rec = check_record(raw, now, held)
                 check_claim_policy(rec, NAME_POW_BITS)
+                r = rec
+                stored = registry.put_record(
+                    r.kind, r.signer, subject, r.seq, r.issued, r.expires, raw, source, now
+                )
             except (DecodeError, RecordRejected) as exc:
                 reason = exc.reason if isinstance(exc, RecordRejected) else "malformed"
                 self.node.count(f"records_refused_{reason}")
                 if reason != "stale-sequence":
-                    log.info("refused record from %s: %s", source, exc)
+                    RATELOG.info(
+                        log, f"record-refused-{reason}", "refused record from %s: %s", source, exc
+                    )
                 continue
-            stored = self.node.registry.put_record(
-                rec.kind, rec.signer, subject, rec.seq, rec.issued, rec.expires, raw, source, now
-            )
+            except RegistryError as exc:
+                # The registry's health logs this (once a minute); the records come again.
+                left = len(records) - i if isinstance(exc, RegistryWriteError) else 1
+                self.node.counters["records_dropped_registry"] = (
+                    self.node.counters.get("records_dropped_registry", 0) + left
+                )
+                if isinstance(exc, RegistryWriteError):
+                    break  # the rest would fail the same way
+                continue
             if stored:
                 self.node.count("records_accepted")
                 fresh.append(raw)

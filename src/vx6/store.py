@@ -17,6 +17,11 @@ a lower seq never replaces a higher one, however writers interleave.
 The schema is versioned and migrated when a file is opened (`vx6.store_schema`); a file
 written by a newer VX6 is refused rather than misread.
 
+Bounds and faults: the records and peers tables are capped (`vx6.store_bounds`: rows and
+bytes in total, rows per signer key, eviction by trust inside the write that went over).
+A write SQLite refuses raises `RegistryWriteError` and marks the registry degraded until
+a write succeeds again (`vx6.store_health`); it never leaves half a write behind.
+
 Durability: WAL journal with synchronous=NORMAL. A commit appends to the WAL and returns
 without fsync; the WAL is fsynced at checkpoints. That is safe here: a process crash
 (even kill -9) loses nothing that was committed, because committed frames are already
@@ -28,54 +33,34 @@ so that trade is worth the much cheaper commits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
+from vx6.errors import RecordRejected
+from vx6.store_bounds import (
+    RegistryLimits,
+    evict_peers,
+    evict_records,
+    record_totals,
+    signer_rows,
+)
+from vx6.store_health import RegistryWriteError as RegistryWriteError
+from vx6.store_health import WriteHealth, write_failure_reason
 from vx6.store_schema import SCHEMA_VERSION_KEY, create_private_file, migrate
+from vx6.store_schema import LocalService as LocalService  # row types, imported from here
+from vx6.store_schema import Peer as Peer
 from vx6.store_schema import RegistryError as RegistryError  # callers catch it from here
+from vx6.store_schema import StoredRecord as StoredRecord
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _BUSY_TIMEOUT_MS = 5000
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    kind: int
-    signer: bytes
-    subject: str
-    seq: int
-    issued: int
-    expires: int
-    raw: bytes
-    source: str
-    received_at: float
-
-
-@dataclass(frozen=True)
-class Peer:
-    key: bytes | None
-    host: str
-    port: int
-    last_seen: float
-    rtt_ms: float | None
-    first_seen: float
-
-
-@dataclass(frozen=True)
-class LocalService:
-    name: str
-    target_host: str
-    target_port: int
-    allow: tuple[str, ...]
-    public: bool
-    allow_remote_target: bool
 
 
 _RECORD_COLUMNS = "kind, signer, subject, seq, issued, expires, raw, source, received_at"
@@ -105,10 +90,13 @@ def _check_limit(limit: int) -> None:
 class Registry:
     """The node's SQLite registry. Not thread-safe: use from one thread."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], limits: RegistryLimits | None = None) -> None:
         self._path = os.fspath(path)
         self._conn: sqlite3.Connection | None = None
         self._changes = 0  # see `generation`
+        self.limits = RegistryLimits.from_env() if limits is None else limits
+        self.health = WriteHealth(self._path)
+        self.evicted = 0  # records evicted to stay under the caps since open
         in_memory = self._path == ":memory:"
         try:
             if not in_memory:
@@ -127,6 +115,8 @@ class Registry:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._schema_version = migrate(conn, self._path)
+            # Running totals for the caps, moved by every write below.
+            self._count, self._bytes = record_totals(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise RegistryError(f"cannot open registry {self._path}: {exc}") from exc
@@ -180,10 +170,15 @@ class Registry:
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back already, or fail again: the write is void.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise RegistryError(f"registry {self._path}: write failed: {exc}") from exc
+                reason = write_failure_reason(exc)
+                self.health.failed(reason)
+                raise RegistryWriteError(self._path, reason) from exc
             raise
+        self.health.succeeded()
 
     def _fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
         try:
@@ -211,13 +206,38 @@ class Registry:
         source: str,
         now: float,
     ) -> bool:
-        """Store the record if its seq beats the one held; True when it was stored."""
+        """Store the record if its seq beats the one held; True when it was stored.
+
+        A new row over the signer's quota is refused (RecordRejected "signer-full"),
+        unless it is the node's own (source "self"); a write that takes the table over
+        its caps evicts others by trust (`vx6.store_bounds`)."""
         for what, value in (("kind", kind), ("seq", seq), ("issued", issued), ("expires", expires)):
             _check_int64(what, value)
-        params = (kind, bytes(signer), subject, seq, issued, expires, bytes(raw), source, now)
+        signer, raw = bytes(signer), bytes(raw)
+        params = (kind, signer, subject, seq, issued, expires, raw, source, now)
+        limits = self.limits
         with self._write() as conn:
+            old = conn.execute(
+                f"SELECT length(raw) FROM records WHERE {_KEY_WHERE}", (kind, subject, signer)
+            ).fetchone()
+            if (
+                old is None
+                and source != "self"
+                and signer_rows(conn, signer) >= limits.max_per_signer
+            ):
+                raise RecordRejected("signer-full")
             stored: bool = conn.execute(_PUT_RECORD, params).rowcount == 1
-        self._changes += stored
+            count, size = self._count, self._bytes
+            if stored:
+                count += old is None
+                size += len(raw) - (0 if old is None else int(old[0]))
+            evicted = (0, 0)
+            if limits.over(count, size):
+                evicted = evict_records(conn, limits, count, size)
+        # Committed: only now move the totals the caps are checked against.
+        self._count, self._bytes = count - evicted[0], size - evicted[1]
+        self.evicted += evicted[0]
+        self._changes += stored or evicted[0] > 0
         return stored
 
     def held_seq(self, kind: int, signer: bytes, subject: str) -> int | None:
@@ -284,9 +304,31 @@ class Registry:
 
     def purge_expired(self, now: float) -> int:
         with self._write() as conn:
-            purged: int = conn.execute("DELETE FROM records WHERE expires <= ?", (now,)).rowcount
-        self._changes += purged > 0
-        return purged
+            sizes = conn.execute(
+                "DELETE FROM records WHERE expires <= ? RETURNING length(raw)", (now,)
+            ).fetchall()
+        self._count -= len(sizes)
+        self._bytes -= sum(int(s[0]) for s in sizes)
+        self._changes += bool(sizes)
+        return len(sizes)
+
+    def record_bytes(self) -> int:
+        """Bytes of record blobs held (what max_bytes caps)."""
+        return self._bytes
+
+    def records_page(
+        self, after_rowid: int, now: float, limit: int
+    ) -> tuple[list[StoredRecord], int]:
+        """Up to `limit` records still valid at `now` stored after `after_rowid`, in
+        storage order, and the rowid to continue from (a dump sent in batches)."""
+        _check_limit(limit)
+        rows = self._fetchall(
+            f"SELECT {_RECORD_COLUMNS}, rowid FROM records WHERE rowid > ? AND expires > ? "
+            "ORDER BY rowid LIMIT ?",
+            (after_rowid, now, limit),
+        )
+        last = int(rows[-1][9]) if rows else after_rowid
+        return [StoredRecord(*row[:9]) for row in rows], last
 
     def count_records(self, now: float | None = None) -> int:
         if now is None:
@@ -316,6 +358,7 @@ class Registry:
                     rtt_ms = coalesce(excluded.rtt_ms, peers.rtt_ms)""",
                 (None if key is None else bytes(key), host, port, now, rtt_ms, now),
             )
+            evict_peers(conn, self.limits)
 
     def peers(self, limit: int = 1000) -> list[Peer]:
         """Known peers, most recently seen first."""

@@ -1,4 +1,4 @@
-"""The registry's file: its schema, versioned migrations, and a private file mode.
+"""The registry's file: its schema, row types, versioned migrations, a private file mode.
 
 Theory of operation: ``meta['schema_version']`` names how many entries of MIGRATIONS a
 file has had applied. `migrate` applies the missing ones in order, each in its own
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass
 
 from vx6.errors import VX6Error
 
@@ -20,6 +21,40 @@ SCHEMA_VERSION_KEY = "schema_version"
 
 class RegistryError(VX6Error):
     """The local registry cannot be opened or used (newer schema, corrupt file, I/O)."""
+
+
+# The rows `vx6.store.Registry` hands out (and callers import from vx6.store).
+@dataclass(frozen=True)
+class StoredRecord:
+    kind: int
+    signer: bytes
+    subject: str
+    seq: int
+    issued: int
+    expires: int
+    raw: bytes
+    source: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Peer:
+    key: bytes | None
+    host: str
+    port: int
+    last_seen: float
+    rtt_ms: float | None
+    first_seen: float
+
+
+@dataclass(frozen=True)
+class LocalService:
+    name: str
+    target_host: str
+    target_port: int
+    allow: tuple[str, ...]
+    public: bool
+    allow_remote_target: bool
 
 
 # Each migration is a tuple of single statements (executescript would COMMIT on its own
@@ -56,11 +91,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 def create_private_file(path: str) -> None:
     """Create the file 0600 before SQLite does (SQLite gives its -wal/-shm the same mode).
 
-    An existing file readable by others is tightened: it holds pins and allow-lists.
+    An existing file readable by others is tightened: it holds pins and allow-lists. A
+    symlink is not followed, and a file of another user's is refused: it could be made to
+    say anything, or be a file of theirs we would write to.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        if os.fstat(fd).st_mode & 0o077:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise RegistryError(f"registry {path} belongs to another user (uid {st.st_uid})")
+        if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)
     finally:
         os.close(fd)

@@ -8,6 +8,15 @@ a push that was over budget). Both directions are bounded by token buckets per
 neighbour, so a flood from one peer costs us a bounded amount of work and a burst of
 changes here costs each neighbour a bounded amount of bandwidth; what does not fit now
 waits for the next reconcile rather than growing a queue.
+
+A full dump is the expensive answer (up to SYNC_DUMP_LIMIT records for a 2-byte
+request), so `DumpLimiter` grants one per peer key per DUMP_INTERVAL and at most
+DUMPS_BURST at once for all keys together (refilled at DUMPS_PER_SECOND). A key that had
+a dump recently gets none (it is still a neighbour: pushes, and reconciles from the time
+of its last dump); one that only found the shared budget spent waits for a later
+reconcile (`Neighbour.dump_wanted`). A granted dump is sent in batches of DUMP_BATCH
+records; `Neighbour.dump_left` and `dump_after` say where it stands while the link is
+paused.
 """
 
 from __future__ import annotations
@@ -18,6 +27,12 @@ RECORDS_PER_SECOND = 200.0
 RECORDS_BURST = 4000.0
 RECONCILE_EVERY = 30.0
 RECONCILE_BATCH = 1000
+SYNC_DUMP_LIMIT = 2000  # records in one full dump
+DUMP_BATCH = 60  # records sent between two checks of the link's backpressure
+DUMP_INTERVAL = 60.0  # one dump per peer key per this many seconds
+DUMPS_BURST = 30.0  # dumps for all peers together: at most this many at once,
+DUMPS_PER_SECOND = 0.5  # refilled at this rate
+MAX_DUMP_KEYS = 4096  # peer keys remembered for DUMP_INTERVAL
 
 
 @dataclass
@@ -51,6 +66,9 @@ class Neighbour:
     inbound: RateBudget
     outbound: RateBudget
     cursor: float  # registry `received_at` up to which the neighbour has been sent everything
+    dump_left: int = 0  # records of the full dump still to send (0: none under way)
+    dump_after: int = 0  # registry rowid after which the dump goes on
+    dump_wanted: bool = False  # owed a dump that the shared budget could not pay yet
 
     @classmethod
     def new(cls, now: float) -> Neighbour:
@@ -68,3 +86,34 @@ class Neighbour:
         """May we push `count` records to this neighbour now? If not, the next reconcile
         carries them (the cursor is not advanced by pushes)."""
         return self.outbound.take(count, now)
+
+
+@dataclass
+class DumpLimiter:
+    """Who may have a full dump now: one per key per `interval`, a global bucket on top."""
+
+    interval: float
+    budget: RateBudget
+    last: dict[bytes, float]
+
+    @classmethod
+    def new(cls, now: float) -> DumpLimiter:
+        return cls(DUMP_INTERVAL, RateBudget.full(DUMPS_PER_SECOND, DUMPS_BURST, now), {})
+
+    def recent(self, key: bytes, now: float) -> bool:
+        """Did `key` have a dump less than `interval` ago?"""
+        last = self.last.get(key)
+        return last is not None and 0 <= now - last < self.interval
+
+    def grant(self, key: bytes, now: float) -> bool:
+        """True if `key` may have a full dump now (and the grant is recorded)."""
+        if self.recent(key, now):
+            return False
+        if len(self.last) >= MAX_DUMP_KEYS:
+            self.last = {k: t for k, t in self.last.items() if 0 <= now - t < self.interval}
+            if len(self.last) >= MAX_DUMP_KEYS:
+                return False  # that many keys in one interval: the budget below is spent too
+        if not self.budget.take(1, now):
+            return False
+        self.last[key] = now
+        return True
