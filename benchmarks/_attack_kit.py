@@ -71,8 +71,10 @@ class Target:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.host: str = spec["host"]
         self.port: int = int(spec["port"])
-        if self.host not in LOOPBACK:
-            raise SystemExit(f"refusing a non-loopback target {self.host}")
+        self.dht_host: str = spec["dht_host"]
+        self.dht_port: int = int(spec["dht_port"])
+        if self.host not in LOOPBACK or self.dht_host not in LOOPBACK:
+            raise SystemExit(f"refusing a non-loopback target {self.host}, {self.dht_host}")
         self.key = key_from_text(spec["key"])
         self.name: str = spec["name"]
         self.onion = bytes.fromhex(spec["onion"]) if spec.get("onion") else None
@@ -242,6 +244,11 @@ def _accept(listener: socket.socket, sel: selectors.BaseSelector, most: int) -> 
             sel.register(conn, selectors.EVENT_READ, True)
 
 
+async def _run(attack: Any, target: Target, params: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await attack(target, params)
+    return result
+
+
 def main() -> None:
     if sys.argv[1:2] == ["hold"]:
         serve_hold(float(sys.argv[2]))
@@ -255,7 +262,9 @@ def main() -> None:
     name, spec = sys.argv[2], json.loads(sys.argv[3])
     table = {**_attacks.ATTACKS, **_attacks_more.ATTACKS}
     started = time.monotonic()
-    achieved = asyncio.run(table[name](Target(spec["target"]), spec["params"]))
+    achieved: dict[str, Any] = asyncio.run(
+        _run(table[name], Target(spec["target"]), spec["params"])
+    )
     achieved["attack_seconds"] = round(time.monotonic() - started, 2)
     print(json.dumps(achieved), flush=True)
 

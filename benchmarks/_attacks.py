@@ -35,6 +35,7 @@ from vx6.wire.records import Endpoint, NodeBody
 
 MAX_BACKLOG = 4 * 1024 * 1024  # what an attacker queues at most on its own side
 EMPTY_RECORDS = bytes([fr.FrameType.RECORDS, 0])  # 2 bytes: "let us sync"
+RECONNECT_PAUSE = 0.1  # a raw connection the victim closed is reopened after this
 
 
 def _ping(token: int) -> bytes:
@@ -125,6 +126,7 @@ async def _slowloris(t: Target, budget: Budget, trickle: bool, stats: Counter[st
                 stats["slowloris_closed_by_victim"] += 1
                 break
         writer.close()
+        await _sleep(budget, RECONNECT_PAUSE)
 
 
 async def link_fill(t: Target, p: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +235,7 @@ async def idle_sockets(t: Target, p: dict[str, Any]) -> dict[str, Any]:
             except (TimeoutError, OSError):
                 pass
             writer.close()
+            await _sleep(budget, RECONNECT_PAUSE)
 
     await asyncio.gather(*(hold() for _ in range(p["count"])), return_exceptions=True)
     return dict(stats)

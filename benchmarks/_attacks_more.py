@@ -57,9 +57,9 @@ class DhtClient:
     def __init__(self, t: Target) -> None:
         self.t = t
         self.identity = Identity(os.urandom(32))
-        family = socket.AF_INET6 if ":" in t.host else socket.AF_INET
+        family = socket.AF_INET6 if ":" in t.dht_host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((t.host, 0))
+        self.sock.bind((t.dht_host, 0))
         self.sock.setblocking(False)
 
     def close(self) -> None:
@@ -67,7 +67,7 @@ class DhtClient:
 
     def send(self, message: wire.Message) -> int:
         data = wire.encode_message(message, self.identity.sign)
-        self.sock.sendto(data, (self.t.host, self.t.port))
+        self.sock.sendto(data, (self.t.dht_host, self.t.dht_port))
         return len(data)
 
     async def ask(self, message: wire.Message, timeout: float) -> tuple[Any, int, int]:
@@ -240,6 +240,7 @@ async def dht_amplification(t: Target, p: dict[str, Any]) -> dict[str, Any]:
             break
         client = DhtClient(t)
         me = client.identity.public
+        message: wire.FindNode | wire.FindValue
         if i % 2 == 0:
             kind, message = "find_node", wire.FindNode(_txid(), me, os.urandom(32))
         else:

@@ -4,14 +4,16 @@ Theory of operation. `HostileNet` builds a fresh network for one attack, so no a
 inherits another's leaks: the victim (`victim`, a relay), the honest client `bob`
 (peered with the victim) and, for the circuit attack, the owner `alice`; target servers
 in their own processes (an echo for the honest probes, a holder that accepts at once
-and one that is slow to accept). The victim exposes `echo` (bob only), `priv` (bob
-only: strangers are refused), `pub` (public, the fast holder) and `slow` (public, the
-slow holder). Bob forwards a local port to `victim.echo` directly, or through a
-one-relay circuit (the victim) to `alice.echo`.
+and one that is slow to accept). The victim listens on [::1] for the link attackers and
+on 127.0.0.1 for the honest side (bob, alice and the handshaker), so a limit per source
+address can tell them apart on loopback; its DHT socket is on 127.0.0.1. It exposes
+`echo` (bob only), `priv` (bob only: strangers are refused), `pub` (public, the fast
+holder) and `slow` (public, the slow holder). Bob forwards a local port to
+`victim.echo` directly, or through a one-relay circuit (the victim) to `alice.echo`.
 
 `Sampler` reads the victim's /proc every `SAMPLE_EVERY` seconds in a thread: VmRSS,
 VmHWM (reset at the start of the window), open fds, and whether it still runs;
-`log_lines` counts the lines its log file gained. Nothing here talks to the victim's
+`log_lines_since` counts the lines its log file gained. Nothing here talks to the victim's
 control socket during an attack (a stalled victim would stall the measurement).
 """
 
@@ -147,11 +149,19 @@ class HostileNet:
         slow_proc, slow_port = start_hold(SLOW_ACCEPT_INTERVAL)
         self.servers += [fast_proc, slow_proc]
         net = self.net
-        self.victim = net.start("victim", extra=("--relay",))
-        self.bob = net.start("bob", peers=(self.victim.listen,), wait=False)
+        # Link attackers come from ::1, the honest side (bob, alice, the handshaker) from
+        # 127.0.0.1: on loopback that is all there is of "another network". The victim's
+        # DHT socket is on its first address, 127.0.0.1 (all nodes' DHTs on one family).
+        self.victim = net.start(
+            "victim", listen="127.0.0.1:0", extra=("--relay", "--listen", "[::1]:0")
+        )
+        self.honest_listen = self.victim.listen
+        self.attack_listen = str(self.victim.info["listen"][1])
+        peers = (self.honest_listen,)
+        self.bob = net.start("bob", listen="127.0.0.1:0", peers=peers, wait=False)
         self.alice: LocalNode | None = None
         if self.circuit:
-            self.alice = net.start("alice", peers=(self.victim.listen,), wait=False)
+            self.alice = net.start("alice", listen="127.0.0.1:0", peers=peers, wait=False)
             net.wait_ready(self.alice)
         net.wait_ready(self.bob)
         v, bob = self.victim, self.bob
@@ -201,12 +211,15 @@ class HostileNet:
 
     def target_spec(self) -> dict[str, Any]:
         v = self.victim
-        host, port = parse_endpoint(v.listen)
+        host, port = parse_endpoint(self.attack_listen)
+        dht_host, dht_port = parse_endpoint(self.honest_listen)
         onion = StaticKey((v.home / "onion.key").read_bytes()).public.hex()
         services = {s: s for s in ("echo", "priv", "pub", "slow")}
         return {
             "host": host,
             "port": port,
+            "dht_host": dht_host,
+            "dht_port": dht_port,
             "key": v.key,
             "name": "victim",
             "onion": onion,

@@ -47,6 +47,7 @@ from _report import machine_details, percentile, run_main
 
 from vx6.crypto.keys import Identity, fingerprint
 from vx6.localnet import LocalNet
+from vx6.net.addresses import parse_endpoint
 
 HERE = Path(__file__).resolve().parent
 HONEST_INTERVAL = 0.5
@@ -77,7 +78,7 @@ class Attack:
 ATTACKS = [
     Attack(1, "stream-setup", "links die during stream setup (slow target)",
            {"links": 2, "opens": 50, "hold": 1.0, "rounds": 1, "seconds": 2.5},
-           {"links": 5, "opens": 200, "hold": 2.0, "rounds": 3, "seconds": 20}, settle=7.0),
+           {"links": 5, "opens": 200, "hold": 2.0, "rounds": 3, "seconds": 12}, settle=7.0),
     Attack(2, "link-fill", "link table filled by fresh keys + slowloris",
            {"links": 120, "slowloris": 20, "ping_every": 10, "concurrency": 16, "seconds": 5},
            {"links": 1024, "slowloris": 200, "ping_every": 10, "concurrency": 32,
@@ -153,9 +154,11 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
         pid = victim.process.pid
         spec = {"target": hn.target_spec(), "params": params}
         honest_key = os.urandom(32)
+        honest_host, honest_port = parse_endpoint(hn.honest_listen)
         honest_spec = {
             "identity": honest_key.hex(),
-            **{k: spec["target"][k] for k in ("host", "port")},
+            "host": honest_host,
+            "port": honest_port,
             "probe_port": hn.probe_port,
             "seconds": window,
             "interval": HONEST_INTERVAL,
@@ -233,7 +236,7 @@ def judge(row: dict[str, Any], quick: bool) -> dict[str, bool]:
 def note(row: dict[str, Any]) -> str:
     a = row["achieved"]
     if "error" in a:
-        return a["error"][:60]
+        return str(a["error"])[:60]
     parts = [f"cpu {row['victim_cpu_s']} s", f"fds after {row['fds_after']}"]
     picks = {
         "link-fill": ("links_up", "closed_by_victim", "slowloris_connects"),
