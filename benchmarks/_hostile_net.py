@@ -1,0 +1,238 @@
+"""The network and the measurements of bench_hostile.py.
+
+Theory of operation. `HostileNet` builds a fresh network for one attack, so no attack
+inherits another's leaks: the victim (`victim`, a relay), the honest client `bob`
+(peered with the victim) and, for the circuit attack, the owner `alice`; target servers
+in their own processes (an echo for the honest probes, a holder that accepts at once
+and one that is slow to accept). The victim listens on [::1] for the link attackers and
+on 127.0.0.1 for the honest side (bob, alice and the handshaker), so a limit per source
+address can tell them apart on loopback; its DHT socket is on 127.0.0.1. It exposes
+`echo` (bob only), `priv` (bob only: strangers are refused), `pub` (public, the fast
+holder) and `slow` (public, the slow holder). Bob forwards a local port to
+`victim.echo` directly, or through a one-relay circuit (the victim) to `alice.echo`.
+
+`Sampler` reads the victim's /proc every `SAMPLE_EVERY` seconds in a thread: VmRSS,
+VmHWM (reset at the start of the window), open fds, and whether it still runs;
+`log_lines_since` counts the lines its log file gained. Nothing here talks to the victim's
+control socket during an attack (a stalled victim would stall the measurement).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _load
+from _report import cpu_seconds, proc_status_kib, reset_peak_rss
+
+from vx6.crypto.keys import StaticKey
+from vx6.errors import VX6Error
+from vx6.localnet import LocalNet, LocalNode, relays_known, wait_for
+from vx6.net.addresses import parse_endpoint
+
+SAMPLE_EVERY = 0.15
+SETUP_TIMEOUT = 30.0
+KIT = Path(__file__).resolve().parent / "_attack_kit.py"
+SLOW_ACCEPT_INTERVAL = 0.02  # the slow target takes one connection per 20 ms
+
+
+def log(message: str) -> None:
+    print(f"[hostile] {message}", file=sys.stderr, flush=True)
+
+
+def fd_count(pid: int) -> int | None:
+    try:
+        return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    except OSError:
+        return None
+
+
+def nofile_soft(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_lines_since(path: Path, offset: int, honest: str) -> tuple[int, int]:
+    """(all lines, lines not about the honest handshaker) the log gained after
+    `offset`: the honest side's own link closes are its doing, not the attacker's."""
+    total = theirs = 0
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            for line in f:
+                total += 1
+                theirs += honest.encode() not in line
+    except OSError:
+        pass
+    return total, theirs
+
+
+def start_hold(interval: float) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [sys.executable, str(KIT), "hold", str(interval)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        _load.stop_server(proc)
+        raise VX6Error("hold target did not start")
+    return proc, int(line)
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.rss_kib = 0
+        self.fds = 0
+        self.died = False
+        self._halt = threading.Event()
+        reset_peak_rss(pid)
+        self.cpu_start = cpu_seconds(pid)
+
+    def run(self) -> None:
+        while not self._halt.wait(SAMPLE_EVERY):
+            self.sample()
+
+    def sample(self) -> None:
+        rss = proc_status_kib(self.pid, "VmHWM") or proc_status_kib(self.pid, "VmRSS")
+        fds = fd_count(self.pid)
+        if rss is None or fds is None:
+            self.died = True
+            return
+        self.rss_kib = max(self.rss_kib, rss)
+        self.fds = max(self.fds, fds)
+
+    def stop(self) -> float:
+        self._halt.set()
+        self.join(2.0)
+        self.sample()
+        return cpu_seconds(self.pid) - self.cpu_start
+
+
+class HostileNet:
+    def __init__(self, net: LocalNet, *, circuit: bool) -> None:
+        self.net = net
+        self.circuit = circuit
+        self.servers: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> HostileNet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.servers:
+            _load.stop_server(proc)
+
+    def build(self) -> None:
+        echo_proc, echo = _load.start_server("echo")
+        self.servers.append(echo_proc)
+        fast_proc, fast_port = start_hold(0)
+        slow_proc, slow_port = start_hold(SLOW_ACCEPT_INTERVAL)
+        self.servers += [fast_proc, slow_proc]
+        net = self.net
+        # Link attackers come from ::1, the honest side (bob, alice, the handshaker) from
+        # 127.0.0.1: on loopback that is all there is of "another network". The victim's
+        # DHT socket is on its first address, 127.0.0.1 (all nodes' DHTs on one family).
+        self.victim = net.start(
+            "victim", listen="127.0.0.1:0", extra=("--relay", "--listen", "[::1]:0")
+        )
+        self.honest_listen = self.victim.listen
+        self.attack_listen = str(self.victim.info["listen"][1])
+        peers = (self.honest_listen,)
+        self.bob = net.start("bob", listen="127.0.0.1:0", peers=peers, wait=False)
+        self.alice: LocalNode | None = None
+        if self.circuit:
+            self.alice = net.start("alice", listen="127.0.0.1:0", peers=peers, wait=False)
+            net.wait_ready(self.alice)
+        net.wait_ready(self.bob)
+        v, bob = self.victim, self.bob
+        v.call("expose", name="echo", target=f"127.0.0.1:{echo[1]}", allow=["bob"])
+        v.call("expose", name="priv", target=f"127.0.0.1:{echo[1]}", allow=["bob"])
+        v.call("expose", name="pub", target=f"127.0.0.1:{fast_port}", public=True)
+        v.call("expose", name="slow", target=f"127.0.0.1:{slow_port}", public=True)
+        if self.alice is not None:
+            self.alice.call("expose", name="echo", target=f"127.0.0.1:{echo[1]}", allow=["bob"])
+            wait_for(
+                lambda: _knows(bob, "alice") and relays_known(bob, 1) and _knows(self.alice, "bob"),
+                SETUP_TIMEOUT,
+                "bob to learn alice and the relay",
+                interval=0.1,
+            )
+            self.probe_port = self._connect("alice.echo", hops=1)
+        else:
+            wait_for(lambda: _knows(bob, "victim"), SETUP_TIMEOUT, "bob to learn the victim", 0.1)
+            self.probe_port = self._connect("victim.echo", hops=0)
+        self._warm()
+
+    def _connect(self, service: str, hops: int) -> int:
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        while True:
+            try:
+                reply = self.bob.call(
+                    "connect", timeout=SETUP_TIMEOUT, service=service, local="0", hops=hops
+                )
+                return int(reply["forward"]["local"].rsplit(":", 1)[1])
+            except VX6Error as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log(f"connect {service}: {exc}; retrying")
+                time.sleep(0.5)  # retry pause while the network settles (bounded)
+
+    def _warm(self) -> None:
+        """One echo through the forward before the window (a first circuit build or
+        link dial is setup, not what the attack costs)."""
+
+        def echoed() -> bool:
+            try:
+                return _load.round_trips(("127.0.0.1", self.probe_port), 1, 16, warmup=0) != []
+            except OSError:
+                return False
+
+        wait_for(echoed, SETUP_TIMEOUT, "a first echo through bob's forward", interval=0.2)
+
+    def target_spec(self) -> dict[str, Any]:
+        v = self.victim
+        host, port = parse_endpoint(self.attack_listen)
+        dht_host, dht_port = parse_endpoint(self.honest_listen)
+        onion = StaticKey((v.home / "onion.key").read_bytes()).public.hex()
+        services = {s: s for s in ("echo", "priv", "pub", "slow")}
+        return {
+            "host": host,
+            "port": port,
+            "dht_host": dht_host,
+            "dht_port": dht_port,
+            "key": v.key,
+            "name": "victim",
+            "onion": onion,
+            "services": services,
+            "registry": str(v.home / "registry.sqlite"),
+        }
+
+    def registry_bytes(self) -> int:
+        home = self.victim.home
+        return sum(p.stat().st_size for p in home.glob("registry.sqlite*") if p.is_file())
+
+
+def _knows(node: LocalNode | None, owner: str) -> bool:
+    assert node is not None
+    reply = node.try_call("resolve", address=f"{owner}.any")
+    return bool(reply.get("ok")) and any(r["kind"] == "node" for r in reply["records"])
