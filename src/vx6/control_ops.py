@@ -155,16 +155,9 @@ class ControlOps:
 
     async def unexpose(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))
-        owner = self.node.owner
-        held = owner.services.get(name)
-        try:
-            removed = owner.unexpose(name)
-        except RegistryError:
-            # The registry still holds the service, and a restart would bring it back:
-            # so it stays exposed, and the user is told the unexpose did not happen.
-            if held is not None:
-                owner.services[name] = held
-            raise
+        # A registry that cannot be written raises RegistryError: the service stays
+        # exposed (a restart would bring it back) and the user is told.
+        removed = self.node.owner.unexpose(name)
         if not removed:
             raise UsageError(f"no service named {name!r}")
         return {"removed": name}

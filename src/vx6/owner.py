@@ -74,8 +74,10 @@ class OwnerSide:
         )
 
     def unexpose(self, name: str) -> bool:
-        svc = self.services.pop(name, None)
+        # The registry first: if the write fails (disk full) it raises and the service
+        # stays exposed in memory too, as a restart would bring it back from disk.
         removed = self.node.registry.remove_service(name)
+        svc = self.services.pop(name, None)
         if svc is None and not removed:
             return False
         self.node.publisher.publish_service(name, False, withdrawn=True)
