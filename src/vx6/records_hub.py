@@ -77,7 +77,8 @@ class RecordHub:
         """Make `link` a sync neighbour and send it everything we hold, once."""
         now = time.time()
         self.neighbours[link] = Neighbour.new(now)
-        link.send_records(self.for_sync())
+        if not link.send_records(self.for_sync()):
+            self.neighbours[link].cursor = 0.0  # not reading yet: reconciles catch up
 
     def push(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
         """Pass newly accepted records on to the sync neighbours, within their budgets."""
@@ -104,8 +105,10 @@ class RecordHub:
                 changed = self.node.registry.records_changed_since(
                     neighbour.cursor, RECONCILE_BATCH
                 )
-                if changed:
-                    link.send_records([r.raw for r in changed if r.expires > time.time()])
+                # A neighbour that does not read what we sent gets nothing more and
+                # keeps its cursor (LinkProtocol.send_records says False).
+                fresh = [r.raw for r in changed if r.expires > time.time()]
+                if changed and link.send_records(fresh):
                     neighbour.cursor = max(r.received_at for r in changed)
 
     def accept(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:

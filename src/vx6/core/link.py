@@ -12,6 +12,18 @@ credit, a frame for a stream that never existed) raises LinkError inside, which 
 the whole link with a CLOSE frame carrying the code, and one `LinkClosed` event saying
 why. Errors that concern one stream only (e.g. our application resets it) stay on that
 stream. After `LinkClosed` the link accepts nothing more.
+
+Resource bounds (a hostile peer must not exhaust the node). Before authentication a
+handshake message may be at most MAX_HANDSHAKE_MESSAGE bytes and the handshake must be
+done `handshake_timeout` after the link was made, however the peer trickles its bytes.
+One `receive` call handles at most `frames_per_turn` messages; the rest stays in the
+input buffer (`backlogged`), and the adapter stops reading and calls `receive(b"", now)`
+on a later loop turn, so one link cannot monopolise the event loop. PING, OPEN and
+RECORDS (the frames that make the node answer or work) take a token from a per-link
+bucket (`control_rate` a second, `control_burst` at most); a peer that runs it dry is
+closed with RATE_LIMITED (closing, not dropping: an honest node never comes near it, and
+a dropped PING would only make the peer retry). `control_bytes_out` counts the control
+output, so the adapter can bound what queues while the peer does not read.
 """
 
 from __future__ import annotations
@@ -36,9 +48,13 @@ class LinkConfig:
     max_streams: int = 1024
     keepalive: float = 15.0  # send PING after this long without hearing from the peer
     idle_timeout: float = 45.0  # give up after this long without hearing anything
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0  # absolute: from the TCP connection, whatever arrives
     probe_after: float = 2.0  # an open unanswered this long: PING the peer
     probe_timeout: float = 3.0  # and give the link up if that goes unanswered too
+    frames_per_turn: int = 256  # messages handled per receive call (one event-loop turn)
+    control_rate: float = 500.0  # PING/OPEN/RECORDS frames a second, on average
+    control_burst: int = 1000  # and at most this many at once
+    max_unsent_control: int = 256 * 1024  # control output queued while the peer does not read
 
     def __post_init__(self) -> None:
         if not fr.MIN_STREAM_WINDOW <= self.window <= fr.MAX_STREAM_CREDIT:
@@ -57,6 +73,7 @@ class Link(StreamOps, CellOps):
         remote_link_key: bytes | None = None,
         expected_identity: bytes | None = None,
         config: LinkConfig | None = None,
+        link_proof: bytes | None = None,
     ) -> None:
         self.config = config or LinkConfig()
         self.initiator = initiator
@@ -68,6 +85,7 @@ class Link(StreamOps, CellOps):
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
             window=self.config.window,
+            link_proof=link_proof,
         )
         self._keys: HandshakeResult | None = None
         self.streams = StreamTable(
@@ -79,8 +97,8 @@ class Link(StreamOps, CellOps):
         self._out: list[bytes] = []
         self._events: list[ev.Event] = []
         self._inbuf = bytearray()
-        self._scratch = bytearray(fr.MAX_FRAME)
-        self._scratch_view = memoryview(self._scratch)
+        self._scratch: bytearray | None = None  # made when the link first sends DATA
+        self._scratch_view = memoryview(b"")
         self._cell_frame: memoryview | None = None
         self._cells_pending = 0
         self._last_heard = now
@@ -89,9 +107,13 @@ class Link(StreamOps, CellOps):
         self._ping_sent_at: float | None = None
         self._rtt_start: float | None = None
         self._waiting_since: float | None = None
+        self._tokens = float(self.config.control_burst)
+        self._tokens_at = now
         self.closed = False
+        self.backlogged = False  # whole messages wait in the input buffer (see receive)
         self.bytes_in = 0
         self.bytes_out = 0
+        self.control_bytes_out = 0
         if initiator:
             self._emit_raw(self._hs.start())
 
@@ -126,6 +148,7 @@ class Link(StreamOps, CellOps):
         assert self._keys is not None
         ct = self._keys.send.encrypt(plaintext)
         self.bytes_out += len(ct) + 2
+        self.control_bytes_out += len(ct) + 2
         self._out.append(fr.length_prefix(len(ct)) + ct)
 
     def _send_frame(self, frame: fr.ControlFrame) -> None:
@@ -134,7 +157,11 @@ class Link(StreamOps, CellOps):
     # ------------------------------------------------------------------ input
     def receive(self, data: bytes | memoryview, now: float) -> None:
         """Feed bytes read from the connection. Whole messages are decrypted straight
-        out of `data`; only an incomplete tail is kept for the next call."""
+        out of `data`; only what is left (an incomplete tail, or the messages beyond
+        this turn's budget: then `backlogged` is set) is copied out for the next call,
+        so nothing refers to `data` once this returns. `receive(b"", now)` goes on with
+        a backlog."""
+        self.backlogged = False
         if self.closed:
             return
         self._last_heard = now
@@ -148,11 +175,18 @@ class Link(StreamOps, CellOps):
             src = data
         view = memoryview(src)
         total, pos = len(src), 0
+        budget = self.config.frames_per_turn
         try:
             while total - pos >= 2:
                 end = pos + 2 + ((src[pos] << 8) | src[pos + 1])
                 if end > total:
+                    if self._keys is None and end - pos - 2 > fr.MAX_HANDSHAKE_MESSAGE:
+                        raise LinkError(CloseCode.HANDSHAKE_FAILED, "handshake message too long")
                     break
+                if budget <= 0:
+                    self.backlogged = True
+                    break
+                budget -= 1
                 with view[pos + 2 : end] as message:
                     pos = end
                     if self._keys is None:
@@ -227,7 +261,19 @@ class Link(StreamOps, CellOps):
         else:
             self._events.append(ev.CellsReceived((chunk,)))
 
+    def _take_token(self, now: float) -> None:
+        cfg = self.config
+        tokens = min(
+            float(cfg.control_burst), self._tokens + (now - self._tokens_at) * cfg.control_rate
+        )
+        self._tokens_at = now
+        if tokens < 1.0:
+            raise LinkError(CloseCode.RATE_LIMITED, "control frames faster than allowed")
+        self._tokens = tokens - 1.0
+
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
+        if isinstance(frame, fr.Ping | fr.Open | fr.Records):
+            self._take_token(now)
         match frame:
             case fr.Ping(token):
                 self._send_frame(fr.Pong(token))
@@ -260,6 +306,9 @@ class Link(StreamOps, CellOps):
             stream.blocked = True
             return bytes(data)
         scratch = self._scratch
+        if scratch is None:  # links that never send DATA never pay for it
+            scratch = self._scratch = bytearray(fr.MAX_FRAME)
+            self._scratch_view = memoryview(scratch)
         scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
         view = memoryview(data)
         pos = 0
