@@ -20,6 +20,7 @@ import pytest
 
 import vx6.core.handshake as handshake_mod
 import vx6.net.link as link_mod
+import vx6.net.link_memory as memory_mod
 from vx6.core.handshake import LinkHandshake
 from vx6.core.link import Link, LinkConfig
 from vx6.crypto.keys import Identity, StaticKey
@@ -310,6 +311,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def get_write_buffer_size(self) -> int:
+        return len(self.buf)
+
     def close(self) -> None:
         self.closing = True
 
@@ -368,8 +372,8 @@ sizes: list[tuple[int, int]] = []
 def test_the_read_buffer_is_small_until_the_handshake_is_done() -> None:
     async def body() -> None:
         _adapter_pair(LinkConfig())
-        assert sizes[-1] == (link_mod.PRE_AUTH_READ, link_mod.READ_BUFFER)
-        assert link_mod.PRE_AUTH_READ <= 4 * KIB
+        assert sizes[-1] == (memory_mod.PRE_AUTH_READ, memory_mod.READ_BUFFER)
+        assert memory_mod.PRE_AUTH_READ <= 4 * KIB
 
     _run(body)
 
@@ -426,6 +430,21 @@ def test_a_peer_that_never_reads_is_closed_at_the_control_output_bound() -> None
         assert transport.aborted  # not left to flush into a peer that never reads
         bound = LinkConfig().max_unsent_control
         assert transport.most <= 64 * KIB + bound + 1 * KIB
+
+    _run(body)
+
+
+def test_a_closed_link_whose_output_does_not_drain_is_aborted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(link_mod, "CLOSE_GRACE", 0.01)
+
+    async def body() -> None:
+        client, proto, transport, owner = _adapter_pair(LinkConfig())
+        _feed(proto, _pings(client, 2_000))  # over the burst: RATE_LIMITED
+        await _wait(lambda: bool(owner.closed), 5, "closed")
+        assert transport.closing and transport.buf  # its output never drains
+        await _wait(lambda: transport.aborted, 5, "aborted after the grace period")
 
     _run(body)
 
@@ -493,7 +512,7 @@ def test_idle_connections_cost_little_memory(refuse: bool, monkeypatch: pytest.M
             return real(identity, link_public)
 
         monkeypatch.setattr(handshake_mod, "link_key_proof", counting)
-        monkeypatch.setattr(link_mod, "link_key_proof", counting, raising=False)
+        monkeypatch.setattr(memory_mod, "link_key_proof", counting, raising=False)
         before = _rss_kib()
         tracemalloc.start()
         socks = []

@@ -41,6 +41,9 @@ from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
 from vx6.wire import frames as fr
 from vx6.wire.cells import cells_frame_body
 
+# The frames that make the node answer or work: each takes a token of the rate limit.
+_METERED = (fr.Ping, fr.Open, fr.Records)
+
 
 @dataclass(frozen=True)
 class LinkConfig:
@@ -272,7 +275,7 @@ class Link(StreamOps, CellOps):
         self._tokens = tokens - 1.0
 
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
-        if isinstance(frame, fr.Ping | fr.Open | fr.Records):
+        if isinstance(frame, _METERED):
             self._take_token(now)
         match frame:
             case fr.Ping(token):

@@ -10,16 +10,13 @@ Backpressure in both directions: when the TCP socket's write buffer passes its h
 mark the link tells every sink to stop reading its local socket, and resumes them when it
 drains; per-stream credit is handled by the core and surfaces as `on_writable`.
 
-Resource bounds against a hostile peer. Until the handshake is done a link reads into a
-small slice of one read buffer that every link of the process shares (the core copies
-out whatever it keeps before `receive` returns, and the event loop reads for one
-protocol at a time), holds no scratch buffer and signs nothing: the identity proof is
-signed once per process (`_link_proof`). A read whose messages exceed the core's
-per-turn budget stops the reading and goes on at the next loop turn. While the socket is
-paused for writing, the control output the core makes (PONGs, OPEN_FAILs, CREDITs) is
-counted; past `LinkConfig.max_unsent_control` the link is closed with RESOURCE_LIMIT,
-and `send_records` sends nothing (the records hub retries at its next reconcile). A
-link closed while its output is stuck is aborted, not flushed forever.
+Resource bounds against a hostile peer (memory before authentication: see
+net/link_memory.py). A read whose messages exceed the core's per-turn budget stops the
+reading, which goes on at the next loop turn. While the socket is paused for writing,
+the control output the core makes (PONGs, OPEN_FAILs, CREDITs) is counted; past
+`LinkConfig.max_unsent_control` the link is closed with RESOURCE_LIMIT, and
+`send_records` sends nothing (the records hub retries at its next reconcile). A link
+closed while its output is stuck is aborted, not flushed forever.
 """
 
 from __future__ import annotations
@@ -34,9 +31,10 @@ from typing import Protocol, cast
 
 from vx6.core import events as ev
 from vx6.core.link import Link, LinkConfig
-from vx6.crypto.keys import Identity, StaticKey, fingerprint, link_key_proof
+from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
+from vx6.net.link_memory import link_proof, read_buffer
 from vx6.net.ratelog import RATELOG
 from vx6.wire.frames import MAX_DATA_PAYLOAD
 
@@ -44,6 +42,7 @@ log = logging.getLogger("vx6.link")
 
 LINK_HIGH_WATER = 1024 * 1024
 LINK_LOW_WATER = 256 * 1024
+CLOSE_GRACE = 5.0  # a closed link's last output may take this long to drain, then abort
 
 
 class LinkOwner(Protocol):
@@ -55,35 +54,6 @@ class LinkOwner(Protocol):
         self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]
     ) -> None: ...
     def link_paused(self, link: LinkProtocol, paused: bool) -> None: ...
-
-
-READ_BUFFER = 512 * 1024
-PRE_AUTH_READ = 4 * 1024  # a handshake message is at most about 200 bytes
-# One read buffer for every link of the process, made by the first read; before its
-# handshake a link is offered only its first PRE_AUTH_READ bytes.
-_shared_read: memoryview | None = None
-_shared_small: memoryview | None = None
-# The identity proof over a link key is the same for every link: sign it once.
-_proofs: dict[tuple[bytes, bytes], bytes] = {}
-_MAX_PROOFS = 16  # one per identity of the process; tests run a few in one process
-
-
-def _read_buffer(authenticated: bool) -> memoryview:
-    global _shared_read, _shared_small
-    if _shared_read is None or _shared_small is None:
-        _shared_read = memoryview(bytearray(READ_BUFFER))
-        _shared_small = _shared_read[:PRE_AUTH_READ]
-    return _shared_read if authenticated else _shared_small
-
-
-def _link_proof(identity: Identity, link_key: StaticKey) -> bytes:
-    key = (identity.public, link_key.public)
-    proof = _proofs.get(key)
-    if proof is None:
-        if len(_proofs) >= _MAX_PROOFS:
-            _proofs.clear()
-        proof = _proofs[key] = link_key_proof(identity, link_key.public)
-    return proof
 
 
 # Codes that mean the peer misbehaved: their close lines go through the rate-limited log.
@@ -115,7 +85,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
             config=config,
-            link_proof=_link_proof(identity, link_key),
+            link_proof=link_proof(identity, link_key),
         )
         self.transport: asyncio.Transport | None = None
         self.sinks: dict[int, StreamSink] = {}
@@ -156,7 +126,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         view = self._read_view
         if view is None:
-            view = self._read_view = _read_buffer(self.core.established)
+            view = self._read_view = read_buffer(self.core.established)
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -322,7 +292,9 @@ class LinkProtocol(asyncio.BufferedProtocol):
                 # would keep the socket and its buffer forever.
                 self.transport.abort()
             else:
-                self.transport.close()
+                self.transport.close()  # the CLOSE frame goes out first
+                if self.transport.get_write_buffer_size():
+                    self.loop.call_later(CLOSE_GRACE, self.transport.abort)
         self.owner.link_closed(self, code, reason, by_peer)
 
     # ---------------------------------------------------------------- node-facing API
