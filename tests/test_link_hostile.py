@@ -24,7 +24,7 @@ import vx6.net.link_memory as memory_mod
 from vx6.core.handshake import LinkHandshake
 from vx6.core.link import Link, LinkConfig
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import CloseCode
+from vx6.errors import CloseCode, StreamError
 from vx6.net.link import LinkProtocol
 from vx6.net.ratelog import RATELOG
 from vx6.wire import frames as fr
@@ -237,6 +237,24 @@ def test_an_open_flood_is_rate_limited_too() -> None:
     for sid in range(1, 80, 2):
         a._send_frame(fr.Open(sid, "svc", 0))
     b.receive(_drain(a), 1.0)
+    assert b.closed
+    assert CloseCode.RATE_LIMITED in [getattr(e, "code", None) for e in b.events()]
+
+
+def test_refused_opens_are_rate_limited_accepted_ones_are_not() -> None:
+    a, b = _established_pair(LinkConfig(control_rate=10.0, control_burst=20))
+    for sid in range(1, 200, 2):  # 100 opens at once, all accepted: no limit
+        a._send_frame(fr.Open(sid, "svc", 0))
+    b.receive(_drain(a), 1.0)
+    for event in b.events():
+        b.accept_stream(event.stream_id)  # type: ignore[union-attr]
+    assert not b.closed
+    for sid in range(201, 300, 2):  # 50 opens the node refuses
+        a._send_frame(fr.Open(sid, "nope", 0))
+    b.receive(_drain(a), 2.0)
+    for event in b.events():
+        if not b.closed:
+            b.reject_stream(event.stream_id, StreamError.UNKNOWN_SERVICE, "no")  # type: ignore[union-attr]
     assert b.closed
     assert CloseCode.RATE_LIMITED in [getattr(e, "code", None) for e in b.events()]
 

@@ -18,10 +18,10 @@ handshake message may be at most MAX_HANDSHAKE_MESSAGE bytes and the handshake m
 done `handshake_timeout` after the link was made, however the peer trickles its bytes.
 One `receive` call handles at most `frames_per_turn` messages; the rest stays in the
 input buffer (`backlogged`), and the adapter stops reading and calls `receive(b"", now)`
-on a later loop turn, so one link cannot monopolise the event loop. PING, OPEN and
-RECORDS (the frames that make the node answer or work) take a token from a per-link
-bucket (`control_rate` a second, `control_burst` at most); a peer that runs it dry is
-closed with RATE_LIMITED (closing, not dropping: an honest node never comes near it, and
+on a later loop turn, so one link cannot monopolise the event loop. PING, RECORDS and
+refused OPENs (what makes the node answer or work for nothing) take a token from a
+per-link bucket (`control_rate` a second, `control_burst` at most); a peer that runs it
+dry is closed with RATE_LIMITED (closing, not dropping: an honest node never comes near it, and
 a dropped PING would only make the peer retry). `control_bytes_out` counts the control
 output, so the adapter can bound what queues while the peer does not read.
 """
@@ -37,12 +37,14 @@ from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamState, StreamTable
 from vx6.core.streams import TransitionError as StreamTransitionError
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
+from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
 from vx6.wire import frames as fr
 from vx6.wire.cells import cells_frame_body
 
-# The frames that make the node answer or work: each takes a token of the rate limit.
-_METERED = (fr.Ping, fr.Open, fr.Records)
+# Frames that make the node answer or work: each takes a token of the rate limit. An
+# OPEN takes one only when it is refused (here over max_streams, or by the node through
+# reject_stream): an honest client may open streams as fast as it likes.
+_METERED = (fr.Ping, fr.Records)
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,9 @@ class Link(StreamOps, CellOps):
         self._tokens = tokens - 1.0
 
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
-        if isinstance(frame, _METERED):
+        if isinstance(frame, _METERED) or (
+            isinstance(frame, fr.Open) and len(self.streams) >= self.streams.max_streams
+        ):
             self._take_token(now)
         match frame:
             case fr.Ping(token):
@@ -291,6 +295,16 @@ class Link(StreamOps, CellOps):
                 self._events.append(ev.RecordsReceived(records))
             case _:
                 self._on_stream_frame(frame)
+
+    def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
+        """Refuse a stream the peer opened; a refusal costs a token of the rate limit
+        (as of the last receive: the node refuses from the event that reported it)."""
+        super().reject_stream(sid, code, reason)
+        if not self.closed:
+            try:
+                self._take_token(max(self._last_heard, self._tokens_at))
+            except LinkError as exc:
+                self._fail(exc.code, exc.reason)
 
     def send_records(self, records: list[bytes]) -> None:
         self._require_open()
