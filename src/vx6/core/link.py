@@ -36,6 +36,7 @@ from vx6.core.link_cells import CellOps
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamState, StreamTable
 from vx6.core.streams import TransitionError as StreamTransitionError
+from vx6.core.sync import RateBudget
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
 from vx6.wire import frames as fr
@@ -112,8 +113,7 @@ class Link(StreamOps, CellOps):
         self._ping_sent_at: float | None = None
         self._rtt_start: float | None = None
         self._waiting_since: float | None = None
-        self._tokens = float(self.config.control_burst)
-        self._tokens_at = now
+        self._control = RateBudget.full(self.config.control_rate, self.config.control_burst, now)
         self.closed = False
         self.backlogged = False  # whole messages wait in the input buffer (see receive)
         self.bytes_in = 0
@@ -153,7 +153,10 @@ class Link(StreamOps, CellOps):
         assert self._keys is not None
         ct = self._keys.send.encrypt(plaintext)
         self.bytes_out += len(ct) + 2
-        self.control_bytes_out += len(ct) + 2
+        if plaintext[0] != fr.FrameType.CREDIT:
+            # CREDIT is not counted: it follows data the peer sent (about 30 bytes per
+            # window/4 received), and an honest bulk upload must not be closed for it.
+            self.control_bytes_out += len(ct) + 2
         self._out.append(fr.length_prefix(len(ct)) + ct)
 
     def _send_frame(self, frame: fr.ControlFrame) -> None:
@@ -267,14 +270,8 @@ class Link(StreamOps, CellOps):
             self._events.append(ev.CellsReceived((chunk,)))
 
     def _take_token(self, now: float) -> None:
-        cfg = self.config
-        tokens = min(
-            float(cfg.control_burst), self._tokens + (now - self._tokens_at) * cfg.control_rate
-        )
-        self._tokens_at = now
-        if tokens < 1.0:
+        if not self._control.take(1, now):
             raise LinkError(CloseCode.RATE_LIMITED, "control frames faster than allowed")
-        self._tokens = tokens - 1.0
 
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
         if isinstance(frame, _METERED) or (
@@ -302,7 +299,7 @@ class Link(StreamOps, CellOps):
         super().reject_stream(sid, code, reason)
         if not self.closed:
             try:
-                self._take_token(max(self._last_heard, self._tokens_at))
+                self._take_token(self._last_heard)
             except LinkError as exc:
                 self._fail(exc.code, exc.reason)
 
