@@ -518,6 +518,8 @@ def test_idle_connections_cost_little_memory(refuse: bool, monkeypatch: pytest.M
         made.append(proto)
         return proto
 
+    refused_before = RATELOG.count("link-refused-limit")
+
     async def body() -> None:
         server, port = await _serve(factory)
         warm = socket.create_connection(("127.0.0.1", port))  # the one-off costs first
@@ -567,6 +569,8 @@ def test_idle_connections_cost_little_memory(refuse: bool, monkeypatch: pytest.M
         assert grown / count < 64 * KIB  # was about 576 KiB
         assert traced / count < 32 * KIB
         assert signed == []  # signed once per process, before the measurement
+        refused = RATELOG.count("link-refused-limit") - refused_before
+        assert refused == (count + 1 if refuse else 0)  # counted exactly, logged rate-limited
 
     _run(body)
 
