@@ -271,7 +271,9 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if code in _QUIET_CODES:
             log.info("link %s closed (%s, %s): %s", who, name, side, reason)
         else:
-            category = f"link-closed-{name if name.isidentifier() else 'other'}"
+            # Ours by code; the peer's in one category (its code and reason are its own).
+            kind = "by-peer" if by_peer else (name if name.isidentifier() else "other")
+            category = f"link-closed-{kind}"
             RATELOG.warning(log, category, "link %s closed (%s, %s): %s", who, name, side, reason)
         if not self.established.done():
             try:
