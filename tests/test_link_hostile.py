@@ -676,3 +676,64 @@ def test_nothing_refers_to_the_read_buffer_once_receive_returns() -> None:
         shared[:] = b"\xff" * len(shared)
     assert not b.closed
     assert b"".join(bytes(g) for g in got) == sent
+
+
+def test_a_peer_that_never_reads_is_closed_on_a_real_socket() -> None:
+    """Real loopback sockets with small kernel buffers, so the link's own write buffer
+    is what fills: a peer that pings and never reads is closed with RESOURCE_LIMIT once
+    the unsent control output passes the bound, and the buffer never grows past it."""
+    owner = Owner()
+    servers: list[LinkProtocol] = []
+    bound = 16 * KIB
+    config = LinkConfig(max_unsent_control=bound, control_rate=1e9, control_burst=10**9)
+
+    class SmallBufferServer(LinkProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            super().connection_made(transport)
+
+    def factory() -> LinkProtocol:
+        proto = SmallBufferServer(
+            owner, initiator=False, identity=ID_B, link_key=LINK_B, config=config
+        )
+        servers.append(proto)
+        return proto
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        server, port = await _serve(factory)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        client_owner = Owner()
+        _, client = await loop.create_connection(
+            lambda: LinkProtocol(client_owner, initiator=True, identity=ID_A, link_key=LINK_A),
+            sock=sock,
+        )
+        async with asyncio.timeout(10):
+            await client.established
+        assert client.transport is not None
+        client.transport.pause_reading()  # from now on we never read
+        most = 0
+        try:
+            for _ in range(200):  # at most 200 x 2000 PINGs (~11 MB)
+                if owner.closed:
+                    break
+                for token in range(2000):
+                    client.core._send_frame(fr.Ping(token))
+                client.transport.writelines(client.core.data_to_send())
+                for _ in range(3):
+                    await asyncio.sleep(0)  # let the server's reads run
+                if servers[0].transport is not None:
+                    most = max(most, servers[0].transport.get_write_buffer_size())
+                while client.transport.get_write_buffer_size() > 256 * KIB and not owner.closed:
+                    await asyncio.sleep(0.001)  # pacing our own sending
+        finally:
+            client.transport.abort()
+            server.close()
+        assert [c[0] for c in owner.closed] == [CloseCode.RESOURCE_LIMIT]
+        assert most <= link_mod.LINK_HIGH_WATER + bound + 64 * KIB, most
+
+    _run(body)
