@@ -1,6 +1,7 @@
 """A real node against one authenticated peer that floods PINGs and never reads: the node
-closes that link (RATE_LIMITED) and keeps answering honest handshakes and pings meanwhile
-(the flood used to keep its event loop busy: honest handshakes timed out)."""
+closes that link (RATE_LIMITED, after the bucket's burst) and honest peers dialling while
+the flood is sent get their handshakes and pings answered (on the base commit the flood
+kept the node's event loop busy and their handshakes timed out)."""
 
 from __future__ import annotations
 
