@@ -132,6 +132,8 @@ class Wire:
         del self.buffer[:n]
         self.delivered += len(chunk)
         self.receiver.link.receive(chunk, now)
+        while self.receiver.link.backlogged:  # over one turn's budget: the next turns
+            self.receiver.link.receive(b"", now)
         while self._in_flight and self._in_flight[0][0] <= self.delivered:
             plain = self._in_flight.popleft()[1]
             self._count(plain, self.frames_arrived, self.data_arrived)

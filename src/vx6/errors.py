@@ -22,7 +22,8 @@ class CloseCode(IntEnum):
     FLOW_CONTROL = 6  # peer sent more than the credit we granted
     SHUTDOWN = 7  # the node is stopping
     DECRYPT_FAILED = 8
-    RESOURCE_LIMIT = 9
+    RESOURCE_LIMIT = 9  # the peer made us queue more than a link may hold (e.g. it never reads)
+    RATE_LIMITED = 10  # the peer sent control frames (PING, OPEN, RECORDS) faster than allowed
 
 
 class StreamError(IntEnum):

@@ -122,7 +122,7 @@ class RecordHub:
             return
         while neighbour.dump_left > 0 and link.is_open and not link.paused:
             try:
-                batch, neighbour.dump_after = self.node.registry.records_page(
+                batch, after = self.node.registry.records_page(
                     neighbour.dump_after, time.time(), min(DUMP_BATCH, neighbour.dump_left)
                 )
             except RegistryError:
@@ -131,8 +131,10 @@ class RecordHub:
             if not batch:
                 neighbour.dump_left = 0
                 break
+            if not link.send_records([r.raw for r in batch]):
+                break  # paused after all: continue_dump runs again when it resumes
             neighbour.dump_left -= len(batch)
-            link.send_records([r.raw for r in batch])
+            neighbour.dump_after = after
 
     def push(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
         """Pass newly accepted records on to the sync neighbours, within their budgets."""
@@ -175,8 +177,10 @@ class RecordHub:
             except RegistryError:
                 self.node.count("sync_reconcile_failed_registry")
                 continue
-            if changed:
-                link.send_records([r.raw for r in changed if r.expires > time.time()])
+            # A neighbour that does not read what we sent gets nothing more and keeps
+            # its cursor (LinkProtocol.send_records says False).
+            fresh = [r.raw for r in changed if r.expires > time.time()]
+            if changed and link.send_records(fresh):
                 neighbour.cursor = max(r.received_at for r in changed)
 
     def accept(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:

@@ -56,15 +56,19 @@ class LinkHandshake:
         remote_link_key: bytes | None = None,
         expected_identity: bytes | None = None,
         window: int = 2 * 1024 * 1024,
+        link_proof: bytes | None = None,
     ) -> None:
         self._initiator = initiator
         self._identity = identity
         self._link_key = link_key
         self._ephemeral = ephemeral
         self._expected = expected_identity
-        self._payload = encode_handshake_payload(
-            HandshakePayload(identity.public, link_key_proof(identity, link_key.public), window)
-        )
+        self._window = window
+        # The proof is the same for every link of a node, so the adapter signs it once
+        # per process and passes it in; without it, it is signed only when the message
+        # that carries it is built (never for a peer that sends nothing valid).
+        self._link_proof = link_proof
+        self._encoded_payload: bytes | None = None
         self._pattern = PATTERN_IK if (initiator and remote_link_key) else PATTERN_XX
         self._remote_link_key = remote_link_key
         self._noise: HandshakeState | None = None
@@ -73,6 +77,17 @@ class LinkHandshake:
         self.result: HandshakeResult | None = None
         if initiator:
             self._noise = self._make_noise(self._pattern)
+
+    @property
+    def _payload(self) -> bytes:
+        if self._encoded_payload is None:
+            proof = self._link_proof
+            if proof is None:
+                proof = link_key_proof(self._identity, self._link_key.public)
+            self._encoded_payload = encode_handshake_payload(
+                HandshakePayload(self._identity.public, proof, self._window)
+            )
+        return self._encoded_payload
 
     def _make_noise(self, pattern: int) -> HandshakeState:
         name = "IK" if pattern == PATTERN_IK else "XX"

@@ -12,6 +12,18 @@ credit, a frame for a stream that never existed) raises LinkError inside, which 
 the whole link with a CLOSE frame carrying the code, and one `LinkClosed` event saying
 why. Errors that concern one stream only (e.g. our application resets it) stay on that
 stream. After `LinkClosed` the link accepts nothing more.
+
+Resource bounds (a hostile peer must not exhaust the node). Before authentication a
+handshake message may be at most MAX_HANDSHAKE_MESSAGE bytes and the handshake must be
+done `handshake_timeout` after the link was made, however the peer trickles its bytes.
+One `receive` call handles at most `frames_per_turn` messages; the rest stays in the
+input buffer (`backlogged`), and the adapter stops reading and calls `receive(b"", now)`
+on a later loop turn, so one link cannot monopolise the event loop. PING, RECORDS and
+refused OPENs (what makes the node answer or work for nothing) take a token from a
+per-link bucket (`control_rate` a second, `control_burst` at most); a peer that runs it
+dry is closed with RATE_LIMITED (closing, not dropping: an honest node never comes near it, and
+a dropped PING would only make the peer retry). `control_bytes_out` counts the control
+output, so the adapter can bound what queues while the peer does not read.
 """
 
 from __future__ import annotations
@@ -24,10 +36,16 @@ from vx6.core.link_cells import CellOps
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamState, StreamTable
 from vx6.core.streams import TransitionError as StreamTransitionError
+from vx6.core.sync import RateBudget
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
+from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
 from vx6.wire import frames as fr
 from vx6.wire.cells import cells_frame_body
+
+# Frames that make the node answer or work: each takes a token of the rate limit. An
+# OPEN takes one only when it is refused (here over max_streams, or by the node through
+# reject_stream): an honest client may open streams as fast as it likes.
+_METERED = (fr.Ping, fr.Records)
 
 
 @dataclass(frozen=True)
@@ -36,9 +54,13 @@ class LinkConfig:
     max_streams: int = 1024
     keepalive: float = 15.0  # send PING after this long without hearing from the peer
     idle_timeout: float = 45.0  # give up after this long without hearing anything
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0  # absolute: from the TCP connection, whatever arrives
     probe_after: float = 2.0  # an open unanswered this long: PING the peer
     probe_timeout: float = 3.0  # and give the link up if that goes unanswered too
+    frames_per_turn: int = 256  # messages handled per receive call (one event-loop turn)
+    control_rate: float = 500.0  # PING/OPEN/RECORDS frames a second, on average
+    control_burst: int = 1000  # and at most this many at once
+    max_unsent_control: int = 256 * 1024  # control output queued while the peer does not read
 
     def __post_init__(self) -> None:
         if not fr.MIN_STREAM_WINDOW <= self.window <= fr.MAX_STREAM_CREDIT:
@@ -57,6 +79,7 @@ class Link(StreamOps, CellOps):
         remote_link_key: bytes | None = None,
         expected_identity: bytes | None = None,
         config: LinkConfig | None = None,
+        link_proof: bytes | None = None,
     ) -> None:
         self.config = config or LinkConfig()
         self.initiator = initiator
@@ -68,6 +91,7 @@ class Link(StreamOps, CellOps):
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
             window=self.config.window,
+            link_proof=link_proof,
         )
         self._keys: HandshakeResult | None = None
         self.streams = StreamTable(
@@ -79,8 +103,8 @@ class Link(StreamOps, CellOps):
         self._out: list[bytes] = []
         self._events: list[ev.Event] = []
         self._inbuf = bytearray()
-        self._scratch = bytearray(fr.MAX_FRAME)
-        self._scratch_view = memoryview(self._scratch)
+        self._scratch: bytearray | None = None  # made when the link first sends DATA
+        self._scratch_view = memoryview(b"")
         self._cell_frame: memoryview | None = None
         self._cells_pending = 0
         self._last_heard = now
@@ -89,9 +113,12 @@ class Link(StreamOps, CellOps):
         self._ping_sent_at: float | None = None
         self._rtt_start: float | None = None
         self._waiting_since: float | None = None
+        self._control = RateBudget.full(self.config.control_rate, self.config.control_burst, now)
         self.closed = False
+        self.backlogged = False  # whole messages wait in the input buffer (see receive)
         self.bytes_in = 0
         self.bytes_out = 0
+        self.control_bytes_out = 0
         if initiator:
             self._emit_raw(self._hs.start())
 
@@ -126,6 +153,10 @@ class Link(StreamOps, CellOps):
         assert self._keys is not None
         ct = self._keys.send.encrypt(plaintext)
         self.bytes_out += len(ct) + 2
+        if plaintext[0] != fr.FrameType.CREDIT:
+            # CREDIT is not counted: it follows data the peer sent (about 30 bytes per
+            # window/4 received), and an honest bulk upload must not be closed for it.
+            self.control_bytes_out += len(ct) + 2
         self._out.append(fr.length_prefix(len(ct)) + ct)
 
     def _send_frame(self, frame: fr.ControlFrame) -> None:
@@ -134,7 +165,11 @@ class Link(StreamOps, CellOps):
     # ------------------------------------------------------------------ input
     def receive(self, data: bytes | memoryview, now: float) -> None:
         """Feed bytes read from the connection. Whole messages are decrypted straight
-        out of `data`; only an incomplete tail is kept for the next call."""
+        out of `data`; only what is left (an incomplete tail, or the messages beyond
+        this turn's budget: then `backlogged` is set) is copied out for the next call,
+        so nothing refers to `data` once this returns. `receive(b"", now)` goes on with
+        a backlog."""
+        self.backlogged = False
         if self.closed:
             return
         self._last_heard = now
@@ -148,11 +183,18 @@ class Link(StreamOps, CellOps):
             src = data
         view = memoryview(src)
         total, pos = len(src), 0
+        budget = self.config.frames_per_turn
         try:
             while total - pos >= 2:
                 end = pos + 2 + ((src[pos] << 8) | src[pos + 1])
                 if end > total:
+                    if self._keys is None and end - pos - 2 > fr.MAX_HANDSHAKE_MESSAGE:
+                        raise LinkError(CloseCode.HANDSHAKE_FAILED, "handshake message too long")
                     break
+                if budget <= 0:
+                    self.backlogged = True
+                    break
+                budget -= 1
                 with view[pos + 2 : end] as message:
                     pos = end
                     if self._keys is None:
@@ -227,7 +269,15 @@ class Link(StreamOps, CellOps):
         else:
             self._events.append(ev.CellsReceived((chunk,)))
 
+    def _take_token(self, now: float) -> None:
+        if not self._control.take(1, now):
+            raise LinkError(CloseCode.RATE_LIMITED, "control frames faster than allowed")
+
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
+        if isinstance(frame, _METERED) or (
+            isinstance(frame, fr.Open) and len(self.streams) >= self.streams.max_streams
+        ):
+            self._take_token(now)
         match frame:
             case fr.Ping(token):
                 self._send_frame(fr.Pong(token))
@@ -242,6 +292,16 @@ class Link(StreamOps, CellOps):
                 self._events.append(ev.RecordsReceived(records))
             case _:
                 self._on_stream_frame(frame)
+
+    def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
+        """Refuse a stream the peer opened; a refusal costs a token of the rate limit
+        (as of the last receive: the node refuses from the event that reported it)."""
+        super().reject_stream(sid, code, reason)
+        if not self.closed:
+            try:
+                self._take_token(self._last_heard)
+            except LinkError as exc:
+                self._fail(exc.code, exc.reason)
 
     def send_records(self, records: list[bytes]) -> None:
         self._require_open()
@@ -260,6 +320,9 @@ class Link(StreamOps, CellOps):
             stream.blocked = True
             return bytes(data)
         scratch = self._scratch
+        if scratch is None:  # links that never send DATA never pay for it
+            scratch = self._scratch = bytearray(fr.MAX_FRAME)
+            self._scratch_view = memoryview(scratch)
         scratch[: fr.DATA_HEADER] = fr.data_header(stream.stream_id)
         view = memoryview(data)
         pos = 0

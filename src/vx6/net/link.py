@@ -9,6 +9,14 @@ node). One timer handle is kept armed at the core's `next_deadline()`.
 Backpressure in both directions: when the TCP socket's write buffer passes its high-water
 mark the link tells every sink to stop reading its local socket, and resumes them when it
 drains; per-stream credit is handled by the core and surfaces as `on_writable`.
+
+Resource bounds against a hostile peer (memory before authentication: see
+net/link_memory.py). A read whose messages exceed the core's per-turn budget stops the
+reading, which goes on at the next loop turn. While the socket is paused for writing,
+the control output the core makes (PONGs, OPEN_FAILs, CREDITs) is counted; past
+`LinkConfig.max_unsent_control` the link is closed with RESOURCE_LIMIT, and
+`send_records` sends nothing (the records hub retries at its next reconcile). A link
+closed while its output is stuck is aborted, not flushed forever.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ from vx6.core.link import Link, LinkConfig
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
+from vx6.net.link_memory import link_proof, read_buffer
+from vx6.net.ratelog import RATELOG
 from vx6.wire.frames import MAX_DATA_PAYLOAD
 
 log = logging.getLogger("vx6.link")
 
 LINK_HIGH_WATER = 1024 * 1024
 LINK_LOW_WATER = 256 * 1024
+CLOSE_GRACE = 5.0  # a closed link's last output may take this long to drain, then abort
 
 
 class LinkOwner(Protocol):
@@ -45,7 +56,8 @@ class LinkOwner(Protocol):
     def link_paused(self, link: LinkProtocol, paused: bool) -> None: ...
 
 
-READ_BUFFER = 512 * 1024
+# Codes that mean the peer misbehaved: their close lines go through the rate-limited log.
+_QUIET_CODES = (CloseCode.NORMAL, CloseCode.SHUTDOWN)
 
 
 class LinkProtocol(asyncio.BufferedProtocol):
@@ -73,6 +85,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
             config=config,
+            link_proof=link_proof(identity, link_key),
         )
         self.transport: asyncio.Transport | None = None
         self.sinks: dict[int, StreamSink] = {}
@@ -86,10 +99,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.dialled: tuple[str, int] | None = None  # the address we dialled, if we did
         self.local_address: tuple[str, int] | None = None
         self._paused = False
+        self._control_mark = 0  # core.control_bytes_out when writing paused
+        self._reading_paused = False  # by us, for the per-turn budget
         self._pong_waiters: list[asyncio.Future[float]] = []
-        # Reads land in one reused buffer (no allocation per read); the core copies
-        # out only the incomplete tail of a message.
-        self._read_view = memoryview(bytearray(READ_BUFFER))
+        self._read_view: memoryview | None = None  # see _read_buffer
 
     # ---------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,7 +114,9 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if local:
             self.local_address = (local[0], local[1])
         if self.refuse:
-            log.warning("refused link from %s: too many links", self.peer_address)
+            RATELOG.warning(
+                log, "link-refused-limit", "refused link from %s: too many links", self.peer_address
+            )
             self.transport.abort()
             return
         self.transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
@@ -109,16 +124,49 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._pump()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_view
+        view = self._read_view
+        if view is None:
+            view = self._read_view = read_buffer(self.core.established)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
+            assert self._read_view is not None
             with self._read_view[:nbytes] as data:
                 self.core.receive(data, self.clock())
+            if self.core.backlogged:
+                self._defer_reading()
             self._pump()
         except Exception:
             # A bug of ours, not the peer's: drop this link, keep the node and its
             # other links alive, and say loudly what happened.
+            log.exception("internal error on link %s; closing it", self.peer_address)
+            self.core.close(CloseCode.PROTOCOL_ERROR, "internal error")
+            self._pump()
+
+    def _defer_reading(self) -> None:
+        """Over this turn's budget: read nothing more until the backlog is handled, one
+        budget per loop turn, so other links and timers get their turn in between."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        self.loop.call_soon(self._continue_backlog)
+
+    def _continue_backlog(self) -> None:
+        if self.core.closed or self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self.core.receive(b"", self.clock())
+            if self.core.backlogged:
+                self.loop.call_soon(self._continue_backlog)
+            else:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            self._pump()
+        except Exception:
             log.exception("internal error on link %s; closing it", self.peer_address)
             self.core.close(CloseCode.PROTOCOL_ERROR, "internal error")
             self._pump()
@@ -137,6 +185,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._control_mark = self.core.control_bytes_out
         for sink in list(self.sinks.values()):
             sink.on_link_paused(True)
         self.owner.link_paused(self, True)
@@ -154,6 +203,13 @@ class LinkProtocol(asyncio.BufferedProtocol):
             self.transport.writelines(out)
 
     def _pump(self) -> None:
+        if (
+            self._paused
+            and self.core.control_bytes_out - self._control_mark
+            > self.core.config.max_unsent_control
+        ):
+            # The peer makes us answer but does not read the answers.
+            self.core.close(CloseCode.RESOURCE_LIMIT, "peer does not read what it asks for")
         self._write_out()
         for event in self.core.events():
             self._dispatch(event)
@@ -198,6 +254,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
                 if not fut.done():
                     fut.set_result(event.rtt)
         elif isinstance(event, ev.LinkEstablished):
+            self._read_view = None  # authenticated: the next read gets the full buffer
             if not self.established.done():
                 self.established.set_result(None)
             self.owner.link_established(self)
@@ -209,9 +266,15 @@ class LinkProtocol(asyncio.BufferedProtocol):
             return
         self.close_reason = reason
         who = fingerprint(self.core.peer_identity) if self.core.peer_identity else self.peer_address
-        level = logging.INFO if code in (CloseCode.NORMAL, CloseCode.SHUTDOWN) else logging.WARNING
         side = "peer" if by_peer else "we"
-        log.log(level, "link %s closed (%s, %s): %s", who, _code_name(code), side, reason)
+        name = _code_name(code)
+        if code in _QUIET_CODES:
+            log.info("link %s closed (%s, %s): %s", who, name, side, reason)
+        else:
+            # Ours by code; the peer's in one category (its code and reason are its own).
+            kind = "by-peer" if by_peer else (name if name.isidentifier() else "other")
+            category = f"link-closed-{kind}"
+            RATELOG.warning(log, category, "link %s closed (%s, %s): %s", who, name, side, reason)
         if not self.established.done():
             try:
                 close_code = CloseCode(code)
@@ -226,7 +289,14 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if self._timer:
             self._timer.cancel()
         if self.transport is not None:
-            self.transport.close()
+            if self._paused:
+                # Its output is stuck behind a peer that does not read: flushing it
+                # would keep the socket and its buffer forever.
+                self.transport.abort()
+            else:
+                self.transport.close()  # the CLOSE frame goes out first
+                if self.transport.get_write_buffer_size():
+                    self.loop.call_later(CLOSE_GRACE, self.transport.abort)
         self.owner.link_closed(self, code, reason, by_peer)
 
     # ---------------------------------------------------------------- node-facing API
@@ -289,10 +359,15 @@ class LinkProtocol(asyncio.BufferedProtocol):
             self.core.send_cells(cells)
             self._write_out()
 
-    def send_records(self, records: list[bytes]) -> None:
-        if self.is_open and records:
+    def send_records(self, records: list[bytes]) -> bool:
+        """Send these records; False (nothing sent) if the link is closed or its peer is
+        not reading what we already sent: the caller tries again later."""
+        if not self.is_open or self._paused:
+            return False
+        if records:
             self.core.send_records(records)
             self._pump()
+        return True
 
     def ping(self) -> asyncio.Future[float]:
         """Send a PING; the future resolves to the round-trip time in seconds."""

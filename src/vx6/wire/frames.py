@@ -38,6 +38,10 @@ PATTERN_XX = 1
 PATTERN_IK = 2
 HANDSHAKE_VERSION = 1
 HANDSHAKE_PAYLOAD_LEN = 1 + 32 + 64 + 4
+# The largest handshake message is about 200 bytes (IK's first: pattern, e, s, payload);
+# a length prefix above this before authentication is refused at once, so an
+# unauthenticated peer cannot make the node buffer a 64 KiB message.
+MAX_HANDSHAKE_MESSAGE = 1024
 
 
 class FrameType(IntEnum):
