@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from vx6.config import load_config
 from vx6.core.admission import AdmissionLimits, AdmissionTable, Admit, Refuse
 from vx6.errors import UsageError
+from vx6.link_table import TrustedKeys
+from vx6.store import Registry
 
 SMALL = AdmissionLimits(
     max_links=8,
@@ -152,6 +156,33 @@ def test_limits_are_validated() -> None:
         AdmissionLimits(links_per_key=0)
     with pytest.raises(UsageError):
         AdmissionLimits(per_port_networks=("not-a-network",))
+
+
+def test_limits_are_read_from_config_toml(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[limits]\nmax_links = 16\nlinks_per_key = 2\nper_port_networks = []\n")
+    limits = load_config(path).limits
+    assert (limits.max_links, limits.reserved_links, limits.links_per_key) == (16, 4, 2)
+    assert limits.per_port_networks == () and limits.pending_total == 256
+    assert load_config(tmp_path / "absent.toml").limits == AdmissionLimits()
+    for bad in ("max_links = 0", "max_link = 5", "links_per_key = true", 'per_port_networks = "x"'):
+        path.write_text(f"[limits]\n{bad}\n")
+        with pytest.raises(UsageError):
+            load_config(path)
+
+
+def test_trusted_keys_come_from_peers_pins_and_allow_lists(tmp_path: Path) -> None:
+    peer, pinned, allowed, later, stranger = (bytes([i]) * 32 for i in range(1, 6))
+    with Registry(tmp_path / "registry.sqlite") as registry:
+        registry.upsert_peer("2001:db8::7", 4242, 1.0, key=peer)
+        registry.upsert_peer("2001:db8::8", 4242, 1.0, key=stranger)  # not a --peer
+        registry.set_pin("alice", pinned, 1.0)
+        trusted = TrustedKeys(registry, lambda: [frozenset({allowed})])
+        trusted.remember_peers([("2001:db8::7", 4242)])
+        assert trusted(peer) and trusted(pinned) and trusted(allowed)
+        assert not trusted(stranger) and not trusted(later)
+        registry.set_pin("bob", later, 2.0)  # a pin made later counts at once
+        assert trusted(later)
 
 
 HOSTS = (
