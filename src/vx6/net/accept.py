@@ -104,7 +104,12 @@ async def serve_links(
                 failures,
             )
             failures, backoff = 0, BACKOFF_MIN
-        protocol = admit(conn, (str(address[0]), int(address[1])))
+        try:
+            protocol = admit(conn, (str(address[0]), int(address[1])))
+        except Exception:
+            # A bug of ours: this connection is dropped, the node keeps accepting.
+            log.exception("internal error admitting a link from %s; closing it", address)
+            protocol = None
         if protocol is None:
             conn.close()
             continue
@@ -119,9 +124,9 @@ async def _run_on(
 ) -> None:
     try:
         await loop.connect_accepted_socket(lambda: protocol, conn)
-    except OSError as exc:
+    except Exception as exc:  # any failure here is this connection's alone
         # Reset before we wrapped it, or no memory for a transport: the protocol hears
-        # of the loss so that its owner forgets it.
+        # of the loss (idempotently) so that its owner forgets it.
         count("accept_failed")
         RATELOG.info(log, "accept-failed", "accepted link connection lost: %s", exc)
         with contextlib.suppress(OSError):
