@@ -138,10 +138,18 @@ allow = ["{key_to_text(TRUSTED.public)}"]
             # A key on a service's allow-list gets in without anyone giving way (the
             # reserve), and so does an untrusted newcomer (an attacker's link does).
             trusted = await dial_as(where, TRUSTED)
-            newcomer = await dial_as(where)
+            client = Identity(os.urandom(32))
+            newcomer = await dial_as(where, client)
             ours += [trusted, newcomer]
             for link in ours:
                 await asyncio.wait_for(link.ping(), DIAL_TIMEOUT)
+            # A client restarted during the attack (its old link dropped without a word)
+            # gets in again at once.
+            assert newcomer.transport is not None
+            newcomer.transport.abort()
+            restarted = await dial_as(where, client)
+            ours.append(restarted)
+            await asyncio.wait_for(restarted.ping(), DIAL_TIMEOUT)
             # More fresh keys evict each other, never the trusted link.
             for _ in range(12):
                 attack.append(await dial_as(where))
@@ -149,7 +157,12 @@ allow = ["{key_to_text(TRUSTED.public)}"]
             assert trusted.is_open
             after = await status(node)
             assert after["links"] <= 16
-            assert after["links"] == sum(link.is_open for link in attack + ours)
+            # and what the node holds is what the clients see open (once closes land)
+            await eventually(
+                lambda: node.call("status")["links"] == sum(link.is_open for link in attack + ours),
+                10,
+                "the node's links and the clients' open links to agree",
+            )
         finally:
             for link in attack + ours:
                 link.close()
