@@ -160,13 +160,13 @@ def test_limits_are_validated() -> None:
 
 def test_limits_are_read_from_config_toml(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text("[limits]\nmax_links = 16\nlinks_per_key = 2\nper_port_networks = []\n")
-    limits = load_config(path).limits
+    path.write_text("[link_limits]\nmax_links = 16\nlinks_per_key = 2\nper_port_networks = []\n")
+    limits = load_config(path).link_limits
     assert (limits.max_links, limits.reserved_links, limits.links_per_key) == (16, 4, 2)
     assert limits.per_port_networks == () and limits.pending_total == 256
-    assert load_config(tmp_path / "absent.toml").limits == AdmissionLimits()
+    assert load_config(tmp_path / "absent.toml").link_limits == AdmissionLimits()
     for bad in ("max_links = 0", "max_link = 5", "links_per_key = true", 'per_port_networks = "x"'):
-        path.write_text(f"[limits]\n{bad}\n")
+        path.write_text(f"[link_limits]\n{bad}\n")
         with pytest.raises(UsageError):
             load_config(path)
 

@@ -113,7 +113,7 @@ def test_a_flood_of_fresh_keys_leaves_room_for_trusted_and_new_clients(net: Loca
         net,
         "fresh",
         f"""
-[limits]
+[link_limits]
 max_links = 16
 reserved_links = 4
 
@@ -178,7 +178,7 @@ def test_a_same_source_flood_is_refused_while_another_source_gets_in(net: LocalN
         "sources",
         """
 listen = ["127.0.0.1:0"]
-[limits]
+[link_limits]
 links_per_host = 4
 pending_per_source = 3
 per_port_networks = []
@@ -262,7 +262,7 @@ class Slowloris:
 
 
 def test_a_slowloris_beyond_the_pending_caps_does_not_block_a_handshake(net: LocalNet) -> None:
-    node = start_with_config(net, "loris", "[limits]\npending_total = 32\nmax_links = 64\n")
+    node = start_with_config(net, "loris", "[link_limits]\npending_total = 32\nmax_links = 64\n")
     where = parse_endpoint(node.listen)
     loris = Slowloris(where, hold=100, reopen_limit=400)
     try:

@@ -21,7 +21,7 @@ Example:
     # hops = 3                     # relay proxy mode: through 3 relays (1..5)
     # relay_fallback = 2           # direct, but through 2 relays if the owner is unreachable
 
-    [limits]                       # who gets a link (vx6/core/admission.py); defaults shown
+    [link_limits]                  # who gets a link (vx6/core/admission.py); defaults shown
     # max_links = 1024             # all links, in and out
     # reserved_links = 64          # of those, kept for trusted keys and our own dials
     #                              # (default: 64 or a quarter of max_links if smaller)
@@ -90,7 +90,7 @@ class NodeConfig:
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
     relay: bool = False
     circuit_lifetime: float = CIRCUIT_LIFETIME
-    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    link_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -105,7 +105,7 @@ class NodeConfig:
             forwards=dict(self.forwards),
             relay=cli.relay or self.relay,
             circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
-            limits=self.limits,  # the file only
+            link_limits=self.link_limits,  # the file only
         )
 
 
@@ -180,20 +180,20 @@ def _seconds(value: Any, what: str, bounds: tuple[float, float]) -> float:
     return float(value)
 
 
-def _limits(value: Any) -> AdmissionLimits:
+def _link_limits(value: Any) -> AdmissionLimits:
     if not isinstance(value, dict):
-        raise UsageError("config: limits must be a table")
+        raise UsageError("config: link_limits must be a table")
     known = {f for f in AdmissionLimits.__dataclass_fields__ if f != "per_port_networks"}
     unknown = set(value) - known - {"per_port_networks"}
     if unknown:
-        raise UsageError(f"config: limits: unknown setting(s) {', '.join(sorted(unknown))}")
-    args: dict[str, Any] = {k: _int(v, f"limits.{k}") for k, v in value.items() if k in known}
+        raise UsageError(f"config: link_limits: unknown setting(s) {', '.join(sorted(unknown))}")
+    args: dict[str, Any] = {k: _int(v, f"link_limits.{k}") for k, v in value.items() if k in known}
     if "max_links" in args and "reserved_links" not in args:  # a small table keeps a quarter
         args["reserved_links"] = min(AdmissionLimits.reserved_links, args["max_links"] // 4)
     if "per_port_networks" in value:
         nets = value["per_port_networks"]
         if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
-            raise UsageError("config: limits.per_port_networks must be a list of strings")
+            raise UsageError("config: link_limits.per_port_networks must be a list of strings")
         args["per_port_networks"] = tuple(nets)
     return AdmissionLimits(**args)
 
@@ -225,7 +225,7 @@ def load_config(path: Path) -> NodeConfig:
     cfg.circuit_lifetime = _seconds(
         data.get("circuit_lifetime", CIRCUIT_LIFETIME), "circuit_lifetime", CIRCUIT_LIFETIME_RANGE
     )
-    cfg.limits = _limits(data.get("limits", {}))
+    cfg.link_limits = _link_limits(data.get("link_limits", {}))
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")

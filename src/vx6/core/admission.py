@@ -76,14 +76,14 @@ class AdmissionLimits:
             "links_per_key",
         ):
             if getattr(self, name) < 1:
-                raise UsageError(f"limits: {name} must be at least 1")
+                raise UsageError(f"link_limits: {name} must be at least 1")
         if not 0 <= self.reserved_links < self.max_links:
-            raise UsageError("limits: reserved_links must be from 0 to max_links - 1")
+            raise UsageError("link_limits: reserved_links must be from 0 to max_links - 1")
         for text in self.per_port_networks:
             try:
                 ipaddress.ip_network(text, strict=False)
             except ValueError as exc:
-                raise UsageError(f"limits: per_port_networks: {exc}") from None
+                raise UsageError(f"link_limits: per_port_networks: {exc}") from None
 
 
 @dataclass(frozen=True)
