@@ -303,21 +303,23 @@ def start_limited(net: LocalNet, name: str, soft: int, hard: int, loop: str = "a
     home = net.base / name
     home.mkdir(parents=True, exist_ok=True)
     log_path = net.base / f"{name}.log"
-    argv = [sys.executable, "-m", "vx6", "--home", str(home), "run", "--listen", "[::1]:0"]
+    node_argv = [sys.executable, "-m", "vx6", "--home", str(home), "run", "--listen", "[::1]:0"]
+    # Set in the child before it becomes the node (an exec wrapper, not preexec_fn,
+    # which is unsafe in a parent with threads).
+    wrapper = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "os.execv(sys.executable, sys.argv[1:])"
+    )
     env = {**os.environ, "VX6_EVENT_LOOP": loop, EXIT_WITH_PARENT_ENV: str(os.getpid())}
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            argv,
+            [sys.executable, "-c", wrapper, *node_argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-            preexec_fn=limit,
         )
     node = LocalNode(name, home, proc, log_path)
     net.nodes[name] = node
