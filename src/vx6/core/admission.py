@@ -1,7 +1,7 @@
 """Who gets a link: the admission policy for the node's link table (sans-IO).
 
 Theory of operation. Every link the node holds is an entry here, keyed by an opaque
-handle (the daemon uses the link object itself). The daemon asks twice per inbound link:
+handle (the node numbers its links, vx6/link_table.py). It asks twice per inbound link:
 
 * `connected(handle, host, port, now)` when TCP accepts it, before any handshake state
   exists: only the source address is known;
@@ -11,7 +11,8 @@ handle (the daemon uses the link object itself). The daemon asks twice per inbou
 Links we dial are `dialled(handle, now)`: our own choice, so they count as trusted. Each
 call answers `Admit(evicted)` (the handles in `evicted` left the table and the daemon
 must close them) or `Refuse(reason)` (the newcomer is not in the table; close it). The
-reason is a short category name for the rate-limited log and the counters.
+reason is a short category name for the rate-limited log and the counters. (`now` is
+passed for the record; no rule depends on time yet.)
 
 The bounds, all in `AdmissionLimits`:
 
