@@ -360,6 +360,9 @@ Wants=network-online.target
 ExecStart={exe} --home {home.path} run
 Restart=on-failure
 RestartSec=2
+# Every link and forwarded connection is a file descriptor (the node raises its soft
+# limit to this hard one at start).
+LimitNOFILE=65536
 NoNewPrivileges=yes
 PrivateTmp=yes
 ProtectSystem=strict

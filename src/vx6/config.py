@@ -27,6 +27,17 @@ Example:
     # pending_connects = 256       # target connections being set up, node-wide
     # pending_connects_per_key = 32
 
+    [link_limits]                  # who gets a link (vx6/core/admission.py); defaults shown
+    # max_links = 1024             # all links, in and out
+    # reserved_links = 64          # of those, kept for trusted keys and our own dials
+    #                              # (default: 64 or a quarter of max_links if smaller)
+    # pending_total = 256          # inbound connections not yet authenticated
+    # pending_per_source = 8       # ... from one IPv6 /64 or IPv4 /32
+    # links_per_host = 32          # inbound links from one /64 or /32
+    # links_per_network = 128      # inbound links from one /48 or /24
+    # links_per_key = 4            # inbound links from one identity key
+    # per_port_networks = ["127.0.0.0/8", "::1/128", "fd76:7836::/48", "198.18.0.0/15"]
+
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
 registry and merge with those declared here (the file wins on a name clash).
 """
@@ -38,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vx6.core.admission import AdmissionLimits
 from vx6.core.names import parse_service_address, validate_label
 from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
@@ -101,6 +113,7 @@ class NodeConfig:
     relay: bool = False
     circuit_lifetime: float = CIRCUIT_LIFETIME
     owner_limits: OwnerLimits = field(default_factory=OwnerLimits)
+    link_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -116,6 +129,7 @@ class NodeConfig:
             relay=cli.relay or self.relay,
             circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
             owner_limits=self.owner_limits,  # the file only
+            link_limits=self.link_limits,  # the file only
         )
 
 
@@ -204,6 +218,22 @@ def _owner_limits(value: Any) -> OwnerLimits:
             raise UsageError(f"config: owner_limits.{key} must be from {low} to {high}")
         limits[key] = number
     return OwnerLimits(**limits)
+def _link_limits(value: Any) -> AdmissionLimits:
+    if not isinstance(value, dict):
+        raise UsageError("config: link_limits must be a table")
+    known = {f for f in AdmissionLimits.__dataclass_fields__ if f != "per_port_networks"}
+    unknown = set(value) - known - {"per_port_networks"}
+    if unknown:
+        raise UsageError(f"config: link_limits: unknown setting(s) {', '.join(sorted(unknown))}")
+    args: dict[str, Any] = {k: _int(v, f"link_limits.{k}") for k, v in value.items() if k in known}
+    if "max_links" in args and "reserved_links" not in args:  # a small table keeps a quarter
+        args["reserved_links"] = min(AdmissionLimits.reserved_links, args["max_links"] // 4)
+    if "per_port_networks" in value:
+        nets = value["per_port_networks"]
+        if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
+            raise UsageError("config: link_limits.per_port_networks must be a list of strings")
+        args["per_port_networks"] = tuple(nets)
+    return AdmissionLimits(**args)
 
 
 def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
@@ -234,6 +264,7 @@ def load_config(path: Path) -> NodeConfig:
         data.get("circuit_lifetime", CIRCUIT_LIFETIME), "circuit_lifetime", CIRCUIT_LIFETIME_RANGE
     )
     cfg.owner_limits = _owner_limits(data.get("owner_limits", {}))
+    cfg.link_limits = _link_limits(data.get("link_limits", {}))
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")

@@ -6,8 +6,10 @@ peers, serves the control socket, and waits for a stop request (SIGTERM/SIGINT o
 `stop` control op). Links are the only way bytes enter from the network; each is owned
 by a `LinkProtocol`, and the node only reacts to what the link reports:
 
-* link established -> remember it by the peer's identity key; if we dialled it as a
-  sync peer, push our records (the seed of peer sync);
+* connection accepted / link established -> the admission table (`vx6.core.admission`)
+  admits, refuses or evicts by source address, then by key and trust; an admitted link
+  is remembered by the peer's identity key; if we dialled it as a sync peer, we push our
+  records (the seed of peer sync);
 * records received -> `vx6.records_hub` checks them by the record rules, stores what is
   newer and passes it on to the other sync neighbours (and the DHT feeds it too);
 * stream requested -> the owner side (`vx6.owner`) decides: known service? allowed key?
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import resource
 import signal
 import socket
 import time
@@ -37,9 +40,11 @@ from vx6.config import NodeConfig, load_config
 from vx6.control_ops import ControlOps
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
-from vx6.errors import CloseCode, StreamError, StreamFailed, VX6Error
+from vx6.errors import CloseCode, LinkError, StreamError, StreamFailed, VX6Error
 from vx6.home import Home
+from vx6.link_table import LinkTable, TrustedKeys
 from vx6.net import eventloop, ratelog
+from vx6.net.accept import listen_socket, serve_links
 from vx6.net.addresses import dialable, format_endpoint, is_loopback, network_of
 from vx6.net.control import serve_control
 from vx6.net.dht import DhtService
@@ -55,7 +60,6 @@ log = logging.getLogger("vx6.node")
 
 PEER_RETRY_MIN = 1.0
 PEER_RETRY_MAX = 30.0
-MAX_LINKS = 1024
 REMEMBER_EVERY = 60.0
 RATELOG_FLUSH_EVERY = 10.0
 
@@ -90,6 +94,10 @@ class Node(LinkOwner):
         self.circuits = CircuitRouter(self)
         self.pool = CircuitPool(self)
         self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[socket.socket] = []
+        self.trusted = TrustedKeys(self.registry, self._allow_lists)
+        self.trusted.remember_peers(self.config.peers)
+        self.link_table = LinkTable(self.config.link_limits, self.count, self.trusted)
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -153,6 +161,8 @@ class Node(LinkOwner):
         self.dht.close()
         for server in self._servers:
             server.close()
+        for sock in self._listeners:
+            sock.close()
         for link in list(self.all_links):
             link.close(CloseCode.SHUTDOWN, "node shutting down")
         with contextlib.suppress(FileNotFoundError):
@@ -182,24 +192,30 @@ class Node(LinkOwner):
 
     # ------------------------------------------------------------------ links
     async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
+        assert self._tasks is not None
         endpoints = self.config.listen or [("::", 4242)]
         for host, port in endpoints:
-            sock = _listen_socket(host, port)
-            server = await loop.create_server(lambda: self._inbound_link(), sock=sock)
-            self._servers.append(server)
+            sock = listen_socket(host, port)
+            self._listeners.append(sock)
             bound = sock.getsockname()
             self.listen_addresses.append((host, bound[1]))
+            where = format_endpoint(host, bound[1])
+            self._tasks.create_task(serve_links(sock, self._admit, self.count, where=where))
 
-    def _inbound_link(self) -> LinkProtocol:
-        link = LinkProtocol(self, initiator=False, identity=self.identity, link_key=self.link_key)
-        if len(self.all_links) >= MAX_LINKS:
-            # Over the cap: the link is refused before any handshake state is kept.
-            self.count("links_refused_limit")
-            link.refuse = True
-        else:
+    def _admit(self, sock: socket.socket, source: tuple[str, int]) -> LinkProtocol | None:
+        link = self.link_table.admit(
+            source,
+            lambda: LinkProtocol(
+                self, initiator=False, identity=self.identity, link_key=self.link_key
+            ),
+        )
+        if link is not None:
             self.all_links.add(link)
         return link
+
+    def _allow_lists(self) -> list[frozenset[bytes]]:
+        services = list(self.owner.services.values())
+        return [self.owner.allowed_keys(svc) for svc in services if not svc.public]
 
     async def dial(
         self,
@@ -219,7 +235,8 @@ class Node(LinkOwner):
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
         )
-        self.all_links.add(link)
+        if link.closed_future.done():  # refused by our own table, or gone already
+            raise LinkError(CloseCode.RESOURCE_LIMIT, link.close_reason or "link closed")
         link.dialled = (host, port)
         if link.peer_identity is not None:
             with contextlib.suppress(RegistryError):  # background write: dropped if degraded
@@ -283,6 +300,8 @@ class Node(LinkOwner):
         while not self._stop.is_set():
             try:
                 link = await self.dial(host, port, sync=True)
+                if link.peer_identity is not None:
+                    self.trusted.peer_keys.add(link.peer_identity)
                 delay = PEER_RETRY_MIN
                 await link.closed_future
             except (OSError, VX6Error, TimeoutError) as exc:
@@ -292,10 +311,14 @@ class Node(LinkOwner):
 
     def link_established(self, link: LinkProtocol) -> None:
         assert link.peer_identity is not None
+        if not self.link_table.established(link):
+            return  # refused: closed already
+        self.all_links.add(link)
         self.links[link.peer_identity] = link
         self.count("links_established")
 
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
+        self.link_table.closed(link)
         self.circuits.link_closed(link)
         self.all_links.discard(link)
         self.records.neighbours.pop(link, None)
@@ -306,10 +329,18 @@ class Node(LinkOwner):
         if code == CloseCode.IDLE_TIMEOUT and link.peer_identity is not None:
             self.client.suspect(link.peer_identity)
 
+    # A link refused on establishment is closed inside its own event dispatch; events
+    # that came in the same read are dropped here, so no role keeps state for it.
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
+        if link.closed_future.done():
+            return
+        self.link_table.touch(link)
         self.owner.stream_requested(link, sid, service, flags)
 
     def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
+        if link.closed_future.done():
+            return
+        self.link_table.touch(link)
         self.circuits.cells_received(link, chunks)
 
     def link_paused(self, link: LinkProtocol, paused: bool) -> None:
@@ -356,6 +387,8 @@ class Node(LinkOwner):
 
     # ------------------------------------------------------------------ records
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        if link.closed_future.done():
+            return
         self.records.received(link, records)
 
 
@@ -363,24 +396,20 @@ class _Stopping(Exception):
     pass
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; for '::' one dual-stack socket (IPv6 and IPv4-mapped)."""
-    family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio enables TCP_NODELAY on accepted sockets only when
-    # the listener says it is TCP, and Nagle would hold back small frames (OPEN_OK, 64-byte
-    # echoes) behind the peer's delayed ACK for ~40 ms.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host in ("", "::") else 1)
-        sock.bind((host or "::", port))
-        sock.listen(512)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (every link,
+    forwarded connection and target connection is a descriptor; the usual soft limit of
+    1024 would end the node's links long before its link table does). Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    log.info("open-file limit: %d (hard %s)", soft, "unlimited" if hard < 0 else hard)
+    return soft
 
 
 def _tune_allocator() -> None:
@@ -399,6 +428,7 @@ def _tune_allocator() -> None:
 def run_node(home: Path | None, cli: NodeConfig) -> int:
     exit_with_parent()
     _tune_allocator()
+    raise_fd_limit()
     node = Node(Home(home), cli)
     eventloop.run(node.run())  # uvloop when installed; VX6_EVENT_LOOP=asyncio forces stdlib
     return 0
