@@ -218,6 +218,8 @@ def _owner_limits(value: Any) -> OwnerLimits:
             raise UsageError(f"config: owner_limits.{key} must be from {low} to {high}")
         limits[key] = number
     return OwnerLimits(**limits)
+
+
 def _link_limits(value: Any) -> AdmissionLimits:
     if not isinstance(value, dict):
         raise UsageError("config: link_limits must be a table")

@@ -95,7 +95,6 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.rtt: float | None = None
         self.close_reason = ""
         self._timer: asyncio.TimerHandle | None = None
-        self.refuse = False  # set by the node when it is over its link limit
         self.dialled: tuple[str, int] | None = None  # the address we dialled, if we did
         self.local_address: tuple[str, int] | None = None
         self._paused = False
@@ -113,12 +112,6 @@ class LinkProtocol(asyncio.BufferedProtocol):
         local = self.transport.get_extra_info("sockname")
         if local:
             self.local_address = (local[0], local[1])
-        if self.refuse:
-            RATELOG.warning(
-                log, "link-refused-limit", "refused link from %s: too many links", self.peer_address
-            )
-            self.transport.abort()
-            return
         self.transport.set_write_buffer_limits(high=LINK_HIGH_WATER, low=LINK_LOW_WATER)
         set_nodelay(transport)
         self._pump()
@@ -269,7 +262,9 @@ class LinkProtocol(asyncio.BufferedProtocol):
         side = "peer" if by_peer else "we"
         name = _code_name(code)
         if code in _QUIET_CODES:
-            log.info("link %s closed (%s, %s): %s", who, name, side, reason)
+            # Still a channel a peer drives (connect, handshake, leave, again): rate-limited
+            # like the rest, at INFO.
+            RATELOG.info(log, "link-closed", "link %s closed (%s, %s): %s", who, name, side, reason)
         else:
             # Ours by code; the peer's in one category (its code and reason are its own).
             kind = "by-peer" if by_peer else (name if name.isidentifier() else "other")
