@@ -49,6 +49,7 @@ class RelayedCircuit:
     state, and the bytes queued for it."""
 
     __slots__ = (
+        "active_at",
         "buffered",
         "crypto",
         "depth",
@@ -57,11 +58,14 @@ class RelayedCircuit:
         "onionskin",
         "prev",
         "prev_header",
+        "seen",
         "serial",
         "state",
     )
 
-    def __init__(self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto) -> None:
+    def __init__(
+        self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto, now: float = 0.0
+    ) -> None:
         self.serial = serial
         self.prev = prev
         self.prev_header = relay_header(prev[1])  # starts every RELAY cell sent to prev
@@ -72,6 +76,13 @@ class RelayedCircuit:
         self.state = RelayState.OPEN
         self.onionskin = b""
         self.buffered = 0
+        # Activity without a clock on the data path: the cells through this hop, counted
+        # by its two layer counters, as last seen (`seen`) at `active_at` (relay_idle.py).
+        self.seen = 0
+        self.active_at = now
+
+    def cells_counted(self) -> int:
+        return self.crypto.forward.counter + self.crypto.backward.counter
 
     def step(self, event: RelayInput) -> None:
         self.state = next_state(_TRANSITIONS, self.state, event)
