@@ -64,6 +64,7 @@ class FakeLink:
 @dataclass
 class FakeConfig:
     relay: bool = True
+    circuit_idle_timeout: float = 300.0
 
 
 @dataclass

@@ -46,6 +46,7 @@ from vx6.core.circuit.events import (
     StrayCellsExceeded,
     StreamMessageReceived,
 )
+from vx6.core.circuit.limits import RelayLimits
 from vx6.core.circuit.outbox import CellBuffer, CellWriter
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
@@ -89,6 +90,7 @@ class CircuitRouter(RouterUpkeep):
         self.core = RelayCore(
             node.identity.public,
             node.onion_keys,
+            RelayLimits(idle_timeout=node.config.circuit_idle_timeout),
             relay=bool(node.config.relay),
             writers=self._writers,
         )

@@ -7,6 +7,7 @@ Example:
     peers = ["[2001:db8::7]:4242"]
     # relay = true                 # carry circuits for others (advertised in the record)
     # circuit_lifetime = 600       # seconds a relay circuit takes new connections
+    # circuit_idle_timeout = 300   # a relay destroys circuits without a cell this long
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -42,6 +43,10 @@ MAX_RELAYS = 5  # relays on one circuit; the exit makes the sixth hop (docs/circ
 # first one go over a fresh circuit, so one circuit does not link a day of connections.
 CIRCUIT_LIFETIME = 600.0
 CIRCUIT_LIFETIME_RANGE = (1.0, 86400.0)
+# Relays destroy circuits idle this long (core/circuit/relay_idle.py). Clients keep theirs
+# alive with a KEEPALIVE every ~30 s at most, so the floor leaves them a wide margin.
+CIRCUIT_IDLE_TIMEOUT = 300.0
+CIRCUIT_IDLE_TIMEOUT_RANGE = (60.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class NodeConfig:
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
     relay: bool = False
     circuit_lifetime: float = CIRCUIT_LIFETIME
+    circuit_idle_timeout: float = CIRCUIT_IDLE_TIMEOUT
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -92,6 +98,7 @@ class NodeConfig:
             forwards=dict(self.forwards),
             relay=cli.relay or self.relay,
             circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
+            circuit_idle_timeout=self.circuit_idle_timeout,  # the file only
         )
 
 
@@ -192,6 +199,11 @@ def load_config(path: Path) -> NodeConfig:
     cfg.relay = bool(data.get("relay", False))
     cfg.circuit_lifetime = _seconds(
         data.get("circuit_lifetime", CIRCUIT_LIFETIME), "circuit_lifetime", CIRCUIT_LIFETIME_RANGE
+    )
+    cfg.circuit_idle_timeout = _seconds(
+        data.get("circuit_idle_timeout", CIRCUIT_IDLE_TIMEOUT),
+        "circuit_idle_timeout",
+        CIRCUIT_IDLE_TIMEOUT_RANGE,
     )
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
