@@ -6,9 +6,10 @@ and every client circuit this node built sends KEEPALIVE if it saw no cell for
 `KEEPALIVE_AFTER` (`ClientCircuit.tick`), so relays never take it for idle. A peer
 decides how many circuits end at once (one lost link can end thousands), so every
 per-circuit destroy line goes through RATELOG (a few per reason and minute, then a
-summary), and a mass destroy (a lost link, an expiry pass) logs one line with its
-exact count instead. A link the relay core reports for too many cells on unknown
-circuits (StrayCellsExceeded) is closed with PROTOCOL_ERROR.
+summary), and a mass destroy (a lost link, an expiry pass: more than three at once)
+logs one line with its exact count per reason instead. A link the relay core reports
+for too many cells on unknown circuits (StrayCellsExceeded) is closed with
+PROTOCOL_ERROR.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vx6.circuits")
 
 TICK = 10.0  # idle expiry and keepalives (KEEPALIVE_AFTER and evictable_after assume it)
+SUMMARY_AFTER = 3  # circuits ending at once that still get a line each
 
 
 class RouterUpkeep:
@@ -48,15 +51,19 @@ class RouterUpkeep:
         raise NotImplementedError
 
     def _summarised(self, events: list[CircuitEvent], what: str) -> None:
-        """Process a mass destroy with one log line for all its circuits."""
-        lost = sum(isinstance(e, CircuitDestroyed) for e in events)
-        self._summarising = True
+        """Process what may be a mass destroy: a few circuits get their own lines, more
+        than `SUMMARY_AFTER` one line for all of them, with the count per reason."""
+        reasons = Counter(e.reason.name for e in events if isinstance(e, CircuitDestroyed))
+        self._summarising = sum(reasons.values()) > SUMMARY_AFTER
         try:
             self.process(events)
         finally:
             self._summarising = False
-        if lost:
-            RATELOG.warning(log, "circuits-mass-destroy", "%s: %d circuits destroyed", what, lost)
+        if sum(reasons.values()) > SUMMARY_AFTER:
+            counts = ", ".join(f"{name} {n}" for name, n in sorted(reasons.items()))
+            total = sum(reasons.values())
+            msg = "%s: %d circuits destroyed (%s)"
+            RATELOG.warning(log, "circuits-mass-destroy", msg, what, total, counts)
 
     def _arm_timer(self) -> None:
         if self._timer is not None or not (len(self.core) or self.clients):
