@@ -281,6 +281,10 @@ class DhtEndpoint:
     def _serve(self, message: wire.Message, sender: Contact, now: float) -> None:
         me, to = self.credentials.public, sender.address
         if isinstance(message, wire.Ping):
+            pong_size = wire.OVERHEAD + wire.contact_size(to[0]) - wire.NODE_ID_LEN
+            if self._answer_limit is not None and pong_size > self._answer_limit:
+                self.stats["unproved-answer-dropped"] += 1  # decided before signing
+                return
             self._answer(to, wire.Pong(message.txid, me, to[0], to[1]))
         elif isinstance(message, wire.FindNode | wire.FindValue):
             token = self._tokens.issue(to[0])
