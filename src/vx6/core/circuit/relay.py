@@ -130,7 +130,9 @@ class RelayCore(RelayPath, RelayIdle):
 
     def stats(self) -> dict[str, int]:
         """Exact counters: stray cells (late / unknown) and what the limits refused."""
-        return {"late_cells": self.strays.late, "unknown_cells": self.strays.unknown, **self.counts}
+        fixed = {"evicted_idle": 0, "expired_idle": 0, "links_over_stray_limit": 0}
+        late, unknown = self.strays.late, self.strays.unknown
+        return {"late_cells": late, "unknown_cells": unknown, **fixed, **self.counts}
 
     def max_data(self, link: int, circuit_id: int) -> int:
         """Largest stream payload this end can send back in one cell on that circuit."""
