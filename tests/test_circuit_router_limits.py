@@ -84,7 +84,12 @@ def _router(**limits: Any) -> tuple[CircuitRouter, FakeNode]:
     router.core = RelayCore(
         node.identity.public,
         node.onion_keys,
-        RelayLimits(creation_burst=10 * CIRCUITS, max_circuits_per_link=CIRCUITS, **limits),
+        RelayLimits(
+            creation_burst=10 * CIRCUITS,
+            max_circuits_per_link=CIRCUITS,
+            max_circuits_per_source=CIRCUITS,
+            **limits,
+        ),
         writers=router._writers,
     )
     return router, node

@@ -139,6 +139,17 @@ def test_circuits_per_link_are_capped() -> None:
     assert node.core.stats()["refused_resource_limit"] == 1
 
 
+def test_circuits_per_source_are_capped_across_links() -> None:
+    node = Net(1, RelayLimits(max_circuits_per_source=4)).nodes["R1"]
+    for i in range(1, 5):  # one source (one key, or one /48) over four links
+        assert isinstance(_create_at(node, i, i, 0.0, "one-peer"), c.Created)
+    assert _create_at(node, 5, 5, 0.0, "one-peer") == c.Destroy(5, DestroyReason.RESOURCE_LIMIT)
+    assert isinstance(_create_at(node, 5, 6, 0.0, "another"), c.Created)
+    node.core.link_lost(1)
+    _sent(node)
+    assert isinstance(_create_at(node, 6, 7, 0.0, "one-peer"), c.Created)  # room again
+
+
 def test_unknown_circuit_cells_are_counted_and_an_abusive_link_is_reported() -> None:
     limits = RelayLimits(stray_limit=50, stray_interval=10.0, late_grace=60.0)
     node = Net(1, limits).nodes["R1"]
@@ -195,7 +206,8 @@ def test_table_bounds_hold_under_any_sequence(ops: list[tuple[str, int]]) -> Non
         per_link: dict[int, int] = {}
         for circuit in core._by_serial.values():
             per_link[circuit.prev[0]] = per_link.get(circuit.prev[0], 0) + 1
-        assert per_link == core._per_link and max(per_link.values(), default=0) <= 3
+        assert per_link == core.holdings.by_link and max(per_link.values(), default=0) <= 3
+        assert sum(core.holdings.by_source.values()) == len(core)
         assert core.memory_used == len(core) * limits.circuit_overhead
         assert len(core._idle_heap) <= 2 * len(core) + 64
     assert all(not isinstance(e, StreamMessageReceived) for e in node.events)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class RelayLimits:
     idle_timeout: float = 300.0
     evictable_after: float = 60.0
     max_circuits_per_link: int = 512  # circuits whose previous hop is one link
+    max_circuits_per_source: int = 2048  # ... created from one source (a /48, or a key)
     stray_limit: int = 256  # unknown-circuit cells per link and interval before it closes
     stray_interval: float = 10.0
     late_grace: float = 60.0  # cells for a circuit this recently ended are only "late"
@@ -97,6 +99,40 @@ class SourceLimiter:
 
 
 CircuitKey = tuple[int, int]
+
+
+class Holdings:
+    """How many circuits each previous-hop link and each source holds, against the caps:
+    one peer cannot hold the table with many links (per source: its /48 or /24, or its
+    key on loopback) nor one link with many sources."""
+
+    def __init__(self, per_link: int, per_source: int) -> None:
+        self._caps = (per_link, per_source)
+        self.by_link: dict[int, int] = {}
+        self.by_source: dict[Hashable, int] = {}
+
+    def refusal(self, link: int, source: Hashable) -> str | None:
+        if self.by_link.get(link, 0) >= self._caps[0]:
+            return "circuits on this link"
+        if self.by_source.get(source, 0) >= self._caps[1]:
+            return f"circuits from {source!r}"
+        return None
+
+    def add(self, link: int, source: Hashable) -> None:
+        self.by_link[link] = self.by_link.get(link, 0) + 1
+        self.by_source[source] = self.by_source.get(source, 0) + 1
+
+    def remove(self, link: int, source: Hashable) -> None:
+        _drop_one(self.by_link, link)
+        _drop_one(self.by_source, source)
+
+
+def _drop_one(table: dict[Any, int], key: Hashable) -> None:
+    held = table.get(key, 0) - 1
+    if held > 0:
+        table[key] = held
+    else:
+        table.pop(key, None)
 
 
 class StrayCells:

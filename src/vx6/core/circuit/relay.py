@@ -23,7 +23,7 @@ which one a cell arrived on says its direction.
 * Idle circuits (relay_idle.py): `handle_timer(now)` destroys circuits without a cell
   for `idle_timeout`; a CREATE at the table cap evicts the circuit idle longest if it
   has been idle for `evictable_after`, else it is refused. One previous-hop link holds
-  at most `max_circuits_per_link` circuits.
+  at most `max_circuits_per_link` circuits, one source `max_circuits_per_source`.
 * Cells for circuits this core does not hold are counted (`StrayCells`, limits.py); a
   link over the limit of unknown ones is reported (StrayCellsExceeded) for the adapter
   to close. `counts` keeps the exact counters the node shows in `vx6 status`.
@@ -45,7 +45,7 @@ from vx6.core.circuit.events import (
     CircuitFailure,
     StrayCellsExceeded,
 )
-from vx6.core.circuit.limits import RelayLimits, SourceLimiter, StrayCells
+from vx6.core.circuit.limits import Holdings, RelayLimits, SourceLimiter, StrayCells
 from vx6.core.circuit.outbox import CellBuffer, CellOutbox, CellWriter
 from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput, RelayState
 from vx6.core.circuit.relay_idle import RelayIdle
@@ -103,8 +103,8 @@ class RelayCore(RelayPath, RelayIdle):
         self.memory_used = 0
         self.now = 0.0  # the latest time an input brought (cells on the data path bring none)
         self._idle_heap: list[tuple[float, int]] = []
-        self._per_link: dict[int, int] = {}  # previous-hop link -> circuits held
         lim = self.limits
+        self.holdings = Holdings(lim.max_circuits_per_link, lim.max_circuits_per_source)
         self.strays = StrayCells(
             lim.stray_limit, lim.stray_interval, lim.late_grace, 2 * lim.max_circuits
         )
@@ -245,7 +245,6 @@ class RelayCore(RelayPath, RelayIdle):
                     notify_prev=not lost_prev,
                     notify_next=lost_prev,
                 )
-        self._per_link.pop(link, None)
         return out
 
     def handle_timer(self, now: float) -> list[CircuitEvent]:
@@ -316,8 +315,9 @@ class RelayCore(RelayPath, RelayIdle):
         if not 1 <= cell.depth <= MAX_DEPTH:
             return self._refuse(key, DestroyReason.HOP_LIMIT, f"CREATE at depth {cell.depth}")
         limits = self.limits
-        if self._per_link.get(key[0], 0) >= limits.max_circuits_per_link:
-            return self._refuse(key, DestroyReason.RESOURCE_LIMIT, "circuits on this link")
+        refusal = self.holdings.refusal(key[0], source)
+        if refusal is not None:
+            return self._refuse(key, DestroyReason.RESOURCE_LIMIT, refusal)
         # The rate limit comes before eviction, so evicting is rate-limited per source.
         if not self._sources.allow(source, now):
             return self._refuse(key, DestroyReason.RATE_LIMITED, f"creations from {source!r}")
@@ -344,7 +344,8 @@ class RelayCore(RelayPath, RelayIdle):
         )
         self._by_key[key] = circuit
         self._by_serial[circuit.serial] = circuit
-        self._per_link[key[0]] = self._per_link.get(key[0], 0) + 1
+        circuit.source = source
+        self.holdings.add(key[0], source)
         self._track(circuit)
         self.memory_used += limits.circuit_overhead
         self._queue(key, Created(key[1], reply))
@@ -373,12 +374,7 @@ class RelayCore(RelayPath, RelayIdle):
             return out
         self._pending.pop(circuit.serial, None)
         self.memory_used -= self.limits.circuit_overhead + circuit.buffered
-        prev_link = circuit.prev[0]
-        held = self._per_link.get(prev_link, 0) - 1
-        if held > 0:
-            self._per_link[prev_link] = held
-        else:
-            self._per_link.pop(prev_link, None)
+        self.holdings.remove(circuit.prev[0], circuit.source)
         for key, notify in ((circuit.prev, notify_prev), (circuit.next, notify_next)):
             if key is not None:
                 self._by_key.pop(key, None)

@@ -6,6 +6,7 @@ other step with CircuitFailure(PROTOCOL_ERROR), which destroys the circuit.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from enum import auto
 
 from vx6.core.circuit.events import next_state
@@ -60,6 +61,7 @@ class RelayedCircuit:
         "prev_header",
         "seen",
         "serial",
+        "source",
         "state",
     )
 
@@ -80,6 +82,7 @@ class RelayedCircuit:
         # by its two layer counters, as last seen (`seen`) at `active_at` (relay_idle.py).
         self.seen = 0
         self.active_at = now
+        self.source: Hashable = None  # whose creation it counts against (Holdings)
 
     def cells_counted(self) -> int:
         return self.crypto.forward.counter + self.crypto.backward.counter

@@ -22,7 +22,8 @@ longest-idle circuit when the table is full.
   ~30 s between cells at the router's 10 s tick), is never that idle, so an attacker who
   creates circuits at the cap evicts only circuits nobody uses (its own included).
   Holding the table instead costs it a cell per circuit per minute, on at most
-  `max_circuits_per_link` circuits per link and `creations_per_second` per source.
+  `max_circuits_per_link` circuits per link, `max_circuits_per_source` per source and
+  `creations_per_second` per source.
 """
 
 from __future__ import annotations
