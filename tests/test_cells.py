@@ -64,6 +64,7 @@ GOLDEN_RELAY_MESSAGES: list[tuple[c.RelayMessage, int, str]] = [
     (c.RelayMessage(c.RelayCommand.REFUSED, 2, b"\x03no"), 10, "08 00000002 0003 036e6f"),
     (c.RelayMessage(c.RelayCommand.RESET, 2, b"\x06"), 8, "09 00000002 0001 06"),
     (c.RelayMessage(c.RelayCommand.AUTH, 0, b"\x01"), 8, "0a 00000000 0001 01"),
+    (c.RelayMessage(c.RelayCommand.KEEPALIVE, 0, b""), 8, "0b 00000000 0000 00"),
 ]
 
 

@@ -316,6 +316,11 @@ class Pair:
         assert isinstance(answer, w.Nodes)
         return answer.token
 
+    def prove(self, address: tuple[str, int] | None = None) -> w.Message | None:
+        """The token round trip: a FIND_NODE that echoes the token proves our address."""
+        token = self.token(address)
+        return self.send(lambda t, k: w.FindNode(t, k, bytes(32), token), address)
+
     def store(self, target: bytes, record: bytes, token: bytes | None = None) -> w.Stored:
         tok = self.token() if token is None else token
         answer = self.send(lambda t, k: w.Store(t, k, target, tok, record))
@@ -440,7 +445,9 @@ def test_messages_must_be_signed_by_the_key_they_carry() -> None:
     assert pair.server.datagrams_to_send() == []
     assert pair.server.stats["bad-signature"] == 1
     assert len(pair.server.table) == 0
-    assert isinstance(pair.send(w.Ping), w.Pong)
+    assert isinstance(pair.send(lambda t, k: w.Ping(t, k, w.PING_PADDING)), w.Pong)
+    assert len(pair.server.table) == 0  # not before it proved its address
+    pair.prove()
     assert pair.server.table.get(node_id(pair.client.public)) == Contact(
         node_id(pair.client.public), pair.address
     )

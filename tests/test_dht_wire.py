@@ -47,6 +47,15 @@ GOLDEN: list[tuple[w.Message, str]] = [
         + f" {TARGET.hex()} 04 c6120001 01bb",
     ),
     (w.FindValue(TXID, KEY, TARGET), HEADER.format(type=5) + " " + TARGET.hex()),
+    (w.Ping(TXID, KEY, 3), HEADER.format(type=1) + " 000000"),
+    (
+        w.FindNode(TXID, KEY, TARGET, TOKEN, 2),
+        HEADER.format(type=3) + f" {TARGET.hex()} {TOKEN.hex()} 0000",
+    ),
+    (
+        w.FindValue(TXID, KEY, TARGET, b"", 17),
+        HEADER.format(type=5) + f" {TARGET.hex()} " + "00" * 17,
+    ),
     (
         w.Values(TXID, KEY, TOKEN, (b"rec", b"\x00")),
         HEADER.format(type=6) + f" {TOKEN.hex()} 02 0003 726563 0001 00",
@@ -128,6 +137,11 @@ def test_encoder_refuses_what_does_not_fit() -> None:
         w.Ping(-1, KEY),
         w.Ping(2**64, KEY),
         w.FindNode(TXID, KEY, TARGET[:31]),
+        w.FindNode(TXID, KEY, TARGET, w.NO_TOKEN),  # all-zero means none: not encodable
+        w.FindNode(TXID, KEY, TARGET, TOKEN[:15]),
+        w.FindNode(TXID, KEY, TARGET, b"", 5),  # padding without token: 0 or >= 16
+        w.FindNode(TXID, KEY, TARGET, TOKEN, 2000),  # over the datagram size
+        w.Ping(TXID, KEY, -1),
         w.Nodes(TXID, KEY, TOKEN[:15], ()),
         w.Nodes(TXID, KEY, TOKEN, (w.WireContact(NODE_A, "::ffff:1.2.3.4", 1),)),
         w.Nodes(TXID, KEY, TOKEN, (w.WireContact(NODE_A, "fe80::1%eth0", 1),)),
@@ -162,7 +176,8 @@ def test_size_is_checked_before_parsing() -> None:
         ("02" + HEADER.format(type=1)[2:], "version"),
         (HEADER.format(type=9), "unknown DHT message type"),
         (HEADER.format(type=0), "unknown DHT message type"),
-        (HEADER.format(type=1) + " 00", "trailing"),
+        (HEADER.format(type=1) + " 01", "not zero"),  # a PING may be padded, with zeros
+        (HEADER.format(type=2) + " 04 c0000207 0001 00", "trailing"),
         (HEADER.format(type=3) + " " + TARGET.hex()[:-2], "truncated"),
         (HEADER.format(type=2) + " 05 c0000207 0001", "family"),
         (HEADER.format(type=2) + " 04 c0000207 0000", "port 0"),
@@ -194,12 +209,16 @@ hosts = st.one_of(
 )
 contacts = st.builds(w.WireContact, keys, hosts, ports)
 values = st.binary(min_size=1, max_size=300)
+find_tokens = st.binary(min_size=16, max_size=16).filter(lambda t: t != w.NO_TOKEN)
 reasons = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64)
 messages = st.one_of(
-    st.builds(w.Ping, txids, keys),
+    st.builds(w.Ping, txids, keys, st.integers(0, 200)),
     st.builds(w.Pong, txids, keys, hosts, ports),
     st.builds(w.FindNode, txids, keys, keys),
     st.builds(w.FindValue, txids, keys, keys),
+    st.builds(w.FindNode, txids, keys, keys, find_tokens, st.integers(0, 300)),
+    st.builds(w.FindValue, txids, keys, keys, find_tokens, st.integers(0, 300)),
+    st.builds(w.FindNode, txids, keys, keys, st.just(b""), st.integers(16, 300)),
     st.builds(
         w.Nodes,
         txids,
@@ -217,6 +236,35 @@ messages = st.one_of(
     st.builds(w.Store, txids, keys, keys, st.binary(min_size=16, max_size=16), values),
     st.builds(w.Stored, txids, keys, st.sampled_from(w.StoreStatus), reasons),
 )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        TARGET.hex() + " 0102",  # shorter than a token field
+        TARGET.hex() + " " + TOKEN.hex() + " 0001",  # padding that is not zero
+    ],
+)
+def test_bad_find_extensions_are_refused(body: str) -> None:
+    unsigned = bytes.fromhex((HEADER.format(type=3) + " " + body).replace(" ", ""))
+    with pytest.raises(DecodeError):
+        w.decode_message(unsigned + fake_sign(unsigned))
+
+
+def test_ping_with_nonzero_padding_is_refused() -> None:
+    unsigned = bytes.fromhex((HEADER.format(type=1) + " 0001").replace(" ", ""))
+    with pytest.raises(DecodeError):
+        w.decode_message(unsigned + fake_sign(unsigned))
+
+
+def test_size_constants() -> None:
+    ping = w.encode_message(w.Ping(TXID, KEY, w.PING_PADDING), fake_sign)
+    pong = w.encode_message(w.Pong(TXID, KEY, "2001:db8::5", 1), fake_sign)
+    assert len(ping) == len(pong) == w.PONG_MAX
+    empty = w.encode_message(w.Nodes(TXID, KEY, TOKEN, ()), fake_sign)
+    assert len(empty) == w.NODES_BASE
+    one = w.Nodes(TXID, KEY, TOKEN, (w.WireContact(NODE_A, "198.18.0.1", 1),))
+    assert len(w.encode_message(one, fake_sign)) == w.NODES_BASE + w.contact_size("198.18.0.1")
 
 
 @settings(max_examples=300, deadline=None)

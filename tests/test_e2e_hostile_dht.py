@@ -134,3 +134,26 @@ def test_malformed_flood_is_dropped_and_the_node_keeps_serving(net: tuple[LocalN
     reply = bob.call("resolve", address=f"{hub.key}.x")
     assert reply["key"] == hub.key
     assert bob.call("resolve", address="alice.x")["key"] == alice.key
+
+
+def test_a_real_node_answers_an_unproved_source_with_at_most_its_request_size(
+    net: tuple[LocalNode, ...],
+) -> None:
+    """Finding 12 against a real node: a new source's FIND_NODE (138 bytes) gets the
+    token and no contacts, never the 900+ byte answer; echoing the token gets it all."""
+    hub = net[0]
+    peer = HostilePeer(parse_endpoint(hub.listen))
+    try:
+        find = wire.FindNode(_txid(), peer.identity.public, os.urandom(32))
+        request = wire.encode_message(find, peer.identity.sign)
+        peer.sock.sendto(request, peer.target)
+        answer, _ = peer.sock.recvfrom(2048)
+        assert len(answer) <= len(request) == 138
+        first = wire.decode_message(answer).message
+        assert isinstance(first, wire.Nodes) and first.contacts == ()
+        again = wire.FindNode(_txid(), peer.identity.public, find.target, first.token)
+        full = peer.ask(again)
+        assert isinstance(full, wire.Nodes) and len(full.contacts) >= 2  # alice and bob
+    finally:
+        peer.close()
+    assert dht_stats(hub).get("unproved-answer-cut", 0) >= 1

@@ -128,3 +128,14 @@ def test_forwards_listing_marks_retiring_circuits() -> None:
     assert "web circuits (2 of 2 open):" in text
     rows = {line.split()[0]: line.split()[1] for line in text.splitlines() if line[:1] in "35"}
     assert rows == {"3": "retiring", "5": "open"}
+
+
+def test_circuit_idle_timeout_in_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert load_config(path).circuit_idle_timeout == 300.0  # no file: the default
+    path.write_text("circuit_idle_timeout = 900\n")
+    assert load_config(path).circuit_idle_timeout == 900.0
+    for bad in ("10", "-1", '"soon"'):
+        path.write_text(f"circuit_idle_timeout = {bad}\n")
+        with pytest.raises(UsageError, match="circuit_idle_timeout"):
+            load_config(path)

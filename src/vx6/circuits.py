@@ -22,7 +22,9 @@ client circuits this node builds (`ClientPath`):
   (which destroys a circuit over its own limit and the oldest ones over the node's
   budget), and the circuits whose first hop is that link pause their streams.
 * A link that closes takes its circuits with it: DESTROY(LINK_LOST) goes the other way
-  and local streams are reset with CIRCUIT_LOST.
+  and local streams are reset with CIRCUIT_LOST; one summary line says how many.
+* The timer (idle expiry, keepalives), the log discipline of destroys and the closing
+  of a link that sends too many cells for unknown circuits are in circuit_upkeep.py.
 """
 
 from __future__ import annotations
@@ -34,14 +36,17 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from vx6.circuit_upkeep import RouterUpkeep
 from vx6.core.circuit.client import ClientCircuit, HopSpec
 from vx6.core.circuit.events import (
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
     ExtendRequested,
+    StrayCellsExceeded,
     StreamMessageReceived,
 )
+from vx6.core.circuit.limits import RelayLimits
 from vx6.core.circuit.outbox import CellBuffer, CellWriter
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
@@ -49,6 +54,7 @@ from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
 from vx6.net.circuit import ClientPath, ExitCircuit
 from vx6.net.link import LinkProtocol
+from vx6.net.ratelog import RATELOG
 from vx6.wire.cells import (
     CELL_SIZE,
     Create,
@@ -76,7 +82,7 @@ class BuildFailed(StreamFailed):
         self.hops_keyed = hops_keyed
 
 
-class CircuitRouter:
+class CircuitRouter(RouterUpkeep):
     def __init__(self, node: Node) -> None:
         self.node = node
         # Links that take cells in place (open, not paused, nothing queued): see _writable.
@@ -84,6 +90,7 @@ class CircuitRouter:
         self.core = RelayCore(
             node.identity.public,
             node.onion_keys,
+            RelayLimits(idle_timeout=node.config.circuit_idle_timeout),
             relay=bool(node.config.relay),
             writers=self._writers,
         )
@@ -96,6 +103,8 @@ class CircuitRouter:
         self._queued: dict[tuple[int, int], int] = {}
         self.cells_in = 0
         self.cells_out = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._summarising = False  # per-circuit destroy lines off: one summary instead
 
     # ------------------------------------------------------------------ links
     def link_id(self, link: LinkProtocol) -> int:
@@ -128,7 +137,7 @@ class CircuitRouter:
         for key, path in list(self.clients.items()):
             if key[0] == lid:
                 events += path.core.link_lost()
-        self.process(events)
+        self._summarised(events, f"link to {link.peer_address} closed")
 
     def link_paused(self, link: LinkProtocol, paused: bool) -> None:
         lid = self._ids.get(link)
@@ -178,7 +187,9 @@ class CircuitRouter:
         try:
             cell = decode_cell(raw)
         except DecodeError as exc:
-            log.warning("bad cell from %s: %s; closing the link", link.peer_address, exc)
+            RATELOG.warning(
+                log, "bad-cell", "bad cell from %s: %s; closing", link.peer_address, exc
+            )
             self.process(events)
             link.close(CloseCode.PROTOCOL_ERROR, f"bad cell: {exc}")
             return False
@@ -196,7 +207,11 @@ class CircuitRouter:
                 ephemeral=os.urandom(32),
             )
         else:
-            events += self.core.cell_received(lid, cell)
+            taken = self.core.cell_received(lid, cell, now=time.monotonic())
+            events += taken
+            if taken and isinstance(taken[-1], StrayCellsExceeded):
+                self.process(events)  # closes the link
+                return False
         return True
 
     # ------------------------------------------------------------------ events
@@ -225,9 +240,12 @@ class CircuitRouter:
                 self._destroyed(event)
             elif isinstance(event, ExtendRequested):
                 self.node.spawn(self._extend(event))
+            elif isinstance(event, StrayCellsExceeded):
+                self._stray_limit(event)
         if batch:
             self._stream_messages(batch)
         self._flush()
+        self._arm_timer()
 
     def _stream_messages(self, batch: list[StreamMessageReceived]) -> None:
         event = batch[0]
@@ -267,10 +285,7 @@ class CircuitRouter:
         quiet = event.reason in (DestroyReason.NONE, DestroyReason.SHUTDOWN)
         if not quiet:
             self.node.count("circuits_destroyed")
-        level = logging.INFO if quiet else logging.WARNING
-        side = "here" if event.local else "by a neighbour"
-        role = "client" if path else ("exit" if exit_ else "relay")
-        log.log(level, "%s circuit %d destroyed %s: %s", role, event.circuit_id, side, reason)
+        self._log_destroyed(event, quiet, "client" if path else ("exit" if exit_ else "relay"))
 
     async def _extend(self, event: ExtendRequested) -> None:
         """A relay was asked to extend to `identity`: find or dial its link."""
@@ -376,6 +391,7 @@ class CircuitRouter:
             "queued_cells": sum(len(q) for q in self._queues.values()),
             "cells_in": self.cells_in,
             "cells_out": self.cells_out + self.core.out.cells_in_place,
+            **self.core.stats(),  # late / unknown cells, refusals, idle evictions, expiries
         }
 
     def close_all(self) -> None:

@@ -7,6 +7,7 @@ Example:
     peers = ["[2001:db8::7]:4242"]
     # relay = true                 # carry circuits for others (advertised in the record)
     # circuit_lifetime = 600       # seconds a relay circuit takes new connections
+    # circuit_idle_timeout = 300   # a relay destroys circuits without a cell this long
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -60,6 +61,10 @@ MAX_RELAYS = 5  # relays on one circuit; the exit makes the sixth hop (docs/circ
 # first one go over a fresh circuit, so one circuit does not link a day of connections.
 CIRCUIT_LIFETIME = 600.0
 CIRCUIT_LIFETIME_RANGE = (1.0, 86400.0)
+# Relays destroy circuits idle this long (core/circuit/relay_idle.py). Clients keep theirs
+# alive with a KEEPALIVE every ~30 s at most, so the floor leaves them a wide margin.
+CIRCUIT_IDLE_TIMEOUT = 300.0
+CIRCUIT_IDLE_TIMEOUT_RANGE = (60.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class NodeConfig:
     circuit_lifetime: float = CIRCUIT_LIFETIME
     owner_limits: OwnerLimits = field(default_factory=OwnerLimits)
     link_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    circuit_idle_timeout: float = CIRCUIT_IDLE_TIMEOUT
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -130,6 +136,7 @@ class NodeConfig:
             circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
             owner_limits=self.owner_limits,  # the file only
             link_limits=self.link_limits,  # the file only
+            circuit_idle_timeout=self.circuit_idle_timeout,  # the file only
         )
 
 
@@ -267,6 +274,11 @@ def load_config(path: Path) -> NodeConfig:
     )
     cfg.owner_limits = _owner_limits(data.get("owner_limits", {}))
     cfg.link_limits = _link_limits(data.get("link_limits", {}))
+    cfg.circuit_idle_timeout = _seconds(
+        data.get("circuit_idle_timeout", CIRCUIT_IDLE_TIMEOUT),
+        "circuit_idle_timeout",
+        CIRCUIT_IDLE_TIMEOUT_RANGE,
+    )
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")

@@ -21,6 +21,7 @@ from vx6.errors import StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint
 from vx6.net.ratelog import RATELOG
 from vx6.store import RegistryError
+from vx6.wire.control import OP_FIELDS, check_fields
 from vx6.wire.records import Kind, decode_record
 
 if TYPE_CHECKING:
@@ -138,10 +139,11 @@ class ControlOps:
         return {"links": links, "known": known, "dht_table": table}
 
     async def expose(self, req: dict[str, Any]) -> dict[str, Any]:
+        check_fields(req, OP_FIELDS["expose"])  # "allow": "abc" is refused, not a, b, c
         svc = service_config(
             str(req.get("name", "")),
             str(req.get("target", "")),
-            [str(a) for a in req.get("allow", [])],
+            list(req.get("allow", [])),
             bool(req.get("public", False)),
             bool(req.get("allow_remote_target", False)),
         )

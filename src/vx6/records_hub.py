@@ -74,10 +74,18 @@ class RecordHub:
             self.node.count("dht_values_stored")
         elif isinstance(event, dht_events.RecordRefused):
             self.node.count(f"dht_refused_{event.reason}")
-            log.info("DHT refused a record from %s: %s", event.source, event.reason)
+            RATELOG.info(
+                log,
+                "dht-refused-record",
+                "DHT refused a record from %s: %s",
+                event.source,
+                event.reason,
+            )  # a peer decides how often; the counter above stays exact
         elif isinstance(event, dht_events.EquivocationDetected):
             self.node.count("dht_equivocations")
-            log.warning(
+            RATELOG.warning(
+                log,
+                "dht-equivocation",
                 "key %s signed two different records with one sequence number (from %s)",
                 fingerprint(event.signer),
                 event.source,

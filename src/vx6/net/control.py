@@ -2,10 +2,12 @@
 
 Theory of operation. A Unix stream socket in the node's home, created with mode 0600
 inside a 0700 directory, so only the node's user can connect. Each request is one JSON
-line answered by one JSON line. One request, `nc`, upgrades the connection: after the
-`{"ok": true}` answer the socket carries raw bytes of a stream to a service (this is
-what `vx6 nc` uses as an ssh ProxyCommand), and the connection is handed to a
-StreamPipe.
+line answered by one JSON line; a line that is not a well-formed request (too large, too
+deep, a huge integer, a field of the wrong type: `wire/control.py`) gets
+`{"ok": false, "error": ...}` and the connection goes on. One request, `nc`, upgrades
+the connection: after the `{"ok": true}` answer the socket carries raw bytes of a stream
+to a service (this is what `vx6 nc` uses as an ssh ProxyCommand), and the connection is
+handed to a StreamPipe.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, cast
 
 from vx6.errors import DecodeError, StreamFailed, VX6Error
 from vx6.net.pipe import StreamPipe
-from vx6.wire.control import MAX_CONTROL_LINE, decode_message, encode_message
+from vx6.wire.control import MAX_CONTROL_LINE, check_request, decode_message, encode_message
 
 log = logging.getLogger("vx6.control")
 
@@ -59,6 +61,7 @@ class ControlProtocol(asyncio.Protocol):
         self._buf = bytearray(rest)
         try:
             request = decode_message(line)
+            check_request(request)  # every known op's fields have their types
         except DecodeError as exc:
             self._reply({"ok": False, "error": str(exc)})
             return

@@ -26,12 +26,22 @@ from vx6.core.dht.contacts import Address
 from vx6.core.dht.keys import credentials_for
 from vx6.core.dht.node import DhtNode
 from vx6.crypto.keys import Identity
+from vx6.net.ratelog import RATELOG
 
 log = logging.getLogger("vx6.dht")
 
 LOOKUP_TIMEOUT = 10.0
 DROP_REPORT_EVERY = 10.0
-DROP_KINDS = frozenset({"malformed", "rate-limited", "refused-datagram", "bad-signature"})
+DROP_KINDS = frozenset(
+    {
+        "malformed",
+        "rate-limited",
+        "refused-datagram",
+        "bad-signature",
+        "unsolicited",
+        "unproved-answer-dropped",
+    }
+)
 
 
 class DhtService(asyncio.DatagramProtocol):
@@ -96,7 +106,9 @@ class DhtService(asyncio.DatagramProtocol):
         dropped = {k: v for k, v in self.node.stats.items() if k in DROP_KINDS}
         fresh = {k: v - self._reported.get(k, 0) for k, v in dropped.items()}
         if any(fresh.values()):
-            log.warning(
+            RATELOG.warning(
+                log,
+                "dht-dropped",
                 "DHT dropped datagrams in the last %.0f s: %s",
                 DROP_REPORT_EVERY,
                 ", ".join(f"{k} {v}" for k, v in sorted(fresh.items()) if v),

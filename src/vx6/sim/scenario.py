@@ -352,6 +352,7 @@ def _figures(
 
     latencies = [r.found_at - r.started for r in records if r.found_at is not None]
     tables = [len(sc._dht(i).table) for i in sc.honest if sc.net.alive[i]]
+    retries = sum(sc._dht(i).stats["retried-with-token"] for i in sc.honest)
     ok = sum(delivered(r) for r in records)
     return {
         "nodes": p.nodes,
@@ -377,6 +378,7 @@ def _figures(
         "name_rpcs_median": statistics.median([rpcs(r) for r in names]) if names else 0,
         "table_size_median": statistics.median(tables) if tables else 0,
         "refused": dict(sorted(sc.refused.items())),
+        "token_retries": retries,  # FINDs asked again with the token (anti-amplification)
         "datagrams": sc.net.datagrams,
         "virtual_seconds": round(sc.net.now - START, 1),
         "build_seconds": round(build_wall, 1),

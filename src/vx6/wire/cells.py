@@ -65,6 +65,10 @@ class RelayCommand(IntEnum):
     REFUSED = 8  # OPEN_FAIL: code u8 | reason (UTF-8)
     RESET = 9  # code u8
     AUTH = 10  # circuit-level (stream 0): client identity 32 | proof 64
+    # Circuit-level (stream 0, no data), to the exit: "still here". Every hop on the way
+    # sees a cell, so an idle client circuit is not expired or evicted as idle; the exit
+    # drops it (docs/circuits.md, "Idle circuits").
+    KEEPALIVE = 11
 
 
 class DestroyReason(IntEnum):
@@ -81,6 +85,7 @@ class DestroyReason(IntEnum):
     HANDSHAKE_FAILED = 8  # ntor failed (wrong onion key or node id)
     SHUTDOWN = 9
     NOT_A_RELAY = 10  # EXTEND asked of a node that has not opted in to relaying
+    IDLE = 11  # no cell either way for the relay's idle timeout
 
 
 def destroy_reason(code: int) -> DestroyReason:

@@ -11,11 +11,11 @@ sign or verify: encoders take a `sign` callable, decoders return the signed byte
 
 Bodies, by type:
 
-    PING        (empty)
+    PING        padding (zero bytes, any number)
     PONG        observed endpoint of the requester (what its source address looked like)
-    FIND_NODE   target 32
+    FIND_NODE   target 32 [| token 16 | padding]
     NODES       token 16 | count u8 (<= 20) | contacts
-    FIND_VALUE  target 32
+    FIND_VALUE  target 32 [| token 16 | padding]
     VALUES      token 16 | count u8 (>= 1) | records, each u16 length (1..1024) + bytes
     STORE       target 32 | token 16 | record (u16 length (1..1024) + bytes)
     STORED      status u8 | reason (u8 length <= 64, printable ASCII)
@@ -23,8 +23,14 @@ Bodies, by type:
     endpoint = family u8 (4 or 6) | address 4 or 16 | port u16 (not 0)
     contact  = node id 32 | endpoint
 
-One encoding per value (no trailing bytes, IPv4 only as family 4, no port 0), so
-`encode(decode(b)) == b` for every accepted `b`. Sizes are checked before parsing;
+Requests may be padded, and FIND_NODE / FIND_VALUE may echo the token the responder
+gave this requester before: a responder answers a source that has not proved its
+address with no more bytes than the request had (docs/dht.md, "Anti-amplification").
+After the target of a FIND, either nothing, or a 16-byte token field (all zero = no
+token) followed by zero padding; a token of all zeros is never issued.
+
+One encoding per value (no trailing bytes, IPv4 only as family 4, no port 0, padding
+all zeros), so `encode(decode(b)) == b` for every accepted `b`. Sizes are checked before parsing;
 malformed input raises DecodeError, values with no encoding raise ValueError.
 """
 
@@ -53,6 +59,10 @@ MAX_REASON_LEN = 64
 _HEADER = struct.Struct(">BBQ32s")
 HEADER_LEN = _HEADER.size
 OVERHEAD = HEADER_LEN + SIGNATURE_LEN
+NO_TOKEN = bytes(TOKEN_LEN)
+NODES_BASE = OVERHEAD + TOKEN_LEN + 1  # a NODES datagram without contacts
+PONG_MAX = OVERHEAD + 1 + 16 + 2  # a PONG with an IPv6 endpoint
+PING_PADDING = PONG_MAX - OVERHEAD  # a PING this long may always be answered
 MAX_TXID = 2**64 - 1
 _U16 = struct.Struct(">H")
 
@@ -88,6 +98,7 @@ class WireContact:
 class Ping:
     txid: int
     sender: bytes
+    padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,8 @@ class FindNode:
     txid: int
     sender: bytes
     target: bytes
+    token: bytes = b""  # the responder's token for us, echoed: proves our address
+    padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,8 @@ class FindValue:
     txid: int
     sender: bytes
     target: bytes
+    token: bytes = b""
+    padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,11 @@ def can_encode_host(host: str) -> bool:
     return True
 
 
+def contact_size(host: str) -> int:
+    """Bytes one contact with this host takes in NODES."""
+    return NODE_ID_LEN + 3 + (16 if ":" in host else 4)
+
+
 def _pack_endpoint(host: str, port: int) -> bytes:
     _packed_host(host)  # canonical text only: contacts are compared as text
     return pack_endpoint(host, port)
@@ -216,14 +236,32 @@ def _pack_value(value: bytes) -> bytes:
     return _U16.pack(len(value)) + bytes(value)
 
 
+def _padding(count: int) -> bytes:
+    if not isinstance(count, int) or count < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {count!r}")
+    return bytes(min(count, MAX_DATAGRAM))  # encode_message refuses what does not fit
+
+
+def _pack_find(message: FindNode | FindValue) -> bytes:
+    _check_len(message.target, NODE_ID_LEN, "target")
+    target = bytes(message.target)
+    if message.token:
+        _check_len(message.token, TOKEN_LEN, "token")
+        if message.token == NO_TOKEN:
+            raise ValueError("an all-zero token means no token")
+        return target + bytes(message.token) + _padding(message.padding)
+    if 0 < message.padding < TOKEN_LEN:
+        raise ValueError(f"padding without a token is 0 or at least {TOKEN_LEN} bytes")
+    return target + _padding(message.padding)
+
+
 def _pack_body(message: Message) -> bytes:
     if isinstance(message, Ping):
-        return b""
+        return _padding(message.padding)
     if isinstance(message, Pong):
         return _pack_endpoint(message.observed_host, message.observed_port)
     if isinstance(message, FindNode | FindValue):
-        _check_len(message.target, NODE_ID_LEN, "target")
-        return bytes(message.target)
+        return _pack_find(message)
     if isinstance(message, Nodes):
         _check_len(message.token, TOKEN_LEN, "token")
         if len(message.contacts) > MAX_CONTACTS:
@@ -320,17 +358,36 @@ class _Reader:
         if self._pos != self._end:
             raise DecodeError("trailing bytes in DHT message")
 
+    def padding(self) -> int:
+        """The rest of the body, which must be zero bytes; returns its length."""
+        rest = self.take(self._end - self._pos)
+        if rest.count(0) != len(rest):
+            raise DecodeError("padding in DHT message is not zero")
+        return len(rest)
+
+    def find_extension(self) -> tuple[bytes, int]:
+        """(token, padding) after a FIND's target."""
+        if self._pos == self._end:
+            return b"", 0
+        if self._end - self._pos < TOKEN_LEN:
+            raise DecodeError("FIND extension shorter than a token")
+        token = self.take(TOKEN_LEN)
+        padding = self.padding()
+        if token == NO_TOKEN:
+            return b"", padding + TOKEN_LEN
+        return token, padding
+
 
 def _decode_body(kind: int, txid: int, sender: bytes, reader: _Reader) -> Message:
     if kind == MessageType.PING:
-        return Ping(txid, sender)
+        return Ping(txid, sender, reader.padding())
     if kind == MessageType.PONG:
         host, port = reader.endpoint()
         return Pong(txid, sender, host, port)
     if kind == MessageType.FIND_NODE:
-        return FindNode(txid, sender, reader.take(NODE_ID_LEN))
+        return FindNode(txid, sender, reader.take(NODE_ID_LEN), *reader.find_extension())
     if kind == MessageType.FIND_VALUE:
-        return FindValue(txid, sender, reader.take(NODE_ID_LEN))
+        return FindValue(txid, sender, reader.take(NODE_ID_LEN), *reader.find_extension())
     if kind == MessageType.NODES:
         token = reader.take(TOKEN_LEN)
         count = reader.u8()

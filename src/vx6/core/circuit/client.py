@@ -13,6 +13,10 @@ Cells go out through a `CellOutbox` (outbox.py), shared with the node's relay co
 the adapter drains one place: in place into the link to hop 1 while it takes cells,
 else queued; the calls return only the other events.
 
+Relays expire idle circuits (relay_idle.py), so the adapter's timer calls `tick(now)`:
+an open circuit that saw no cell either way for `KEEPALIVE_AFTER` sends KEEPALIVE to
+the exit, which every hop counts as activity and the exit drops.
+
 Anything wrong (a bad layer, an answer out of turn, a malformed message) destroys the
 circuit: DESTROY goes to hop 1 with the reason, and a CircuitDestroyed event says why.
 States and inputs form the table `_TRANSITIONS`; an input missing from it is a
@@ -68,6 +72,10 @@ from vx6.wire.cells import (
     relay_header,
     write_relay_message,
 )
+
+# Well under RelayLimits.evictable_after (60 s): with a 10 s tick an honest idle circuit
+# carries a cell at least every ~30 s, so it is never evictable as idle at a relay.
+KEEPALIVE_AFTER = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,9 @@ class ClientCircuit:
         self._pending: NtorClientState | None = None
         # Largest stream payload one cell carries to the last hop.
         self.max_data = relay_plaintext_size(len(self._path)) - RELAY_HEADER
+        self._seen = 0  # cells counted by hop 1's layers when `tick` last looked
+        self._active_at: float | None = None
+        self.keepalives_sent = 0
 
     @property
     def hops_keyed(self) -> int:
@@ -196,6 +207,21 @@ class ClientCircuit:
             raise UsageError(f"{len(data)} bytes over one cell's {self.max_data}")
         self._step(ClientInput.SEND)
         self._wrap(command, stream_id, data)
+        return []
+
+    def tick(self, now: float) -> list[CircuitEvent]:
+        """The adapter's timer: KEEPALIVE to the exit after KEEPALIVE_AFTER without a
+        cell either way (hop 1's two layer counters say whether one went)."""
+        if self.state is not ClientState.OPEN:
+            return []
+        hop = self._hops[0]
+        counted = hop.forward.counter + hop.backward.counter
+        if counted != self._seen or self._active_at is None:
+            self._seen, self._active_at = counted, now
+        elif now - self._active_at >= KEEPALIVE_AFTER:
+            self._wrap(RelayCommand.KEEPALIVE, 0, b"")
+            self.keepalives_sent += 1
+            self._seen, self._active_at = counted + 1, now
         return []
 
     def destroy(self, reason: DestroyReason = DestroyReason.NONE) -> list[CircuitEvent]:

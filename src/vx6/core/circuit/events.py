@@ -65,7 +65,23 @@ class StreamMessageReceived:
     data: bytes | memoryview
 
 
-CircuitEvent = ExtendRequested | HopAdded | CircuitBuilt | CircuitDestroyed | StreamMessageReceived
+@dataclass(frozen=True, slots=True)
+class StrayCellsExceeded:
+    """A link sent more cells for circuits that never existed here than the limit allows
+    (`RelayLimits.stray_limit` per `stray_interval`); the adapter closes it."""
+
+    link: int
+    count: int
+
+
+CircuitEvent = (
+    ExtendRequested
+    | HopAdded
+    | CircuitBuilt
+    | CircuitDestroyed
+    | StreamMessageReceived
+    | StrayCellsExceeded
+)
 
 
 class CircuitFailure(Exception):

@@ -20,6 +20,13 @@ which one a cell arrived on says its direction.
   the other with its reason unchanged.
 * Memory: each circuit is charged a fixed overhead plus the bytes the adapter reports
   queued for it (`buffered`); over the budget the oldest circuits are destroyed first.
+* Idle circuits (relay_idle.py): `handle_timer(now)` destroys circuits without a cell
+  for `idle_timeout`; a CREATE at the table cap evicts the circuit idle longest if it
+  has been idle for `evictable_after`, else it is refused. One previous-hop link holds
+  at most `max_circuits_per_link` circuits, one source `max_circuits_per_source`.
+* Cells for circuits this core does not hold are counted (`StrayCells`, limits.py); a
+  link over the limit of unknown ones is reported (StrayCellsExceeded) for the adapter
+  to close. `counts` keeps the exact counters the node shows in `vx6 status`.
 
 Output: every cell this core writes goes through its `CellOutbox` (outbox.py): in
 place into a link that takes cells now, else into a per-link list; the adapter drains
@@ -29,16 +36,19 @@ only the other events. The circuit record and its state table are in relay_circu
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 
 from vx6.core.circuit.events import (
     CircuitDestroyed,
     CircuitEvent,
     CircuitFailure,
+    StrayCellsExceeded,
 )
-from vx6.core.circuit.limits import RelayLimits, SourceLimiter
+from vx6.core.circuit.limits import Holdings, RelayLimits, SourceLimiter, StrayCells
 from vx6.core.circuit.outbox import CellBuffer, CellOutbox, CellWriter
 from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput, RelayState
+from vx6.core.circuit.relay_idle import RelayIdle
 from vx6.core.circuit.relay_path import RelayPath
 from vx6.crypto.keys import StaticKey, node_id
 from vx6.crypto.onion import (
@@ -66,7 +76,7 @@ from vx6.wire.cells import (
 )
 
 
-class RelayCore(RelayPath):
+class RelayCore(RelayPath, RelayIdle):
     def __init__(
         self,
         identity_public: bytes,
@@ -91,6 +101,14 @@ class RelayCore(RelayPath):
         self._reserved: set[CircuitKey] = set()  # ids this node's own client circuits use
         self.out = CellOutbox(writers)
         self.memory_used = 0
+        self.now = 0.0  # the latest time an input brought (cells on the data path bring none)
+        self._idle_heap: list[tuple[float, int]] = []
+        lim = self.limits
+        self.holdings = Holdings(lim.max_circuits_per_link, lim.max_circuits_per_source)
+        self.strays = StrayCells(
+            lim.stray_limit, lim.stray_interval, lim.late_grace, 2 * lim.max_circuits
+        )
+        self.counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._by_serial)
@@ -108,6 +126,13 @@ class RelayCore(RelayPath):
 
     def release_id(self, link: int, circuit_id: int) -> None:
         self._reserved.discard((link, circuit_id))
+        self.strays.ended((link, circuit_id), self.now)  # its late cells come here
+
+    def stats(self) -> dict[str, int]:
+        """Exact counters: stray cells (late / unknown) and what the limits refused."""
+        fixed = {"evicted_idle": 0, "expired_idle": 0, "links_over_stray_limit": 0}
+        late, unknown = self.strays.late, self.strays.unknown
+        return {"late_cells": late, "unknown_cells": unknown, **fixed, **self.counts}
 
     def max_data(self, link: int, circuit_id: int) -> int:
         """Largest stream payload this end can send back in one cell on that circuit."""
@@ -144,9 +169,11 @@ class RelayCore(RelayPath):
         source: Hashable = None,
         ephemeral: bytes | None = None,
     ) -> list[CircuitEvent]:
-        """One decoded cell from `link`. For CREATE (only) the adapter passes the time,
-        the peer's rate limit key (`source`, e.g. its address prefix) and 32 fresh random
-        bytes."""
+        """One decoded cell from `link`. For CREATE the adapter must pass the time, the
+        peer's rate limit key (`source`, e.g. its address prefix) and 32 fresh random
+        bytes; the time is welcome with any cell (stray cells are counted against it)."""
+        if now is not None:
+            self.now = max(self.now, now)
         key = (link, cell.circuit_id)
         if isinstance(cell, Create):
             return self._create(key, cell, now, source, ephemeral)
@@ -154,7 +181,7 @@ class RelayCore(RelayPath):
             return self.relay_received(link, cell.circuit_id, cell.body)
         circuit = self._by_key.get(key)
         if circuit is None:
-            return []  # late cell for a circuit we already destroyed
+            return self._stray(key)
         from_prev = key == circuit.prev
         if isinstance(cell, Destroy):
             reason = destroy_reason(cell.reason)
@@ -207,6 +234,7 @@ class RelayCore(RelayPath):
     def link_lost(self, link: int) -> list[CircuitEvent]:
         out: list[CircuitEvent] = []
         self._reserved = {key for key in self._reserved if key[0] != link}
+        self.strays.link_lost(link)
         for circuit in [c for k, c in self._by_key.items() if k[0] == link]:
             if circuit.serial in self._by_serial:
                 lost_prev = circuit.prev[0] == link
@@ -218,6 +246,11 @@ class RelayCore(RelayPath):
                     notify_next=lost_prev,
                 )
         return out
+
+    def handle_timer(self, now: float) -> list[CircuitEvent]:
+        self.now = max(self.now, now)
+        self.strays.expire(now)
+        return super().handle_timer(now)
 
     def buffered(self, link: int, circuit_id: int, nbytes: int) -> list[CircuitEvent]:
         """The adapter reports how many bytes it holds queued for this circuit."""
@@ -255,8 +288,16 @@ class RelayCore(RelayPath):
         self.out.send(key[0], encode_cell(cell))
 
     def _refuse(self, key: CircuitKey, reason: DestroyReason, detail: str) -> list[CircuitEvent]:
+        self.counts[f"refused_{reason.name.lower()}"] += 1
+        self.strays.ended(key, self.now)  # what the client sent after CREATE is late
         self._queue(key, Destroy(key[1], reason))
         return [CircuitDestroyed(key[0], key[1], reason, detail, True)]
+
+    def _stray(self, key: CircuitKey) -> list[CircuitEvent]:
+        if not self.strays.received(key, self.now):
+            return []
+        self.counts["links_over_stray_limit"] += 1
+        return [StrayCellsExceeded(key[0], self.strays.unknown)]
 
     def _create(
         self,
@@ -273,25 +314,42 @@ class RelayCore(RelayPath):
             return self._remove(existing, DestroyReason.PROTOCOL_ERROR, "CREATE on a used id")
         if not 1 <= cell.depth <= MAX_DEPTH:
             return self._refuse(key, DestroyReason.HOP_LIMIT, f"CREATE at depth {cell.depth}")
-        if len(self._by_serial) >= self.limits.max_circuits:
-            return self._refuse(key, DestroyReason.RESOURCE_LIMIT, "circuit table full")
+        limits = self.limits
+        refusal = self.holdings.refusal(key[0], source)
+        if refusal is not None:
+            return self._refuse(key, DestroyReason.RESOURCE_LIMIT, refusal)
+        # The rate limit comes before eviction, so evicting is rate-limited per source.
         if not self._sources.allow(source, now):
             return self._refuse(key, DestroyReason.RATE_LIMITED, f"creations from {source!r}")
+        victim = None
+        if len(self._by_serial) >= limits.max_circuits:
+            victim = self._evictable(now)
+            if victim is None:
+                return self._refuse(key, DestroyReason.RESOURCE_LIMIT, "circuit table full")
         try:
             reply, material = ntor_server(
                 cell.onionskin, self._node_id, self._onion_keys, ephemeral
             )
         except CryptoError as exc:
             return self._refuse(key, DestroyReason.HANDSHAKE_FAILED, str(exc))
+        out: list[CircuitEvent] = []
+        if victim is not None:
+            self.counts["evicted_idle"] += 1
+            idle = now - victim.active_at
+            detail = f"table full: evicted after {idle:.0f} s idle"
+            out += self._remove(victim, DestroyReason.RESOURCE_LIMIT, detail)
         self._serial += 1
         circuit = RelayedCircuit(
-            self._serial, key, cell.depth, HopCrypto(HopKeys.from_material(material))
+            self._serial, key, cell.depth, HopCrypto(HopKeys.from_material(material)), now
         )
         self._by_key[key] = circuit
         self._by_serial[circuit.serial] = circuit
-        self.memory_used += self.limits.circuit_overhead
+        circuit.source = source
+        self.holdings.add(key[0], source)
+        self._track(circuit)
+        self.memory_used += limits.circuit_overhead
         self._queue(key, Created(key[1], reply))
-        return self._evict()
+        return out + self._evict()
 
     def _free_id(self, link: int, *, odd: bool) -> int:
         while True:
@@ -316,9 +374,11 @@ class RelayCore(RelayPath):
             return out
         self._pending.pop(circuit.serial, None)
         self.memory_used -= self.limits.circuit_overhead + circuit.buffered
+        self.holdings.remove(circuit.prev[0], circuit.source)
         for key, notify in ((circuit.prev, notify_prev), (circuit.next, notify_next)):
             if key is not None:
                 self._by_key.pop(key, None)
+                self.strays.ended(key, self.now)
                 if notify:
                     self._queue(key, Destroy(key[1], reason))
         out.append(CircuitDestroyed(circuit.prev[0], circuit.prev[1], reason, detail, local))

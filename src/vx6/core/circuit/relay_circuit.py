@@ -6,6 +6,7 @@ other step with CircuitFailure(PROTOCOL_ERROR), which destroys the circuit.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from enum import auto
 
 from vx6.core.circuit.events import next_state
@@ -49,6 +50,7 @@ class RelayedCircuit:
     state, and the bytes queued for it."""
 
     __slots__ = (
+        "active_at",
         "buffered",
         "crypto",
         "depth",
@@ -57,11 +59,15 @@ class RelayedCircuit:
         "onionskin",
         "prev",
         "prev_header",
+        "seen",
         "serial",
+        "source",
         "state",
     )
 
-    def __init__(self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto) -> None:
+    def __init__(
+        self, serial: int, prev: CircuitKey, depth: int, crypto: HopCrypto, now: float = 0.0
+    ) -> None:
         self.serial = serial
         self.prev = prev
         self.prev_header = relay_header(prev[1])  # starts every RELAY cell sent to prev
@@ -72,6 +78,14 @@ class RelayedCircuit:
         self.state = RelayState.OPEN
         self.onionskin = b""
         self.buffered = 0
+        # Activity without a clock on the data path: the cells through this hop, counted
+        # by its two layer counters, as last seen (`seen`) at `active_at` (relay_idle.py).
+        self.seen = 0
+        self.active_at = now
+        self.source: Hashable = None  # whose creation it counts against (Holdings)
+
+    def cells_counted(self) -> int:
+        return self.crypto.forward.counter + self.crypto.backward.counter
 
     def step(self, event: RelayInput) -> None:
         self.state = next_state(_TRANSITIONS, self.state, event)

@@ -55,6 +55,9 @@ class RelayPath:
     def _failed(self, circuit: RelayedCircuit, exc: Exception) -> list[CircuitEvent]:
         raise NotImplementedError
 
+    def _stray(self, key: CircuitKey) -> list[CircuitEvent]:
+        raise NotImplementedError
+
     def relay_chunk(
         self, link: int, chunk: memoryview, start: int = 0
     ) -> tuple[list[CircuitEvent], int]:
@@ -86,7 +89,7 @@ class RelayPath:
         key = (link, circuit_id)
         circuit = self._by_key.get(key)
         if circuit is None:
-            return []  # late cell for a circuit we already destroyed
+            return self._stray(key)  # late, or for a circuit that never was: counted
         events: list[CircuitEvent] = []
         self._relay(circuit, key == circuit.prev, body, events)
         return events
@@ -129,6 +132,8 @@ class RelayPath:
         if message.command == RelayCommand.EXTENDED:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTENDED from the client")
         circuit.step(RelayInput.FOR_US)
+        if message.command == RelayCommand.KEEPALIVE:
+            return None  # its cell counted as activity at every hop; nothing to deliver
         prev_link, prev_id = circuit.prev
         return StreamMessageReceived(
             prev_link, prev_id, message.command, message.stream_id, message.data

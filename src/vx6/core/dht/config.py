@@ -20,6 +20,9 @@ class DhtConfig:
     drop_after_failures: int = 5  # ... before it is dropped even without a replacement
     refresh_interval: float = 3600.0  # a bucket nobody touched for this long is refreshed
     token_rotation: float = 300.0  # a token stays valid for one to two rotations
+    proof_lifetime: float = 600.0  # a source that proved its address gets full answers
+    proven_sources: int = 8192  # sources remembered as proved
+    peer_tokens: int = 8192  # tokens remembered from responders, echoed in our requests
     housekeeping_interval: float = 30.0
     republish_interval: float = 3600.0  # owners re-store their records this often
     republish_margin: float = 6 * 3600.0  # and ask for a fresh record this long before expiry

@@ -19,10 +19,23 @@ contacts, at most `prefix_cap_answer` per /48 or /24, plus a store token for the
 requester's address), FIND_VALUE (the records held under the key, else as FIND_NODE),
 STORE (a valid token first, then the record rules of `values.check_value`). Every
 refusal is counted in `stats`; refused records are also reported as events.
+
+Anti-amplification (guards.ProvenSources). A source has proved its address if it
+answered a request of ours or echoed a token we issued to its IP (in a FIND or a
+STORE); only then is it admitted to the routing table, and only then may an answer be
+larger than the request that asked for it. An unproved FIND_NODE / FIND_VALUE gets a
+NODES answer cut to the request's size: for a plain 138-byte request that is the token
+and no contacts (123 bytes), which the requester takes as "retry with the token": it
+sends the request once more with the token (`Pending.retried`), is proved, and gets the
+full answer. Our own requests echo the token a responder gave us (guards.PeerTokens),
+so the retry is paid once per responder and token lifetime, and our PINGs are padded
+to the size of any PONG. A spoofed source never sees the token, so it can only ever
+reflect as many bytes as the spoofer sent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +45,7 @@ from enum import Enum
 from vx6.core.dht import events as ev
 from vx6.core.dht.config import DEFAULT_CONFIG, DhtConfig
 from vx6.core.dht.contacts import Address, Contact, normalize_host, prefix_of
-from vx6.core.dht.guards import RateLimiter, TokenIssuer
+from vx6.core.dht.guards import PeerTokens, ProvenSources, RateLimiter, TokenIssuer
 from vx6.core.dht.keys import Credentials
 from vx6.core.dht.routing import Added, RoutingTable
 from vx6.core.dht.values import REASON_FULL, Checked, Held, Outcome, RecordStore
@@ -55,6 +68,8 @@ class Pending:
     purpose: Purpose
     deadline: float
     lookup_id: int = 0
+    build: Callable[[int, bytes], wire.Request] | None = None  # to ask again with a token
+    retried: bool = False
 
 
 class DhtEndpoint:
@@ -75,6 +90,9 @@ class DhtEndpoint:
         self._entropy = entropy
         self._tokens = TokenIssuer(entropy, config.token_rotation, now)
         self._limiter = RateLimiter(config.rate_per_second, config.rate_burst, config.rate_sources)
+        self._proven = ProvenSources(config.proof_lifetime, config.proven_sources)
+        self._peer_tokens = PeerTokens(config.peer_tokens)
+        self._answer_limit: int | None = None  # bytes an answer may take (None: proved)
         self._pending: dict[int, Pending] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._outbox: list[tuple[Address, bytes]] = []
@@ -145,14 +163,24 @@ class DhtEndpoint:
         now: float,
         build: Callable[[int, bytes], wire.Request],
         lookup_id: int = 0,
+        *,
+        retried: bool = False,
     ) -> None:
         txid = int.from_bytes(self._entropy(8), "big")
         while txid in self._pending:
             txid = int.from_bytes(self._entropy(8), "big")
         deadline = now + self.config.request_timeout
-        self._pending[txid] = Pending(address, expected_id, purpose, deadline, lookup_id)
+        pending = Pending(address, expected_id, purpose, deadline, lookup_id, build, retried)
+        self._pending[txid] = pending
         heapq.heappush(self._deadlines, (deadline, txid))
-        self._send(address, build(txid, self.credentials.public))
+        message = build(txid, self.credentials.public)
+        if isinstance(message, wire.FindNode | wire.FindValue) and not message.token:
+            token = self._peer_tokens.token_for(address)
+            if token:
+                message = dataclasses.replace(message, token=token)
+        elif isinstance(message, wire.Ping) and message.padding < wire.PING_PADDING:
+            message = dataclasses.replace(message, padding=wire.PING_PADDING)
+        self._send(address, message)
 
     # --- receiving --------------------------------------------------------------------
 
@@ -187,16 +215,59 @@ class DhtEndpoint:
         if sender.node_id == self.node_id:
             self.stats["own-id"] += 1
             return
-        self._admit(sender, now)
         if pending is None:
-            self._serve(message, sender, now)
+            self._request_received(message, sender, source_key, len(data), now)
             return
+        self._proven.prove(source_key, now)  # it answered what we sent to that address
+        self._admit(sender, now)
         del self._pending[message.txid]
         if pending.expected_id is not None and pending.expected_id != sender.node_id:
             self.stats["wrong-id"] += 1
             self._request_failed(pending, now)
             return
+        if isinstance(message, wire.Nodes | wire.Values):
+            self._peer_tokens.remember(address, message.token)
+            if self._retry_with_token(message, pending, now):
+                return
         self._on_response(message, pending, sender, now)
+
+    def _retry_with_token(self, message: wire.Message, pending: Pending, now: float) -> bool:
+        """An empty NODES to a FIND of ours is what an unproved source gets: ask once
+        more, now with the token (a responder with an empty table costs one more RPC)."""
+        if not isinstance(message, wire.Nodes) or message.contacts or pending.retried:
+            return False
+        if pending.purpose is not Purpose.LOOKUP or pending.build is None:
+            return False
+        self.stats["retried-with-token"] += 1
+        self._request(
+            pending.address,
+            pending.expected_id,
+            pending.purpose,
+            now,
+            pending.build,
+            pending.lookup_id,
+            retried=True,
+        )
+        return True
+
+    def _request_received(
+        self, message: wire.Message, sender: Contact, source_key: str, size: int, now: float
+    ) -> None:
+        """A request: proved sources (keyed like the rate limit: per IP, per IP and port
+        on loopback and the test prefixes) join the table and get full answers."""
+        token = message.token if isinstance(message, wire.FindNode | wire.FindValue) else b""
+        if isinstance(message, wire.Store):
+            token = message.token
+        if token and self._tokens.valid(sender.address[0], token):
+            self._proven.prove(source_key, now)  # it received what we sent to that address
+        proven = self._proven.proven(source_key, now)
+        if proven:
+            self._admit(sender, now)  # never a spoofed address into the table
+        self._answer_limit = None if proven else size
+        try:
+            self._serve(message, sender, now)
+        finally:
+            self._answer_limit = None
 
     def _admit(self, contact: Contact, now: float) -> None:
         if not wire.can_encode_host(contact.address[0]):
@@ -210,21 +281,48 @@ class DhtEndpoint:
     def _serve(self, message: wire.Message, sender: Contact, now: float) -> None:
         me, to = self.credentials.public, sender.address
         if isinstance(message, wire.Ping):
-            self._send(to, wire.Pong(message.txid, me, to[0], to[1]))
+            pong_size = wire.OVERHEAD + wire.contact_size(to[0]) - wire.NODE_ID_LEN
+            if self._answer_limit is not None and pong_size > self._answer_limit:
+                self.stats["unproved-answer-dropped"] += 1  # decided before signing
+                return
+            self._answer(to, wire.Pong(message.txid, me, to[0], to[1]))
         elif isinstance(message, wire.FindNode | wire.FindValue):
             token = self._tokens.issue(to[0])
             if isinstance(message, wire.FindValue):
                 records = self._fitting(self.store.live(message.target, now))
-                if records:
-                    self._send(to, wire.Values(message.txid, me, token, records))
+                if records and self._answer_limit is None:
+                    self._answer(to, wire.Values(message.txid, me, token, records))
                     return
             contacts = self._answer_contacts(message.target, sender.node_id)
-            self._send(to, wire.Nodes(message.txid, me, token, contacts))
+            if self._answer_limit is not None:
+                contacts = self._cut_to_fit(contacts, self._answer_limit)
+            self._answer(to, wire.Nodes(message.txid, me, token, contacts))
         elif isinstance(message, wire.Store):
             status, reason = self._accept_store(message, sender, now)
-            self._send(to, wire.Stored(message.txid, me, status, reason))
+            self._answer(to, wire.Stored(message.txid, me, status, reason))
         else:
             self.stats["unexpected"] += 1
+
+    def _answer(self, to: Address, message: wire.Message) -> None:
+        """Send an answer, unless it would be larger than the unproved request."""
+        data = wire.encode_message(message, self.credentials.sign)
+        if self._answer_limit is not None and len(data) > self._answer_limit:
+            self.stats["unproved-answer-dropped"] += 1
+            return
+        self._outbox.append((to, data))
+
+    def _cut_to_fit(
+        self, contacts: tuple[wire.WireContact, ...], limit: int
+    ) -> tuple[wire.WireContact, ...]:
+        size, count = wire.NODES_BASE, 0
+        for contact in contacts:
+            size += wire.contact_size(contact.host)
+            if size > limit:
+                break
+            count += 1
+        if count < len(contacts):
+            self.stats["unproved-answer-cut"] += 1
+        return contacts[:count]
 
     def _answer_contacts(self, target: bytes, requester: bytes) -> tuple[wire.WireContact, ...]:
         k = self.config.k
