@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 
 from vx6.client import ClientSide
-from vx6.config import ServiceConfig
+from vx6.config import NodeConfig, ServiceConfig
 from vx6.core.names import parse_service_address
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity
@@ -56,7 +56,7 @@ def count_queries(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def sides(reg: Registry) -> tuple[ClientSide, OwnerSide]:
-    node: Any = SimpleNamespace(registry=reg)
+    node: Any = SimpleNamespace(registry=reg, config=NodeConfig(), count=lambda _: None)
     node.client = ClientSide(node)
     return node.client, OwnerSide(node)
 

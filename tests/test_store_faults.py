@@ -316,10 +316,13 @@ class PausingLink:
         self.room = room
         self.sent: list[bytes] = []
 
-    def send_records(self, records: list[bytes]) -> None:
+    def send_records(self, records: list[bytes]) -> bool:
+        if self.paused:
+            return False  # as LinkProtocol.send_records: nothing goes out while paused
         self.sent += records
         if len(self.sent) >= self.room:
             self.paused = True
+        return True
 
 
 def test_a_dump_stops_while_the_link_is_paused_and_goes_on_when_it_resumes(node: Node) -> None:

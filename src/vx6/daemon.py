@@ -133,12 +133,13 @@ class Node(LinkOwner):
                 tg.create_task(self.pool.maintain_loop())
                 tg.create_task(self._ratelog_loop())
                 log.info(
-                    "node %s (%s) listening on %s",
+                    "node %s (%s) listening on %s; open-file limit %d",
                     self.name or "-",
                     self.fingerprint,
                     ", ".join(
                         f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.listen_addresses
                     ),
+                    resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 )
                 if ready is not None:
                     ready.set()
@@ -408,7 +409,7 @@ def raise_fd_limit() -> int:
             soft = wanted
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
-    log.info("open-file limit: %d (hard %s)", soft, "unlimited" if hard < 0 else hard)
+    # Logged once the node runs (Node.run): a home refused at start says one line only.
     return soft
 
 
