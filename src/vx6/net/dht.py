@@ -161,7 +161,9 @@ class DhtService(asyncio.DatagramProtocol):
     def _send_queued(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             for (host, port), payload in self.node.datagrams_to_send():
-                with contextlib.suppress(OSError):
+                # ValueError: uvloop's word for an address of the other family (an IPv4
+                # contact while we are bound to ::1), which a peer can hand us.
+                with contextlib.suppress(OSError, ValueError):
                     self.transport.sendto(payload, (self._wire_host(host), port))
 
     def _wire_host(self, host: str) -> str:
