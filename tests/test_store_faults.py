@@ -26,13 +26,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vx6.config import NodeConfig
+from vx6.config import NodeConfig, load_config
 from vx6.core.dht.contacts import Contact
 from vx6.core.records import make_record
 from vx6.core.sync import DUMP_BATCH, DUMPS_BURST, SYNC_DUMP_LIMIT
 from vx6.crypto.keys import Identity
 from vx6.daemon import Node
-from vx6.errors import RecordRejected
+from vx6.errors import RecordRejected, UsageError
 from vx6.home import Home
 from vx6.store import LocalService, Registry, RegistryWriteError
 from vx6.store_bounds import RegistryLimits
@@ -361,3 +361,20 @@ def test_dumps_beyond_the_shared_budget_wait_for_a_later_reconcile(node: Node) -
     node.records.start_sync(again)  # type: ignore[arg-type]
     assert again.sent == [] and node.counters["sync_dumps_refused"] == 1
     node.registry.close()
+
+
+def test_registry_limits_come_from_the_config_file_and_reach_the_registry(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    assert load_config(path).registry_limits is None  # then VX6_REGISTRY_* or the defaults
+    path.write_text("[registry_limits]\nmax_records = 50\nmax_per_signer = 4\n")
+    cfg = load_config(path)
+    assert cfg.registry_limits == RegistryLimits(max_records=50, max_per_signer=4)
+    assert cfg.with_flags(NodeConfig()).registry_limits == cfg.registry_limits
+    for bad in ("max_records = 0", "max_records = true", "max_recs = 5"):
+        path.write_text(f"[registry_limits]\n{bad}\n")
+        with pytest.raises(UsageError, match="registry_limits"):
+            load_config(path)
+    with Registry(tmp_path / "r.sqlite", cfg.registry_limits) as reg:
+        assert reg.limits.max_records == 50

@@ -39,6 +39,12 @@ Example:
     # links_per_key = 4            # inbound links from one identity key
     # per_port_networks = ["127.0.0.0/8", "::1/128", "fd76:7836::/48", "198.18.0.0/15"]
 
+    [registry_limits]              # the SQLite registry's caps (vx6/store_bounds.py)
+    # max_records = 20000          # records held; strangers' evicted first, ours never
+    # max_bytes = 33554432         # bytes of record blobs
+    # max_per_signer = 256         # records one key may hold
+    # max_peers = 2000             # remembered peer addresses
+
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
 registry and merge with those declared here (the file wins on a name clash).
 """
@@ -54,6 +60,7 @@ from vx6.core.admission import AdmissionLimits
 from vx6.core.names import parse_service_address, validate_label
 from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
+from vx6.store_bounds import RegistryLimits
 
 DEFAULT_PORT = 4242
 MAX_RELAYS = 5  # relays on one circuit; the exit makes the sixth hop (docs/circuits.md)
@@ -120,6 +127,7 @@ class NodeConfig:
     owner_limits: OwnerLimits = field(default_factory=OwnerLimits)
     link_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     circuit_idle_timeout: float = CIRCUIT_IDLE_TIMEOUT
+    registry_limits: RegistryLimits | None = None  # None: VX6_REGISTRY_* or the defaults
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -137,6 +145,7 @@ class NodeConfig:
             owner_limits=self.owner_limits,  # the file only
             link_limits=self.link_limits,  # the file only
             circuit_idle_timeout=self.circuit_idle_timeout,  # the file only
+            registry_limits=self.registry_limits,  # the file only
         )
 
 
@@ -211,20 +220,33 @@ def _seconds(value: Any, what: str, bounds: tuple[float, float]) -> float:
     return float(value)
 
 
-def _owner_limits(value: Any) -> OwnerLimits:
+def _int_table(value: Any, what: str, known: set[str], high: int) -> dict[str, int]:
+    """A table of positive integer settings, every key one of `known`."""
     if not isinstance(value, dict):
-        raise UsageError("config: owner_limits must be a table")
-    unknown = set(value) - set(OwnerLimits.__dataclass_fields__)
+        raise UsageError(f"config: {what} must be a table")
+    unknown = set(value) - known
     if unknown:
-        raise UsageError(f"config: owner_limits: unknown key {sorted(unknown)[0]!r}")
-    low, high = OWNER_LIMIT_RANGE
+        raise UsageError(f"config: {what}: unknown key {sorted(unknown)[0]!r}")
     limits: dict[str, int] = {}
     for key, raw in value.items():
-        number = _int(raw, f"owner_limits.{key}")
-        if not low <= number <= high:
-            raise UsageError(f"config: owner_limits.{key} must be from {low} to {high}")
+        number = _int(raw, f"{what}.{key}")
+        if not 1 <= number <= high:
+            raise UsageError(f"config: {what}.{key} must be from 1 to {high}")
         limits[key] = number
-    return OwnerLimits(**limits)
+    return limits
+
+
+def _owner_limits(value: Any) -> OwnerLimits:
+    known = set(OwnerLimits.__dataclass_fields__)
+    return OwnerLimits(**_int_table(value, "owner_limits", known, OWNER_LIMIT_RANGE[1]))
+
+
+def _registry_limits(value: Any) -> RegistryLimits | None:
+    """None when the file sets none: then the environment's or the defaults apply."""
+    if value is None:
+        return None
+    known = set(RegistryLimits.__dataclass_fields__)
+    return RegistryLimits(**_int_table(value, "registry_limits", known, 1 << 40))
 
 
 def _link_limits(value: Any) -> AdmissionLimits:
@@ -274,6 +296,7 @@ def load_config(path: Path) -> NodeConfig:
     )
     cfg.owner_limits = _owner_limits(data.get("owner_limits", {}))
     cfg.link_limits = _link_limits(data.get("link_limits", {}))
+    cfg.registry_limits = _registry_limits(data.get("registry_limits"))
     cfg.circuit_idle_timeout = _seconds(
         data.get("circuit_idle_timeout", CIRCUIT_IDLE_TIMEOUT),
         "circuit_idle_timeout",

@@ -74,7 +74,7 @@ class Node(LinkOwner):
         self.link_key = home.link_key()
         self.onion_keys = home.onion_keys(time.time())
         self.onion_key = self.onion_keys[0]
-        self.registry = Registry(home.registry_path)
+        self.registry = Registry(home.registry_path, self.config.registry_limits)
         if self.config.name:
             # A full disk degrades the node (the registry logs it); it does not stop it.
             with contextlib.suppress(RegistryWriteError):

@@ -11,9 +11,9 @@ few hundred records rather than one per record.
 Eviction goes by trust: first records learnt from strangers (DHT, peer sync) whose
 signer is not pinned, oldest received first; then records of pinned keys, oldest first;
 never the node's own records (source "self"). The peers table is capped too, the least
-recently seen going first. Limits come from the environment (VX6_REGISTRY_MAX_RECORDS,
-VX6_REGISTRY_MAX_BYTES, VX6_REGISTRY_MAX_PER_SIGNER, VX6_REGISTRY_MAX_PEERS) or the
-caller.
+recently seen going first. Limits come from `[registry_limits]` in config.toml, else the
+environment (VX6_REGISTRY_MAX_RECORDS, VX6_REGISTRY_MAX_BYTES, VX6_REGISTRY_MAX_PER_SIGNER,
+VX6_REGISTRY_MAX_PEERS), else the defaults below.
 """
 
 from __future__ import annotations
