@@ -12,6 +12,8 @@ from vx6.core.sync import (
     MAX_DUMP_KEYS,
     RECORDS_BURST,
     RECORDS_PER_SECOND,
+    STRANGER_RECORDS_BURST,
+    STRANGER_RECORDS_PER_SECOND,
     DumpLimiter,
     Neighbour,
     RateBudget,
@@ -74,3 +76,47 @@ def test_dump_grants_are_bounded_per_key_and_in_total(steps: list[tuple[float, i
         assert key not in last or at - last[key] >= DUMP_INTERVAL
         last[key] = at
     assert len(limiter.last) <= MAX_DUMP_KEYS
+
+
+def test_fresh_neighbours_share_one_budget_for_strangers() -> None:
+    """A new link is a new neighbour with a full bucket: without the shared budget, 50
+    fresh keys on 50 links would get 50 bursts of records checked and written."""
+    now = 1000.0
+    strangers = RateBudget.full(STRANGER_RECORDS_PER_SECOND, STRANGER_RECORDS_BURST, now)
+    accepted = 0
+    for _ in range(50):
+        neighbour = Neighbour.new(now)
+        for _ in range(100):
+            if neighbour.accept_inbound(60, now, strangers):
+                accepted += 60
+    assert accepted <= STRANGER_RECORDS_BURST
+    # A trusted neighbour (a configured peer) is held only by its own bucket.
+    trusted = Neighbour.new(now)
+    assert trusted.accept_inbound(60, now, None)
+    # And the strangers' budget refills at its rate.
+    later = now + 1.0
+    assert Neighbour.new(later).accept_inbound(60, later, strangers)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 20), st.integers(1, 60), st.floats(0, 0.5)),
+        max_size=200,
+    )
+)
+def test_strangers_never_get_more_than_the_shared_rate(
+    frames: list[tuple[int, int, float]],
+) -> None:
+    now = 0.0
+    strangers = RateBudget.full(STRANGER_RECORDS_PER_SECOND, STRANGER_RECORDS_BURST, now)
+    neighbours: dict[int, Neighbour] = {}
+    accepted = 0
+    for who, count, gap in frames:
+        now += gap
+        neighbour = neighbours.setdefault(who, Neighbour.new(now))
+        before = (neighbour.inbound.tokens, strangers.tokens)
+        if neighbour.accept_inbound(count, now, strangers):
+            accepted += count
+        else:  # a refusal spends from neither bucket
+            assert neighbour.inbound.tokens >= before[0] - 1e-9
+    assert accepted <= STRANGER_RECORDS_BURST + now * STRANGER_RECORDS_PER_SECOND + 1e-6

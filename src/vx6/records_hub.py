@@ -31,9 +31,12 @@ from vx6.core.sync import (
     DUMP_BATCH,
     RECONCILE_BATCH,
     RECONCILE_EVERY,
+    STRANGER_RECORDS_BURST,
+    STRANGER_RECORDS_PER_SECOND,
     SYNC_DUMP_LIMIT,
     DumpLimiter,
     Neighbour,
+    RateBudget,
 )
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, RecordRejected
@@ -53,6 +56,10 @@ class RecordHub:
         self.node = node
         self.neighbours: dict[LinkProtocol, Neighbour] = {}
         self.dumps = DumpLimiter.new(time.time())
+        # Shared by every neighbour we have no reason to trust (core/sync.py).
+        self.strangers = RateBudget.full(
+            STRANGER_RECORDS_PER_SECOND, STRANGER_RECORDS_BURST, time.time()
+        )
 
     async def lookup(self, target: bytes) -> bool:
         """Ask the DHT for the records under `target` and store what passes the rules
@@ -154,8 +161,17 @@ class RecordHub:
     def received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
         if link not in self.neighbours:
             self.start_sync(link)  # the dialler asked to sync: answer in kind
-        if not self.neighbours[link].accept_inbound(len(records), time.time()):
+        key = link.peer_identity
+        shared = None if key is not None and self.node.trusted(key) else self.strangers
+        if not self.neighbours[link].accept_inbound(len(records), time.time(), shared):
             self.node.count("records_dropped_rate_limit")
+            RATELOG.info(
+                log,
+                "records-over-budget",
+                "dropped %d records from %s: over its sync budget",
+                len(records),
+                _source(link),
+            )
             return
         fresh = self.accept(records, source=_source(link))
         if fresh:

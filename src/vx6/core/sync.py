@@ -9,6 +9,14 @@ neighbour, so a flood from one peer costs us a bounded amount of work and a burs
 changes here costs each neighbour a bounded amount of bandwidth; what does not fit now
 waits for the next reconcile rather than growing a queue.
 
+Fresh keys are free, so a per-neighbour bucket alone bounds nothing: an attacker opens
+link after link, each with a full bucket. Every record from a neighbour the node has no
+reason to trust (not a configured peer, pinned owner or allow-listed client) also spends
+from one bucket all strangers share (`STRANGER_RECORDS_PER_SECOND`), so checking
+signatures and writing the registry costs a bounded share of the node's CPU whatever the
+number of links. What is over budget is dropped before it is decoded; peer sync repairs
+honest losses (reconcile, republish) and the DHT is the fallback.
+
 A full dump is the expensive answer (up to SYNC_DUMP_LIMIT records for a 2-byte
 request), so `DumpLimiter` grants one per peer key per DUMP_INTERVAL and at most
 DUMPS_BURST at once for all keys together (refilled at DUMPS_PER_SECOND). A key that had
@@ -33,6 +41,10 @@ DUMP_INTERVAL = 60.0  # one dump per peer key per this many seconds
 DUMPS_BURST = 30.0  # dumps for all peers together: at most this many at once,
 DUMPS_PER_SECOND = 0.5  # refilled at this rate
 MAX_DUMP_KEYS = 4096  # peer keys remembered for DUMP_INTERVAL
+# All untrusted neighbours together: ~150 us of signature check and registry write per
+# record, so at most ~6 % of a core at the full rate.
+STRANGER_RECORDS_PER_SECOND = 400.0
+STRANGER_RECORDS_BURST = 2000.0  # one neighbour's full dump fits
 
 
 @dataclass
@@ -50,13 +62,17 @@ class RateBudget:
 
     def take(self, n: float, now: float) -> bool:
         """Spend `n` tokens if there are that many; refill for the time since last use."""
-        if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-        if n > self.tokens:
+        if not self.can_take(n, now):
             return False
         self.tokens -= n
         return True
+
+    def can_take(self, n: float, now: float) -> bool:
+        """Whether `n` tokens are there now (refilled, none spent)."""
+        if now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+        return n <= self.tokens
 
 
 @dataclass
@@ -78,9 +94,17 @@ class Neighbour:
             now,
         )
 
-    def accept_inbound(self, count: int, now: float) -> bool:
-        """May we process `count` records from this neighbour now?"""
-        return self.inbound.take(count, now)
+    def accept_inbound(self, count: int, now: float, strangers: RateBudget | None = None) -> bool:
+        """May we process `count` records from this neighbour now? `strangers` is the
+        budget all untrusted neighbours share (None for a trusted one); both must allow
+        it, and neither is spent unless both do."""
+        if strangers is not None and not strangers.can_take(count, now):
+            return False
+        if not self.inbound.take(count, now):
+            return False
+        if strangers is not None:
+            strangers.take(count, now)
+        return True
 
     def may_push(self, count: int, now: float) -> bool:
         """May we push `count` records to this neighbour now? If not, the next reconcile
