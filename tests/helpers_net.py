@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vx6.errors import StreamError
 from vx6.localnet import LocalNode
+from vx6.net.link import LinkProtocol
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
@@ -430,3 +432,30 @@ def stderr_line(result: Any) -> str:
     lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
     return lines[0]
+
+
+class RawPeer:
+    """The smallest LinkOwner, for a test that speaks to a node as a bare peer: it
+    serves no stream, keeps nothing, and remembers how its links closed. Tests that want
+    more (the records a node sent, a future for the close) override a method."""
+
+    def __init__(self) -> None:
+        self.closes: list[tuple[int, str, bool]] = []
+
+    def link_established(self, link: LinkProtocol) -> None:
+        pass
+
+    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
+        self.closes.append((code, reason, by_peer))
+
+    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
+        link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, "a raw peer serves nothing")
+
+    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        pass
+
+    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
+        pass
+
+    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
+        pass

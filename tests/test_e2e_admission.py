@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from helpers_net import RawPeer
 from vx6.crypto.keys import Identity, StaticKey, key_to_text
 from vx6.errors import LinkError
 from vx6.localnet import LocalNet, LocalNode, wait_for
@@ -39,25 +40,10 @@ def net() -> Iterator[LocalNet]:
         yield local
 
 
-class Quiet:
+class Quiet(RawPeer):
     """The smallest LinkOwner: a client that only holds its link open."""
 
-    def link_established(self, link: LinkProtocol) -> None:
-        pass
-
-    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
-        pass
-
     def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
-        pass
-
-    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
-        pass
-
-    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
-        pass
-
-    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
         pass
 
 

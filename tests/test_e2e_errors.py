@@ -22,6 +22,7 @@ import pytest
 
 from conftest import Trio, knows_owner, start_trio
 from helpers_net import (
+    RawPeer,
     TCPServer,
     closed_port,
     connect,
@@ -40,7 +41,7 @@ from helpers_net import (
 )
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity, StaticKey, key_to_text
-from vx6.errors import CloseCode, StreamError
+from vx6.errors import CloseCode
 from vx6.localnet import LocalNet, LocalNode, wait_for
 from vx6.net.addresses import parse_endpoint
 from vx6.net.link import LinkProtocol, dial
@@ -195,7 +196,7 @@ def test_forward_whose_owner_stops_closes_the_local_connection(errnet: Trio) -> 
 
 
 # ---------------------------------------------------------------- a hostile peer's link
-class StubOwner:
+class StubOwner(RawPeer):
     """The smallest LinkOwner: remembers the node's records answer and the close."""
 
     def __init__(self) -> None:
@@ -203,15 +204,9 @@ class StubOwner:
         self.records: asyncio.Future[tuple[bytes, ...]] = loop.create_future()
         self.closed: asyncio.Future[tuple[int, str, bool]] = loop.create_future()
 
-    def link_established(self, link: LinkProtocol) -> None:
-        pass
-
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         if not self.closed.done():
             self.closed.set_result((code, reason, by_peer))
-
-    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
-        link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, "stub")
 
     def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
         if not self.records.done():

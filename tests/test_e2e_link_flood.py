@@ -9,8 +9,8 @@ import asyncio
 import os
 import time
 
+from helpers_net import RawPeer
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import StreamError
 from vx6.localnet import LocalNet, wait_for
 from vx6.net.addresses import parse_endpoint
 from vx6.net.link import LinkProtocol, dial
@@ -20,30 +20,15 @@ FLOOD_LIMIT = 64 * 1024 * 1024  # bytes of PINGs at most
 FLOOD_SECONDS = 20.0
 
 
-class StubOwner:
+class StubOwner(RawPeer):
     def __init__(self) -> None:
         self.closed: asyncio.Future[tuple[int, str, bool]] = (
             asyncio.get_running_loop().create_future()
         )
 
-    def link_established(self, link: LinkProtocol) -> None:
-        pass
-
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         if not self.closed.done():
             self.closed.set_result((code, reason, by_peer))
-
-    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
-        link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, "stub")
-
-    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
-        pass
-
-    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
-        pass
-
-    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
-        pass
 
 
 async def _dial(host: str, port: int) -> tuple[LinkProtocol, StubOwner]:

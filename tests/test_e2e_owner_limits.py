@@ -18,6 +18,7 @@ import pytest
 
 from conftest import knows_owner
 from helpers_net import (
+    RawPeer,
     TCPServer,
     connect,
     counters,
@@ -38,28 +39,6 @@ from vx6.net.link import LinkProtocol, dial
 pytestmark = pytest.mark.timeout(90)
 
 BOUND = 20.0  # every wait here is bounded by this
-
-
-class Peer:
-    """The smallest LinkOwner for a raw peer: it opens streams, it serves none."""
-
-    def link_established(self, link: LinkProtocol) -> None:
-        pass
-
-    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
-        pass
-
-    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
-        link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, "a raw peer serves nothing")
-
-    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
-        pass
-
-    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
-        pass
-
-    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
-        pass
 
 
 class Answer:
@@ -97,7 +76,7 @@ async def raw_link(node: LocalNode) -> LinkProtocol:
     """A link to `node` under a freshly generated identity, as any stranger can make."""
     host, port = parse_endpoint(node.listen)
     return await dial(
-        Peer(), host, port, identity=Identity(os.urandom(32)), link_key=StaticKey(os.urandom(32))
+        RawPeer(), host, port, identity=Identity(os.urandom(32)), link_key=StaticKey(os.urandom(32))
     )
 
 

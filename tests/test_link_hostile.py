@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import vx6.core.handshake as handshake_mod
 import vx6.net.link as link_mod
 import vx6.net.link_memory as memory_mod
+from helpers_net import RawPeer
 from vx6.core.handshake import LinkHandshake
 from vx6.core.link import Link, LinkConfig
 from vx6.crypto.keys import Identity, StaticKey
@@ -273,7 +274,7 @@ def test_an_honest_keepalive_rate_is_never_limited() -> None:
 # --- the adapter on an event loop ------------------------------------------------------
 
 
-class Owner:
+class Owner(RawPeer):
     def __init__(self) -> None:
         self.closed: list[tuple[int, str, bool]] = []
         self.established: list[LinkProtocol] = []
@@ -283,18 +284,6 @@ class Owner:
 
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         self.closed.append((code, reason, by_peer))
-
-    def stream_requested(self, link: LinkProtocol, sid: int, service: str, flags: int) -> None:
-        link.reject_stream(sid, 1, "no")  # type: ignore[arg-type]
-
-    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
-        pass
-
-    def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:
-        pass
-
-    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
-        pass
 
 
 class FakeTransport:
