@@ -86,8 +86,8 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class OwnerLimits:
-    """What clients may make the owner side hold (docs/security.md, "Resource bounds:
-    owner streams"): streams to this node's services and connections to their targets
+    """What clients may make the owner side hold (docs/security.md, "Resource bounds",
+    "Owner streams"): streams to this node's services and connections to their targets
     still being set up, node-wide and per client key (an anonymous circuit client counts
     per circuit)."""
 
