@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import resource
 import signal
@@ -42,6 +41,7 @@ from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError, StreamFailed, VX6Error
 from vx6.home import Home
+from vx6.host import raise_fd_limit, tune_allocator
 from vx6.link_table import LinkTable, TrustedKeys
 from vx6.net import eventloop, ratelog
 from vx6.net.accept import listen_socket, serve_links
@@ -397,38 +397,9 @@ class _Stopping(Exception):
     pass
 
 
-def raise_fd_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (every link,
-    forwarded connection and target connection is a descriptor; the usual soft limit of
-    1024 would end the node's links long before its link table does). Returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if wanted > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
-    # Logged once the node runs (Node.run): a home refused at start says one line only.
-    return soft
-
-
-def _tune_allocator() -> None:
-    """Keep glibc from handing every large short-lived buffer (encrypted frames, socket
-    reads) back to the kernel and faulting it in again on the next one: on the data path
-    that page-fault churn cost more than the encryption. Bounded: at most 32 MiB of freed
-    memory is kept."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 32 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: the defaults are merely slower
-
-
 def run_node(home: Path | None, cli: NodeConfig) -> int:
     exit_with_parent()
-    _tune_allocator()
+    tune_allocator()
     raise_fd_limit()
     node = Node(Home(home), cli)
     eventloop.run(node.run())  # uvloop when installed; VX6_EVENT_LOOP=asyncio forces stdlib
