@@ -43,7 +43,8 @@ from enum import IntEnum
 from functools import lru_cache
 
 from vx6.errors import DecodeError
-from vx6.wire.endpoint import pack_endpoint, parse_ip, unpack_endpoint
+from vx6.wire.endpoint import pack_endpoint, parse_ip
+from vx6.wire.reader import Reader
 
 MAX_DATAGRAM = 1232
 VERSION = 1
@@ -311,37 +312,10 @@ def encode_message(message: Message, sign: Sign) -> bytes:
 # --- decoding -----------------------------------------------------------------------
 
 
-class _Reader:
-    """Bounds-checked cursor over the body: every read past the end is a DecodeError."""
+class _Reader(Reader):
+    """The DHT's fields on the shared cursor (wire/reader.py)."""
 
-    __slots__ = ("_data", "_end", "_pos")
-
-    def __init__(self, data: bytes, start: int, end: int) -> None:
-        self._data = data
-        self._pos = start
-        self._end = end
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > self._end:
-            raise DecodeError("DHT message truncated")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def u8(self) -> int:
-        if self._pos >= self._end:
-            raise DecodeError("DHT message truncated")
-        value = self._data[self._pos]
-        self._pos += 1
-        return value
-
-    def u16(self) -> int:
-        return int(_U16.unpack(self.take(2))[0])
-
-    def endpoint(self) -> tuple[str, int]:
-        host, port, self._pos = unpack_endpoint(self._data, self._pos, self._end)
-        return host, port
+    __slots__ = ()
 
     def contact(self) -> WireContact:
         node_id = self.take(NODE_ID_LEN)
@@ -354,22 +328,18 @@ class _Reader:
             raise DecodeError(f"value length {length} is outside 1..{MAX_VALUE_LEN}")
         return self.take(length)
 
-    def finish(self) -> None:
-        if self._pos != self._end:
-            raise DecodeError("trailing bytes in DHT message")
-
     def padding(self) -> int:
         """The rest of the body, which must be zero bytes; returns its length."""
-        rest = self.take(self._end - self._pos)
+        rest = self.take(self.left())
         if rest.count(0) != len(rest):
             raise DecodeError("padding in DHT message is not zero")
         return len(rest)
 
     def find_extension(self) -> tuple[bytes, int]:
         """(token, padding) after a FIND's target."""
-        if self._pos == self._end:
+        if self.left() == 0:
             return b"", 0
-        if self._end - self._pos < TOKEN_LEN:
+        if self.left() < TOKEN_LEN:
             raise DecodeError("FIND extension shorter than a token")
         token = self.take(TOKEN_LEN)
         padding = self.padding()
@@ -430,7 +400,7 @@ def decode_message(data: bytes) -> SignedMessage:
     if version != VERSION:
         raise DecodeError(f"unsupported DHT version {version}")
     body_end = size - SIGNATURE_LEN
-    reader = _Reader(data, HEADER_LEN, body_end)
+    reader = _Reader(data, "DHT message", HEADER_LEN, body_end)
     message = _decode_body(kind, txid, sender, reader)
     reader.finish()
     return SignedMessage(message, SIGNING_DOMAIN + data[:body_end], data[body_end:])

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from vx6.errors import DecodeError
-from vx6.wire.endpoint import pack_endpoint, parse_ip, unpack_endpoint
+from vx6.wire.endpoint import pack_endpoint, parse_ip
+from vx6.wire.reader import Reader
 
 MAGIC = b"VX6R"
 VERSION = 1
@@ -288,32 +289,10 @@ def decode_record(data: bytes) -> Record:
     return Record(kind, bytes(signer), seq, issued, expires, body, signature)
 
 
-class _Reader:
-    """Bounds-checked cursor: every read past the end is a DecodeError."""
+class _Reader(Reader):
+    """The records' fields on the shared cursor (wire/reader.py)."""
 
-    __slots__ = ("_data", "_pos", "_what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._pos = 0
-        self._what = what
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._data):
-            raise DecodeError(f"{self._what} truncated")
-        chunk = bytes(self._data[self._pos : end])
-        self._pos = end
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def u64(self) -> int:
-        return int.from_bytes(self.take(8), "big")
+    __slots__ = ()
 
     def label(self, what: str) -> str:
         length = self.u8()
@@ -324,14 +303,9 @@ class _Reader:
             raise DecodeError(f"{what} is not a canonical label")
         return raw.decode("ascii")
 
-    def finish(self) -> None:
-        if self._pos != len(self._data):
-            raise DecodeError(f"trailing bytes after {self._what}")
-
-
-def _read_endpoint(reader: _Reader) -> Endpoint:
-    host, port, reader._pos = unpack_endpoint(reader._data, reader._pos)
-    return Endpoint(host, port)
+    def endpoint_field(self) -> Endpoint:
+        host, port = self.endpoint()
+        return Endpoint(host, port)
 
 
 def decode_body(kind: Kind, data: bytes) -> Body:
@@ -345,7 +319,7 @@ def decode_body(kind: Kind, data: bytes) -> Body:
         count = reader.u8()
         if count > MAX_ADDRESSES:
             raise DecodeError(f"node record lists {count} addresses, more than {MAX_ADDRESSES}")
-        addresses = tuple(_read_endpoint(reader) for _ in range(count))
+        addresses = tuple(reader.endpoint_field() for _ in range(count))
         reader.finish()
         return NodeBody(link_key, onion_key, addresses, capabilities)
     if kind == Kind.NAME_CLAIM:
