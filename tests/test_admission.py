@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from vx6.config import load_config
 from vx6.core.admission import AdmissionLimits, AdmissionTable, Admit, Refuse
 from vx6.errors import UsageError
-from vx6.link_table import TrustedKeys
+from vx6.link_table import LinkTable, TrustedKeys
 from vx6.store import Registry
 
 SMALL = AdmissionLimits(
@@ -350,3 +350,22 @@ class AdmissionMachine(RuleBasedStateMachine):
 
 AdmissionMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=80)
 test_admission_machine = AdmissionMachine.TestCase
+
+
+def test_a_link_that_carries_circuits_is_busy_and_not_evicted() -> None:
+    """The node's link table asks the circuit router too: a relay's neighbour with no
+    stream but circuits through it is not an idle link."""
+
+    class Core:
+        streams: dict[int, object] = {}
+
+    class Link:
+        core = Core()
+
+    with_circuits, without = Link(), Link()
+    links = LinkTable(
+        AdmissionLimits(), lambda _: None, lambda _: False, lambda link: link is with_circuits
+    )
+    links._links = {1: with_circuits, 2: without}  # type: ignore[dict-item]
+    assert links._busy(1)
+    assert not links._busy(2)

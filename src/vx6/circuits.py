@@ -125,6 +125,10 @@ class CircuitRouter(RouterUpkeep):
         else:
             self._writers.pop(lid, None)
 
+    def carries_circuits(self, link: LinkProtocol) -> bool:
+        lid = self._ids.get(link)
+        return lid is not None and self.core.holdings.by_link.get(lid, 0) > 0
+
     def link_closed(self, link: LinkProtocol) -> None:
         lid = self._ids.pop(link, None)
         if lid is None:

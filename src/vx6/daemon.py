@@ -97,7 +97,9 @@ class Node(LinkOwner):
         self._listeners: list[socket.socket] = []
         self.trusted = TrustedKeys(self.registry, self._allow_lists)
         self.trusted.remember_peers(self.config.peers)
-        self.link_table = LinkTable(self.config.link_limits, self.count, self.trusted)
+        self.link_table = LinkTable(
+            self.config.link_limits, self.count, self.trusted, self.circuits.carries_circuits
+        )
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
 

@@ -68,8 +68,10 @@ class LinkTable:
         limits: AdmissionLimits,
         count: Callable[[str], None],
         is_trusted: Callable[[bytes], bool],
+        carries_circuits: Callable[[LinkProtocol], bool] = lambda _: False,
     ) -> None:
         self.admission: AdmissionTable[int] = AdmissionTable(limits, self._busy)
+        self._carries_circuits = carries_circuits
         self._count = count
         self._is_trusted = is_trusted
         self._ids: dict[LinkProtocol, int] = {}
@@ -134,8 +136,10 @@ class LinkTable:
         return self._next_id
 
     def _busy(self, number: int) -> bool:
+        # Busy: it carries a stream, or circuits this node relays or ends (an idle-looking
+        # link of a relay's neighbour must not be evicted under its circuits).
         link = self._links.get(number)
-        return link is not None and len(link.core.streams) > 0
+        return link is not None and (len(link.core.streams) > 0 or self._carries_circuits(link))
 
     def _refused(self, reason: str, who: str) -> None:
         self._count("links_refused_" + reason.replace("-", "_"))
