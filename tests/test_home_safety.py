@@ -168,3 +168,23 @@ def test_a_read_only_home_is_one_line_at_start(tmp_path: Path) -> None:
         assert_one_line_refusal(vx6(home, "run", "--listen", "[::1]:0"), "read-only file system")
         assert_one_line_refusal(vx6(home, "status"), "no node is running")
         assert_one_line_refusal(vx6(home, "id"), "read-only file system")
+
+
+def test_commands_for_the_node_refuse_a_home_or_socket_another_user_could_replace(
+    tmp_path: Path,
+) -> None:
+    """`vx6 status` and the other commands that talk to the node send their request,
+    and trust the answer, through the home's control socket: not through one that
+    another user could have planted."""
+    home = tmp_path / "h"
+    home.mkdir(mode=0o700)
+    (home / "control.sock").write_text("not a socket")  # planted, say, by an earlier owner
+    assert_one_line_refusal(vx6(home, "status"), "unsafe control socket")
+    (home / "control.sock").unlink()
+    home.chmod(0o777)
+    assert_one_line_refusal(vx6(home, "status"), "other users can write it")
+    assert_one_line_refusal(vx6(home, "nc", "alice.ssh"), "other users can write it")
+    home.chmod(0o700)
+    # A safe home without a node: the usual message.
+    result = vx6(home, "status")
+    assert result.returncode == 1 and "no node is running" in result.stderr

@@ -232,7 +232,7 @@ def _init_or_id(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]:
     from vx6.net.control import request
 
-    reply = request(_home(args).control_path, message)
+    reply = request(_home(args).safe_control_path(), message)
     if not reply.get("ok"):
         code = reply.get("code")
         raise VX6Error(str(reply.get("error")) + (f" [{code}]" if code else ""))
@@ -316,7 +316,7 @@ def _nc(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     target = args.service + (f"@{args.via}" if args.via else "")
-    path = _home(args).control_path
+    path = _home(args).safe_control_path()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))

@@ -146,6 +146,27 @@ class Home:
                 f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 700 it if that was not them)"
             )
 
+    def safe_control_path(self) -> Path:
+        """The control socket, for a CLI command that talks to the running node: a
+        home (or socket) another user could have replaced would hand our commands, and
+        their answers, to that user. Nothing is created; a missing home passes (the
+        connect then says no node is running)."""
+        try:
+            if self.path.exists():
+                self._check_symlinks()
+                check_parents(self.path)
+                self._check_home()
+            sock = os.lstat(self.control_path)
+        except FileNotFoundError:
+            return self.control_path
+        except OSError as exc:
+            raise HomeError(f"cannot use home {self.path}: {exc.strerror or exc}") from exc
+        if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != os.geteuid():
+            raise HomeError(
+                f"unsafe control socket {self.control_path}: not a socket of this user"
+            )
+        return self.control_path
+
     def exists(self) -> bool:
         return (self.path / "identity.key").exists()
 
