@@ -162,9 +162,7 @@ class Home:
         except OSError as exc:
             raise HomeError(f"cannot use home {self.path}: {exc.strerror or exc}") from exc
         if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != os.geteuid():
-            raise HomeError(
-                f"unsafe control socket {self.control_path}: not a socket of this user"
-            )
+            raise HomeError(f"unsafe control socket {self.control_path}: not a socket of this user")
         return self.control_path
 
     def exists(self) -> bool:
