@@ -33,6 +33,30 @@ settings.load_profile("vx6")
 
 NET_READY_TIMEOUT = 15.0
 
+# The quick loop for one's own edits, `python -m pytest -m "not slow"` (about 2 minutes
+# on an idle 2-core machine), leaves out the modules below: benchmark smoke runs, the
+# hostile suite, the DHT simulator, the namespace test bed, relay bulk transfers and
+# the demo. CI and the README's command run everything.
+SLOW_MODULES = {
+    "test_bench_floor",
+    "test_bench_hostile",
+    "test_bench_relay",
+    "test_demo",
+    "test_e2e_relay",
+    "test_netns_basic",
+    "test_netns_dht",
+    "test_netns_dynamic",
+    "test_netns_relay",
+    "test_sim",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)  # doctest items have none
+        if module is not None and module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @dataclass
 class Trio:
