@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vx6.core.budget import RateBudget
 from vx6.core.sync import (
     DUMP_INTERVAL,
     DUMPS_BURST,
@@ -16,7 +17,6 @@ from vx6.core.sync import (
     STRANGER_RECORDS_PER_SECOND,
     DumpLimiter,
     Neighbour,
-    RateBudget,
 )
 
 

@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from vx6.core.budget import RateBudget
 from vx6.core.dht import events as dht_events
 from vx6.core.names import NAME_POW_BITS
 from vx6.core.records import check_claim_policy, check_record
@@ -36,7 +37,6 @@ from vx6.core.sync import (
     SYNC_DUMP_LIMIT,
     DumpLimiter,
     Neighbour,
-    RateBudget,
 )
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, DecodeError, RecordRejected

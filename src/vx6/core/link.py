@@ -31,12 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vx6.core import events as ev
+from vx6.core.budget import RateBudget
 from vx6.core.handshake import HandshakeResult, LinkHandshake
 from vx6.core.link_cells import CellOps
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamState, StreamTable
 from vx6.core.streams import TransitionError as StreamTransitionError
-from vx6.core.sync import RateBudget
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
 from vx6.wire import frames as fr

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vx6.core.budget import RateBudget
+
 RECORDS_PER_SECOND = 200.0
 RECORDS_BURST = 4000.0
 RECONCILE_EVERY = 30.0
@@ -45,34 +47,6 @@ MAX_DUMP_KEYS = 4096  # peer keys remembered for DUMP_INTERVAL
 # record, so at most ~6 % of a core at the full rate.
 STRANGER_RECORDS_PER_SECOND = 400.0
 STRANGER_RECORDS_BURST = 2000.0  # one neighbour's full dump fits
-
-
-@dataclass
-class RateBudget:
-    """A token bucket: `rate` tokens per second, at most `burst` saved up."""
-
-    rate: float
-    burst: float
-    tokens: float
-    updated: float
-
-    @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> RateBudget:
-        return cls(rate, burst, burst, now)
-
-    def take(self, n: float, now: float) -> bool:
-        """Spend `n` tokens if there are that many; refill for the time since last use."""
-        if not self.can_take(n, now):
-            return False
-        self.tokens -= n
-        return True
-
-    def can_take(self, n: float, now: float) -> bool:
-        """Whether `n` tokens are there now (refilled, none spent)."""
-        if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-        return n <= self.tokens
 
 
 @dataclass

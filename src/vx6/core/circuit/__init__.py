@@ -4,6 +4,7 @@ where cells go (`outbox.py`), their events and the relay limits. See docs/circui
 
 from __future__ import annotations
 
+from vx6.core.budget import SourceLimiter
 from vx6.core.circuit.client import ClientCircuit, ClientState, HopSpec
 from vx6.core.circuit.events import (
     CircuitBuilt,
@@ -13,7 +14,7 @@ from vx6.core.circuit.events import (
     HopAdded,
     StreamMessageReceived,
 )
-from vx6.core.circuit.limits import RelayLimits, SourceLimiter, TokenBucket
+from vx6.core.circuit.limits import RelayLimits
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.circuit.relay_circuit import RelayState
 
@@ -31,5 +32,4 @@ __all__ = [
     "RelayState",
     "SourceLimiter",
     "StreamMessageReceived",
-    "TokenBucket",
 ]

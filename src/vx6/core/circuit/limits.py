@@ -1,4 +1,4 @@
-"""Relay limits: creation rate per source (token buckets, `now` passed in), cells for
+"""Relay limits: creation rate per source (core/budget.py's buckets), cells for
 circuits the core does not hold (`StrayCells`), and the knobs of the relay core.
 
 Theory of operation. Each source that sends CREATE cells (its /48 or /24, or on loopback
@@ -52,50 +52,6 @@ class RelayLimits:
     stray_limit: int = 256  # unknown-circuit cells per link and interval before it closes
     stray_interval: float = 10.0
     late_grace: float = 60.0  # cells for a circuit this recently ended are only "late"
-
-
-class TokenBucket:
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        # A clock that steps back must not mint tokens, hence max().
-        elapsed = max(0.0, now - self._stamp)
-        self._stamp = max(self._stamp, now)
-        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-class SourceLimiter:
-    """One bucket per source, at most `max_sources` of them: when full, the bucket used
-    least recently is forgotten (a forgotten source starts again with a full burst, which is
-    bounded by max_sources x burst anyway)."""
-
-    def __init__(self, rate: float, burst: float, max_sources: int) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._max = max(1, max_sources)
-        self._buckets: dict[Hashable, TokenBucket] = {}
-
-    def allow(self, source: Hashable, now: float) -> bool:
-        bucket = self._buckets.pop(source, None)
-        if bucket is None:
-            if len(self._buckets) >= self._max:
-                del self._buckets[next(iter(self._buckets))]
-            bucket = TokenBucket(self._rate, self._burst, now)
-        self._buckets[source] = bucket  # re-insert: dict order tracks recent use
-        return bucket.take(now)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 CircuitKey = tuple[int, int]

@@ -39,13 +39,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 
+from vx6.core.budget import SourceLimiter
 from vx6.core.circuit.events import (
     CircuitDestroyed,
     CircuitEvent,
     CircuitFailure,
     StrayCellsExceeded,
 )
-from vx6.core.circuit.limits import Holdings, RelayLimits, SourceLimiter, StrayCells
+from vx6.core.circuit.limits import Holdings, RelayLimits, StrayCells
 from vx6.core.circuit.outbox import CellBuffer, CellOutbox, CellWriter
 from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput, RelayState
 from vx6.core.circuit.relay_idle import RelayIdle

@@ -42,10 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from vx6.core.budget import SourceLimiter
 from vx6.core.dht import events as ev
 from vx6.core.dht.config import DEFAULT_CONFIG, DhtConfig
 from vx6.core.dht.contacts import Address, Contact, normalize_host, prefix_of
-from vx6.core.dht.guards import PeerTokens, ProvenSources, RateLimiter, TokenIssuer
+from vx6.core.dht.guards import PeerTokens, ProvenSources, TokenIssuer
 from vx6.core.dht.keys import Credentials
 from vx6.core.dht.routing import Added, RoutingTable
 from vx6.core.dht.values import REASON_FULL, Checked, Held, Outcome, RecordStore
@@ -89,7 +90,9 @@ class DhtEndpoint:
         self.stats: Counter[str] = Counter()
         self._entropy = entropy
         self._tokens = TokenIssuer(entropy, config.token_rotation, now)
-        self._limiter = RateLimiter(config.rate_per_second, config.rate_burst, config.rate_sources)
+        self._limiter = SourceLimiter(
+            config.rate_per_second, config.rate_burst, config.rate_sources
+        )
         self._proven = ProvenSources(config.proof_lifetime, config.proven_sources)
         self._peer_tokens = PeerTokens(config.peer_tokens)
         self._answer_limit: int | None = None  # bytes an answer may take (None: proved)

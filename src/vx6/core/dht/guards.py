@@ -15,10 +15,10 @@ an unproved source gets answers no larger than its request (anti-amplification, 
 endpoint.py). `PeerTokens` keeps the token each responder gave us, so our requests to it
 carry the proof. Both tables are bounded; a forgotten entry only costs a round trip.
 
-Rate limits: one token bucket per source IP address (refill `rate` per second up to
-`burst`), checked before any parsing or signature work. The table of sources is bounded:
-when full, the source heard from least recently is forgotten (a forgotten source starts
-again with a full bucket, which is the generous direction).
+Rate limits: one token bucket per source IP address (core/budget.py `SourceLimiter`:
+refill `rate` per second up to `burst`), checked before any parsing or signature work.
+The table of sources is bounded: when full, the source heard from least recently is
+forgotten (a forgotten source starts again with a full bucket, the generous direction).
 """
 
 from __future__ import annotations
@@ -50,32 +50,6 @@ class TokenIssuer:
 
     def valid(self, host: str, token: bytes) -> bool:
         return token in (self._mac(self._current, host), self._mac(self._previous, host))
-
-
-class RateLimiter:
-    def __init__(self, rate: float, burst: float, max_sources: int) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._max_sources = max_sources
-        self._buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, at)
-
-    def allow(self, host: str, now: float) -> bool:
-        state = self._buckets.pop(host, None)
-        if state is None:
-            tokens = self._burst
-            if len(self._buckets) >= self._max_sources:
-                del self._buckets[next(iter(self._buckets))]
-        else:
-            tokens, at = state
-            tokens = min(self._burst, tokens + (now - at) * self._rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[host] = (tokens, now)
-        return allowed
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 class BoundedTable:
