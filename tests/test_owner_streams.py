@@ -387,10 +387,10 @@ def test_out_of_file_descriptors_on_the_target_connect_is_refused_and_logged(
 # ---------------------------------------------------------------- configuration
 def test_owner_limits_come_from_the_config_file_and_are_validated(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    assert load_config(path).owner_limits == OwnerLimits(4096, 256, 256, 32)
+    assert load_config(path).owner_limits == OwnerLimits(4096, 256, 512, 128)
     path.write_text("[owner_limits]\nstreams = 100\npending_connects_per_key = 4\n")
     cfg = load_config(path)
-    assert cfg.owner_limits == OwnerLimits(100, 256, 256, 4)
+    assert cfg.owner_limits == OwnerLimits(100, 256, 512, 4)
     assert cfg.with_flags(NodeConfig()).owner_limits == cfg.owner_limits
     for bad in ("streams = 0", "streams = true", 'streams = "9"', "stream = 5"):
         path.write_text(f"[owner_limits]\n{bad}\n")

@@ -25,8 +25,8 @@ Example:
     [owner_limits]                 # bounds on streams to this node's services (defaults)
     # streams = 4096               # open at once, node-wide
     # streams_per_key = 256        # open at once per client key (or anonymous circuit)
-    # pending_connects = 256       # target connections being set up, node-wide
-    # pending_connects_per_key = 32
+    # pending_connects = 512       # target connections being set up, node-wide
+    # pending_connects_per_key = 128  # (a client may open 100 connections at once)
 
     [link_limits]                  # who gets a link (vx6/core/admission.py); defaults shown
     # max_links = 1024             # all links, in and out
@@ -93,8 +93,10 @@ class OwnerLimits:
 
     streams: int = 4096
     streams_per_key: int = 256
-    pending_connects: int = 256
-    pending_connects_per_key: int = 32
+    # An honest client may open a burst of connections at once (pgbench -c 100, a
+    # browser, parallel rsync): each is a pending connect until its target answers.
+    pending_connects: int = 512
+    pending_connects_per_key: int = 128
 
 
 OWNER_LIMIT_RANGE = (1, 1_000_000)
