@@ -56,7 +56,8 @@ class LinkOwner(Protocol):
     def link_paused(self, link: LinkProtocol, paused: bool) -> None: ...
 
 
-# Codes that mean the peer misbehaved: their close lines go through the rate-limited log.
+# Closes that are nobody's fault: logged at INFO (the others at WARNING); all of them go
+# through the rate-limited log, since a peer decides how often a link closes.
 _QUIET_CODES = (CloseCode.NORMAL, CloseCode.SHUTDOWN)
 
 
@@ -123,12 +124,18 @@ class LinkProtocol(asyncio.BufferedProtocol):
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
+        assert self._read_view is not None
+        with self._read_view[:nbytes] as data:
+            self._feed(data)
+
+    def _continue_backlog(self) -> None:
+        if not self.core.closed and self.transport is not None:
+            self._feed(b"")  # the messages over the last turn's budget
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
-            assert self._read_view is not None
-            with self._read_view[:nbytes] as data:
-                self.core.receive(data, self.clock())
-            if self.core.backlogged:
-                self._defer_reading()
+            self.core.receive(data, self.clock())
+            self._pace_reading()
             self._pump()
         except Exception:
             # A bug of ours, not the peer's: drop this link, keep the node and its
@@ -137,32 +144,21 @@ class LinkProtocol(asyncio.BufferedProtocol):
             self.core.close(CloseCode.PROTOCOL_ERROR, "internal error")
             self._pump()
 
-    def _defer_reading(self) -> None:
-        """Over this turn's budget: read nothing more until the backlog is handled, one
-        budget per loop turn, so other links and timers get their turn in between."""
+    def _pace_reading(self) -> None:
+        """Over this turn's budget: read nothing more and go on with the backlog at the
+        next loop turn, so other links and timers get their turn in between; once it is
+        handled, read again."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if not self._reading_paused:
-            self._reading_paused = True
-            transport.pause_reading()
-        self.loop.call_soon(self._continue_backlog)
-
-    def _continue_backlog(self) -> None:
-        if self.core.closed or self.transport is None or self.transport.is_closing():
-            return
-        try:
-            self.core.receive(b"", self.clock())
-            if self.core.backlogged:
-                self.loop.call_soon(self._continue_backlog)
-            else:
-                self._reading_paused = False
-                self.transport.resume_reading()
-            self._pump()
-        except Exception:
-            log.exception("internal error on link %s; closing it", self.peer_address)
-            self.core.close(CloseCode.PROTOCOL_ERROR, "internal error")
-            self._pump()
+        if self.core.backlogged:
+            if not self._reading_paused:
+                self._reading_paused = True
+                transport.pause_reading()
+            self.loop.call_soon(self._continue_backlog)
+        elif self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         if not self.core.closed:
