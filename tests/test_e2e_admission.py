@@ -26,7 +26,6 @@ from vx6.errors import LinkError
 from vx6.localnet import LocalNet, LocalNode, wait_for
 from vx6.net.addresses import parse_endpoint
 from vx6.net.link import LinkProtocol
-from vx6.parent import EXIT_WITH_PARENT_ENV
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -286,31 +285,7 @@ def test_the_listening_socket_has_a_backlog_of_512(net: LocalNet, loop: str) -> 
 # ------------------------------------------------------------ finding 9: descriptors
 def start_limited(net: LocalNet, name: str, soft: int, hard: int, loop: str = "auto") -> LocalNode:
     """A node started with RLIMIT_NOFILE (soft, hard), as a shell's `ulimit -n` would."""
-    home = net.base / name
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = net.base / f"{name}.log"
-    node_argv = [sys.executable, "-m", "vx6", "--home", str(home), "run", "--listen", "[::1]:0"]
-    # Set in the child before it becomes the node (an exec wrapper, not preexec_fn,
-    # which is unsafe in a parent with threads).
-    wrapper = (
-        "import os, resource, sys; "
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
-        "os.execv(sys.executable, sys.argv[1:])"
-    )
-    env = {**os.environ, "VX6_EVENT_LOOP": loop, EXIT_WITH_PARENT_ENV: str(os.getpid())}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", wrapper, *node_argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    node = LocalNode(name, home, proc, log_path)
-    net.nodes[name] = node
-    net.wait_ready(node)
-    return node
+    return net.start(name, claim=False, env={"VX6_EVENT_LOOP": loop}, open_files=(soft, hard))
 
 
 def open_files_limits(pid: int) -> tuple[int, int]:

@@ -108,6 +108,7 @@ class LocalNet:
         claim: bool = True,
         env: dict[str, str] | None = None,
         wait: bool = True,
+        open_files: tuple[int, int] | None = None,
     ) -> LocalNode:
         home = self.base / name
         home.mkdir(mode=0o700, parents=True, exist_ok=True)  # a home others can write is refused
@@ -118,6 +119,16 @@ class LocalNet:
         for p in peers:
             argv += ["--peer", p]
         argv += list(extra)
+        if open_files is not None:
+            # RLIMIT_NOFILE (soft, hard) as a shell's `ulimit -n` would set it: in the child
+            # before it becomes the node (an exec wrapper, not preexec_fn, which is unsafe
+            # in a parent with threads).
+            wrapper = (
+                "import os, resource, sys; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, {open_files!r}); "
+                "os.execv(sys.executable, sys.argv[1:])"
+            )
+            argv = [sys.executable, "-c", wrapper, *argv]
         child_env = {**os.environ, **(env or {})}
         if threading.current_thread() is threading.main_thread():
             child_env[EXIT_WITH_PARENT_ENV] = str(os.getpid())  # see vx6/parent.py
