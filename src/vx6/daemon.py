@@ -186,8 +186,8 @@ class Node(LinkOwner):
 
         self._tasks.create_task(guarded())
 
-    def count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
 
     @property
     def fingerprint(self) -> str:

@@ -233,9 +233,7 @@ class RecordHub:
             except RegistryError as exc:
                 # The registry's health logs this (once a minute); the records come again.
                 left = len(records) - i if isinstance(exc, RegistryWriteError) else 1
-                self.node.counters["records_dropped_registry"] = (
-                    self.node.counters.get("records_dropped_registry", 0) + left
-                )
+                self.node.count("records_dropped_registry", left)
                 if isinstance(exc, RegistryWriteError):
                     break  # the rest would fail the same way
                 continue
