@@ -29,9 +29,9 @@ from typing import Any
 import _load
 from _report import cpu_seconds, proc_status_kib, reset_peak_rss
 
+from vx6.app.localnet import LocalNet, LocalNode, relays_known, wait_for
 from vx6.crypto.keys import StaticKey
 from vx6.errors import VX6Error
-from vx6.localnet import LocalNet, LocalNode, relays_known, wait_for
 from vx6.net.addresses import parse_endpoint
 
 SAMPLE_EVERY = 0.15

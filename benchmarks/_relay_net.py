@@ -1,7 +1,7 @@
 """Network setup for bench_relay.py: relays, owner and client on loopback, and forwards.
 
 Theory of operation. `build_network` starts six relays (`--relay`; the first, `hub`, is
-everyone's bootstrap peer), the owner `alice` and the client `bob` with vx6.localnet and
+everyone's bootstrap peer), the owner `alice` and the client `bob` with vx6.app.localnet and
 returns once bob knows alice's node record and every relay and alice knows bob (all a
 circuit build needs). `connect_forwards` exposes the targets at alice (allowing bob) and
 connects one forward at bob per service and path: named direct and 1, 3 and 5 relays.
@@ -16,11 +16,11 @@ import time
 import _load
 from _report import Row
 
+from vx6.app.localnet import LocalNet, LocalNode, relays_known, wait_for
 from vx6.errors import VX6Error
-from vx6.localnet import LocalNet, LocalNode, relays_known, wait_for
 
 RELAYS = 6  # one spare, so a relay the pool avoids after a failure still leaves five
-SPARE_CIRCUITS = 2  # vx6.circuit_pool.SPARE: open circuits per (owner, hops) when idle
+SPARE_CIRCUITS = 2  # vx6.node.pool.SPARE: open circuits per (owner, hops) when idle
 SETUP_TIMEOUT = 60.0
 DIRECT = "direct"
 PATHS = {0: "named-direct forward", 1: "1 relay", 3: "3 relays", 5: "5 relays"}

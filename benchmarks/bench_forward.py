@@ -1,7 +1,7 @@
 """Benchmark a named-direct VX6 forward on loopback against a direct connection.
 
 Theory of operation. One run starts two target servers in their own processes (an echo
-and a bulk sink/source, see _load.py) and a three-node network with vx6.localnet: a hub,
+and a bulk sink/source, see _load.py) and a three-node network with vx6.app.localnet: a hub,
 an owner `alice` that exposes both targets (private, allowing `bob`) and a client `bob`
 that connects a local forward to each by name. Every measurement is taken twice in a row,
 once straight to the target and once through bob's forward, so the two columns share the
@@ -40,7 +40,7 @@ from _report import (
     run_main,
 )
 
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from vx6.app.localnet import LocalNet, LocalNode, wait_for
 
 MIB = 1 << 20
 SETUP_TIMEOUT = 20.0

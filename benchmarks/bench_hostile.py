@@ -45,8 +45,8 @@ from _hostile_net import (
 )
 from _report import machine_details, percentile, run_main
 
+from vx6.app.localnet import LocalNet
 from vx6.crypto.keys import Identity, fingerprint
-from vx6.localnet import LocalNet
 from vx6.net.addresses import parse_endpoint
 
 HERE = Path(__file__).resolve().parent

@@ -1,6 +1,6 @@
 """Memory a node spends on idle TCP connections to its link port (loopback only).
 
-Theory of operation. One node starts with vx6.localnet; its RSS is read from /proc, then
+Theory of operation. One node starts with vx6.app.localnet; its RSS is read from /proc, then
 N connections are opened to its listening port, each sends one byte (so the node offers
 it a read buffer) and then stays idle; RSS is read again with them open and once more
 after they are closed. Everything is bounded: N connections, a few seconds of settling,
@@ -17,7 +17,7 @@ import time
 
 import _setup  # noqa: F401  (first: makes vx6 importable from a checkout)
 
-from vx6.localnet import LocalNet, wait_for
+from vx6.app.localnet import LocalNet, wait_for
 from vx6.net.addresses import parse_endpoint
 
 

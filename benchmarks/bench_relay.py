@@ -52,7 +52,7 @@ from _report import (
     run_main,
 )
 
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from vx6.app.localnet import LocalNet, LocalNode, wait_for
 
 MIB = 1 << 20
 BUILD_HOPS = 5

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from vx6.app.localnet import LocalNet, LocalNode, wait_for
 
 
 def percentile(values: list[float], q: float) -> float:

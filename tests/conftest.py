@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from helpers_net import (
+from kit.net import (
     HTTPFileServer,
     Pusher,
     TCPServer,
@@ -22,8 +22,8 @@ from helpers_net import (
     echo_handler,
     sha_after_eof_handler,
 )
-from netns import no_leftover_namespaces  # noqa: F401  (a fixture, shared by the netns tests)
-from vx6.localnet import LocalNet, LocalNode, wait_for
+from kit.netns import no_leftover_namespaces  # noqa: F401  (a fixture, shared by the netns tests)
+from vx6.app.localnet import LocalNet, LocalNode, wait_for
 
 # The property tests check behaviour, not speed. Hypothesis's default deadline (200 ms per
 # example) and its too-slow health check turn a slow moment on a shared 2-core CI machine
@@ -51,8 +51,16 @@ SLOW_MODULES = {
 }
 
 
+FOLDERS = ("unit", "e2e", "netns", "bench")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries its folder's marker (unit, e2e, netns, bench), so `-m unit` runs
+    the in-process tests alone; the modules above also carry `slow`."""
     for item in items:
+        folder = item.path.parent.name
+        if folder in FOLDERS:
+            item.add_marker(getattr(pytest.mark, folder))
         module = getattr(item, "module", None)  # doctest items have none
         if module is not None and module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

@@ -1,3 +1,3 @@
-from vx6.cli import main
+from vx6.app.cli import main
 
 raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""What the daemon answers on its control socket (one function per CLI command).
+
+A command that changes state and cannot be written to the registry (disk full, read-only
+file) fails with one line saying so, and leaves the node as the disk says it is: nothing
+changed in memory that the registry did not keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from vx6 import __version__
+from vx6.core.names import parse_service_address
+from vx6.crypto.keys import fingerprint, key_from_text, key_to_text, node_id
+from vx6.errors import StreamFailed, UsageError
+from vx6.net.addresses import format_endpoint
+from vx6.net.ratelog import RATELOG
+from vx6.store.config import MAX_RELAYS, forward_config, service_config
+from vx6.store.registry import RegistryError
+from vx6.wire.control import OP_FIELDS, check_fields
+from vx6.wire.records import Kind, decode_record
+
+if TYPE_CHECKING:
+    from vx6.node.wiring import Node
+
+log = logging.getLogger("vx6.control")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlOps:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._ops: dict[str, Handler] = {
+            "status": self.status,
+            "id": self.id,
+            "peers": self.peers,
+            "expose": self.expose,
+            "unexpose": self.unexpose,
+            "services": self.services,
+            "connect": self.connect,
+            "disconnect": self.disconnect,
+            "forwards": self.forwards,
+            "resolve": self.resolve,
+            "ping": self.ping,
+            "stop": self.stop,
+            "rotate": self.rotate,
+            "relays": self.relays,
+            "build_circuit": self.build_circuit,
+        }
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown control op {op!r}"}
+        try:
+            result = await handler(request)
+        except StreamFailed as exc:
+            log.warning("%s %s failed: %s", op, _subject(request), exc)
+            return {"ok": False, "error": str(exc), "code": exc.code.name}
+        except RegistryError as exc:
+            log.warning("%s %s failed: %s", op, _subject(request), exc)
+            return {"ok": False, "error": f"{op} failed: {exc}", "code": "REGISTRY"}
+        return {"ok": True, **result}
+
+    async def id(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        return {
+            "name": node.name,
+            "key": key_to_text(node.identity.public),
+            "fingerprint": node.fingerprint,
+        }
+
+    async def status(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        now = time.time()
+        return {
+            **(await self.id({})),
+            "version": __version__,
+            "home": str(node.home.path),
+            "uptime_s": round(now - node.started, 1),
+            "listen": [format_endpoint(h, p) for h, p in node.listen_addresses],
+            "advertised": [format_endpoint(e.host, e.port) for e in node.publisher.advertised()],
+            "links": len([link for link in node.all_links if link.is_open]),
+            "sync_links": len(node.records.neighbours),
+            "streams_owner_active": len(node.owner.active),
+            "streams_owner_total": node.owner.streams_total,
+            "records": node.registry.count_records(now),
+            "registry": node.registry.health.describe(),
+            "registry_record_bytes": node.registry.record_bytes(),
+            "registry_evicted": node.registry.evicted,
+            "registry_failed_writes": node.registry.health.failed_writes,
+            "services": len(node.owner.services),
+            "forwards": [f.describe() for f in node.client.forwards.values()],
+            "counters": dict(sorted(node.counters.items())),
+            # Every rate-limited refusal or drop, counted exactly (the log shows only a few).
+            "refusals": dict(sorted(RATELOG.counts.items())),
+            "dht": node.dht.health(),
+            "circuits": node.circuits.describe(),
+        }
+
+    async def peers(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        links = []
+        for link in node.all_links:
+            if not link.is_open or link.peer_identity is None:
+                continue
+            links.append(
+                {
+                    "fingerprint": fingerprint(link.peer_identity),
+                    "key": key_to_text(link.peer_identity),
+                    "address": format_endpoint(*link.peer_address) if link.peer_address else None,
+                    "direction": "out" if link.core.initiator else "in",
+                    "sync": link in node.records.neighbours,
+                    "streams": len(link.core.streams),
+                    "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
+                    "bytes_in": link.core.bytes_in,
+                    "bytes_out": link.core.bytes_out,
+                }
+            )
+        known = [
+            {
+                "address": format_endpoint(p.host, p.port),
+                "fingerprint": fingerprint(p.key) if p.key else None,
+                "last_seen": p.last_seen,
+                "rtt_ms": p.rtt_ms,
+            }
+            for p in node.registry.peers(limit=200)
+        ]
+        table = [
+            {"node_id": c.node_id.hex()[:16], "address": format_endpoint(*c.address)}
+            for c in node.dht.node.table.contacts()
+        ]
+        return {"links": links, "known": known, "dht_table": table}
+
+    async def expose(self, req: dict[str, Any]) -> dict[str, Any]:
+        check_fields(req, OP_FIELDS["expose"])  # "allow": "abc" is refused, not a, b, c
+        svc = service_config(
+            str(req.get("name", "")),
+            str(req.get("target", "")),
+            list(req.get("allow", [])),
+            bool(req.get("public", False)),
+            bool(req.get("allow_remote_target", False)),
+        )
+        if not svc.public and not svc.allow:
+            raise UsageError(
+                "a private service needs --allow KEY_OR_NAME (or --public to open it to everyone)"
+            )
+        self.node.owner.expose(svc)
+        owner = self.node.name or key_to_text(self.node.identity.public)
+        return {"service": self.node.owner.describe(svc), "address": f"{owner}.{svc.name}"}
+
+    async def unexpose(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req.get("name", ""))
+        # A registry that cannot be written raises RegistryError: the service stays
+        # exposed (a restart would bring it back) and the user is told.
+        removed = self.node.owner.unexpose(name)
+        if not removed:
+            raise UsageError(f"no service named {name!r}")
+        return {"removed": name}
+
+    async def services(self, _: dict[str, Any]) -> dict[str, Any]:
+        owner = self.node.owner
+        return {"services": [owner.describe(s) for s in owner.services.values()]}
+
+    async def connect(self, req: dict[str, Any]) -> dict[str, Any]:
+        service = str(req.get("service", ""))
+        name = str(req.get("name") or service)
+        hops, fallback = req.get("hops", 0), req.get("relay_fallback", 0)
+        if not isinstance(hops, int) or not isinstance(fallback, int):
+            raise UsageError("hops and relay_fallback are integers")
+        cfg = forward_config(
+            name, service, str(req.get("local", "")), req.get("via") or None, hops, fallback
+        )
+        fwd = await self.node.client.connect(cfg)
+        return {"forward": fwd.describe(), "setup": fwd.setup}
+
+    async def disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
+        name = str(req.get("name", ""))
+        if not await self.node.client.disconnect(name):
+            raise UsageError(f"no forward named {name!r}")
+        return {"removed": name}
+
+    async def relays(self, _: dict[str, Any]) -> dict[str, Any]:
+        """The relays route planning can choose from (node records with the relay
+        capability), with what the weights use."""
+        out = []
+        for c in self.node.pool.relay_candidates():
+            out.append(
+                {
+                    "fingerprint": fingerprint(c.identity),
+                    "address": format_endpoint(c.endpoints[0].host, c.endpoints[0].port),
+                    "uptime_s": round(c.uptime),
+                    "rtt_ms": None if c.rtt is None else round(c.rtt * 1000, 2),
+                }
+            )
+        return {"relays": out}
+
+    async def build_circuit(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Build one circuit to an owner outside the pool, report its build time and
+        destroy it (benchmarks/bench_relay.py: cold builds)."""
+        hops = req.get("hops")
+        if not isinstance(hops, int) or not 1 <= hops <= MAX_RELAYS:
+            raise UsageError(f"hops must be 1..{MAX_RELAYS}")
+        key = await self.node.client.resolve_with_dht(
+            parse_service_address(f"{req.get('owner', '')}.any")
+        )
+        started = time.perf_counter()
+        path = await self.node.pool.build(key, hops)
+        total_ms = (time.perf_counter() - started) * 1000
+        info = path.describe()
+        path.close()
+        return {
+            "build_ms": info["build_ms"],
+            "total_ms": round(total_ms, 2),
+            "relays": info["relays"],
+        }
+
+    async def forwards(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"forwards": [f.describe() for f in self.node.client.forwards.values()]}
+
+    async def resolve(self, req: dict[str, Any]) -> dict[str, Any]:
+        addr = parse_service_address(str(req.get("address", "")))
+        started = time.perf_counter()
+        client = self.node.client
+        lookups_before = self.node.counters.get("dht_lookups", 0)
+        key = await client.resolve_with_dht(addr)
+        if client.node_record(key) is None:
+            await self.node.records.lookup(node_id(key))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        via = "dht" if self.node.counters.get("dht_lookups", 0) > lookups_before else "registry"
+        reg = self.node.registry
+        records = []
+        for stored in reg.records(signer=key, now=time.time()):
+            rec = decode_record(stored.raw)
+            records.append(
+                {
+                    "kind": Kind(rec.kind).name.lower(),
+                    "subject": stored.subject,
+                    "seq": rec.seq,
+                    "expires": rec.expires,
+                    "source": stored.source,
+                    "body": repr(rec.parsed_body()),
+                }
+            )
+        return {
+            "address": str(addr),
+            "key": key_to_text(key),
+            "fingerprint": fingerprint(key),
+            "pinned": reg.get_pin(addr.owner_name) == key if addr.owner_name else None,
+            "resolved_via": via,
+            "elapsed_ms": round(elapsed_ms, 3),
+            "records": records,
+        }
+
+    async def ping(self, req: dict[str, Any]) -> dict[str, Any]:
+        text = str(req.get("address", ""))
+        # `vx6 ping alice` pings the owner's node; any service label will do for parsing.
+        addr = parse_service_address(text if "." in text else text + ".ping")
+        link = await self.node.client.link_for(addr, None)
+        rtts = []
+        for _ in range(int(req.get("count", 3))):
+            async with asyncio.timeout(5):
+                rtt = await link.ping()
+            rtts.append(round(rtt * 1000, 3))
+        return {"owner": fingerprint(link.peer_identity or b""), "rtt_ms": rtts}
+
+    async def rotate(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            new_key = key_from_text(str(req.get("to", "")))
+        except ValueError as exc:
+            raise UsageError(f"--to must be a 52-character key: {exc}") from exc
+        self.node.publisher.publish_rotation(new_key)
+        return {
+            "name": self.node.name,
+            "to": key_to_text(new_key),
+            "fingerprint": fingerprint(new_key),
+        }
+
+    async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
+        asyncio.get_running_loop().call_soon(self.node.stop)
+        return {"stopping": True}
+
+
+def _subject(request: dict[str, Any]) -> str:
+    return str(request.get("service") or request.get("address") or "")

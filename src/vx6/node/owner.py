@@ -1,0 +1,154 @@
+"""The owner side: which services this node exposes and who may open streams to them.
+
+Theory of operation. Deny by default. A stream request names a service; it is refused
+with a distinct code if the service is unknown, if the requesting key is not on the
+service's allow-list (unless the service is explicitly public), if the node is at one
+of its bounds on owner streams, or if the target does not accept a connection (both in
+owner_streams.py). Allow-list entries are keys, or names resolved through the
+registry with the same claim-and-pin rule the client uses. A stream only ever reaches
+the target configured for its service, which is loopback unless the owner allowed
+otherwise when exposing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from vx6.core.names import parse_service_address
+from vx6.crypto.keys import fingerprint, key_from_text
+from vx6.errors import StreamError, StreamFailed, UsageError
+from vx6.net.carrier import StreamCarrier
+from vx6.net.pipe import StreamPipe
+from vx6.net.ratelog import RATELOG
+from vx6.node.owner_streams import OwnerStreams
+from vx6.store.config import ServiceConfig
+from vx6.store.memo import RegistryMemo
+from vx6.store.registry import LocalService
+from vx6.wire.frames import OPEN_FLAG_PROBE
+
+if TYPE_CHECKING:
+    from vx6.node.wiring import Node
+
+log = logging.getLogger("vx6.owner")
+
+TARGET_CONNECT_TIMEOUT = 5.0
+
+
+class OwnerSide:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.services: dict[str, ServiceConfig] = {}
+        self.streams = OwnerStreams(node.config.owner_limits, node.count)
+        self._allowed: RegistryMemo[tuple[str, tuple[str, ...]], frozenset[bytes]] = RegistryMemo(
+            node.registry
+        )
+
+    def load_services(self) -> None:
+        for s in self.node.registry.services():
+            self.services[s.name] = ServiceConfig(
+                s.name, s.target_host, s.target_port, s.allow, s.public, s.allow_remote_target
+            )
+        self.services.update(self.node.config.services)
+
+    def expose(self, svc: ServiceConfig) -> None:
+        self.node.registry.put_service(
+            LocalService(
+                svc.name,
+                svc.target_host,
+                svc.target_port,
+                svc.allow,
+                svc.public,
+                svc.allow_remote_target,
+            )
+        )
+        self.services[svc.name] = svc
+        self.node.publisher.publish_service(svc.name, svc.public)
+        log.info(
+            "exposed %s -> %s:%d (%s)",
+            svc.name,
+            svc.target_host,
+            svc.target_port,
+            "public" if svc.public else f"allow {len(svc.allow)}",
+        )
+
+    def unexpose(self, name: str) -> bool:
+        # The registry first: if the write fails (disk full) it raises and the service
+        # stays exposed in memory too, as a restart would bring it back from disk.
+        removed = self.node.registry.remove_service(name)
+        svc = self.services.pop(name, None)
+        if svc is None and not removed:
+            return False
+        self.node.publisher.publish_service(name, False, withdrawn=True)
+        return True
+
+    def allowed_keys(self, svc: ServiceConfig) -> frozenset[bytes]:
+        # Asked on every stream request: remembered until the registry changes (a new
+        # claim, rotation or pin can change what an allowed name means).
+        memo_key = (svc.name, tuple(svc.allow))
+        now = time.time()
+        known = self._allowed.get(memo_key, now)
+        if known is not None:
+            return known
+        keys: set[bytes] = set()
+        for entry in svc.allow:
+            try:
+                keys.add(key_from_text(entry))
+                continue
+            except ValueError:
+                pass
+            try:
+                addr = parse_service_address(f"{entry}.{svc.name}")
+                keys.add(self.node.client.resolve(addr, follow_pin=False))
+            except (UsageError, StreamFailed):
+                continue  # a name we cannot resolve yet allows nobody
+        result = frozenset(keys)
+        self._allowed.put(memo_key, result)
+        return result
+
+    def describe(self, svc: ServiceConfig) -> dict[str, object]:
+        return {
+            "name": svc.name,
+            "target": f"{svc.target_host}:{svc.target_port}",
+            "public": svc.public,
+            "allow": list(svc.allow),
+            "allowed_keys": sorted(fingerprint(k) for k in self.allowed_keys(svc)),
+        }
+
+    # ------------------------------------------------------------------ streams
+    def stream_requested(self, link: StreamCarrier, sid: int, service: str, flags: int) -> None:
+        peer = link.peer_identity
+        who = fingerprint(peer) if peer else "an anonymous circuit client"
+        svc = self.services.get(service)
+        if svc is None:
+            RATELOG.warning(
+                log,
+                "owner-unknown-service",
+                "refused stream from %s: unknown service %r",
+                who,
+                service,
+            )
+            self.node.count("streams_refused_unknown_service")
+            link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, f"no service {service!r} here")
+            return
+        if not svc.public and (peer is None or peer not in self.allowed_keys(svc)):
+            RATELOG.warning(
+                log,
+                "owner-not-allowed",
+                "refused stream from %s to %s: not on the allow-list",
+                who,
+                service,
+            )
+            self.node.count("streams_refused_not_allowed")
+            link.reject_stream(sid, StreamError.NOT_ALLOWED, f"{who} may not use {service!r}")
+            return
+        self.streams.open(link, sid, svc, bool(flags & OPEN_FLAG_PROBE), TARGET_CONNECT_TIMEOUT)
+
+    @property
+    def active(self) -> set[StreamPipe]:
+        return self.streams.active
+
+    @property
+    def streams_total(self) -> int:
+        return self.streams.streams_total
