@@ -177,7 +177,8 @@ def test_trusted_keys_come_from_peers_pins_and_allow_lists(tmp_path: Path) -> No
         registry.upsert_peer("2001:db8::7", 4242, 1.0, key=peer)
         registry.upsert_peer("2001:db8::8", 4242, 1.0, key=stranger)  # not a --peer
         registry.set_pin("alice", pinned, 1.0)
-        trusted = TrustedKeys(registry, lambda: [frozenset({allowed})])
+        trusted = TrustedKeys(registry)
+        trusted.use_allow_lists(lambda: [frozenset({allowed})])
         trusted.remember_peers([("2001:db8::7", 4242)])
         assert trusted(peer) and trusted(pinned) and trusted(allowed)
         assert not trusted(stranger) and not trusted(later)
@@ -363,9 +364,8 @@ def test_a_link_that_carries_circuits_is_busy_and_not_evicted() -> None:
         core = Core()
 
     with_circuits, without = Link(), Link()
-    links = LinkTable(
-        AdmissionLimits(), lambda _: None, lambda _: False, lambda link: link is with_circuits
-    )
+    links = LinkTable(AdmissionLimits(), lambda _: None, lambda _: False)
+    links.use_circuit_check(lambda link: link is with_circuits)
     links._links = {1: with_circuits, 2: without}  # type: ignore[dict-item]
     assert links._busy(1)
     assert not links._busy(2)

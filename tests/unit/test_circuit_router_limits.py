@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from vx6.core.circuit import RelayCore, RelayLimits
 from vx6.crypto.keys import Identity, StaticKey, node_id
 from vx6.crypto.onion import ntor_client_start
 from vx6.errors import CloseCode
+from vx6.net.ports import SYSTEM_CLOCK
 from vx6.net.router import CircuitRouter
 from vx6.wire import cells as c
 from vx6.wire.cells import DestroyReason
@@ -74,13 +76,36 @@ class FakeNode:
     config: FakeConfig = field(default_factory=FakeConfig)
     counters: dict[str, int] = field(default_factory=dict)
 
-    def count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    def spawn(self, coro: Any) -> None:
+        coro.close()  # these tests extend nowhere
+
+    def stream_requested(self, carrier: Any, sid: int, service: str, flags: int) -> None:
+        pass
+
+    def open_link(self, identity: bytes) -> None:
+        return None
+
+    async def link_to(self, identity: bytes, endpoints: Any = (), *, for_peer: bool = False) -> Any:
+        raise AssertionError("no dial in these tests")
 
 
 def _router(**limits: Any) -> tuple[CircuitRouter, FakeNode]:
     node = FakeNode()
-    router = CircuitRouter(node)  # type: ignore[arg-type]
+    router = CircuitRouter(
+        node.identity,
+        node.onion_keys,
+        RelayLimits(idle_timeout=node.config.circuit_idle_timeout),
+        relay=node.config.relay,
+        links=node,
+        on_stream=node.stream_requested,
+        spawn=node.spawn,
+        count=node.count,
+        clock=SYSTEM_CLOCK,
+        random=os.urandom,
+    )
     router.core = RelayCore(
         node.identity.public,
         node.onion_keys,

@@ -1,7 +1,7 @@
 """The sans-IO link core (core/link.py): two `Link`s pump bytes to each other in memory
 under a virtual clock. No sockets, no sleeps.
 
-The harness at the top (`Peer`, `Wire`, `Net`) is shared with tests/test_streams_model.py.
+The harness at the top (`Peer`, `Wire`, `Net`) is shared with tests/unit/test_streams_model.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vx6.core import events as ev
-from vx6.core.link import Link, LinkConfig
+from vx6.core.link import Link
+from vx6.core.link_config import LinkConfig
 from vx6.core.streams import StreamState
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.crypto.noise import CipherState

@@ -25,7 +25,8 @@ import vx6.net.link as link_mod
 import vx6.net.link_memory as memory_mod
 from kit.net import RawPeer
 from vx6.core.handshake import LinkHandshake
-from vx6.core.link import Link, LinkConfig
+from vx6.core.link import Link
+from vx6.core.link_config import LinkConfig
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import CloseCode, StreamError
 from vx6.net.link import LinkProtocol
@@ -497,7 +498,7 @@ async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> Non
 
 def test_idle_connections_cost_little_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     # (A connection over the node's caps is refused by the accept loop before any
-    # LinkProtocol exists: tests/test_accept.py.)
+    # LinkProtocol exists: tests/unit/test_accept.py.)
     count = 200
     made: list[LinkProtocol] = []
     owner = Owner()

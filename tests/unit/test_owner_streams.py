@@ -20,9 +20,11 @@ import vx6.node.owner as owner_module
 from vx6.core.streams import Stream, StreamInput, StreamState
 from vx6.errors import StreamError, UsageError
 from vx6.net.carrier import StreamSink
+from vx6.net.ports import SYSTEM_CLOCK
 from vx6.net.ratelog import RATELOG
 from vx6.node.owner import OwnerSide
 from vx6.node.owner_streams import fd_bound
+from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, OwnerLimits, ServiceConfig, load_config
 from vx6.store.registry import Registry
 from vx6.wire.frames import OPEN_FLAG_PROBE
@@ -91,18 +93,25 @@ class FakeCarrier:
             stream.apply(StreamInput.RESET)
 
 
+async def _no_lookup(target: bytes) -> bool:
+    return False
+
+
 class FakeNode:
-    """What OwnerSide needs of the node, with background-task failures kept."""
+    """The owner side's collaborators (registry, counters, a publisher that publishes
+    nothing), with background-task failures kept."""
 
     def __init__(self, registry: Registry, limits: OwnerLimits) -> None:
         self.registry = registry
-        self.config = NodeConfig()
-        self.config.owner_limits = limits  # set after: the test also runs on older code
+        self.limits = limits
         self.counters: dict[str, int] = {}
         self.failures: list[BaseException] = []
 
-    def count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    def publish_service(self, name: str, public: bool, withdrawn: bool = False) -> None:
+        pass
 
     def spawn(self, coro: Any) -> None:
         async def guarded() -> None:
@@ -129,7 +138,15 @@ def _listener(backlog: int = 64) -> socket.socket:
 
 
 def _side(node: FakeNode, port: int, *, public: bool = True, name: str = "svc") -> OwnerSide:
-    side = OwnerSide(node)  # type: ignore[arg-type]
+    side = OwnerSide(
+        {},
+        node.limits,
+        registry=node.registry,
+        resolver=Resolver(node.registry, _no_lookup, SYSTEM_CLOCK),
+        publisher=node,
+        count=node.count,
+        clock=SYSTEM_CLOCK,
+    )
     allow = () if public else ("k" * 52,)
     side.services[name] = ServiceConfig(name, "127.0.0.1", port, allow, public)
     return side

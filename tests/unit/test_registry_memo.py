@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -15,8 +14,9 @@ from vx6.core.names import parse_service_address
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity
 from vx6.errors import StreamFailed
-from vx6.node.forwards import ClientSide
+from vx6.net.ports import SYSTEM_CLOCK
 from vx6.node.owner import OwnerSide
+from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig
 from vx6.store.memo import RegistryMemo
 from vx6.store.registry import Registry
@@ -55,10 +55,27 @@ def count_queries(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def sides(reg: Registry) -> tuple[ClientSide, OwnerSide]:
-    node: Any = SimpleNamespace(registry=reg, config=NodeConfig(), count=lambda _: None)
-    node.client = ClientSide(node)
-    return node.client, OwnerSide(node)
+class NoPublisher:
+    def publish_service(self, name: str, public: bool, withdrawn: bool = False) -> None:
+        pass
+
+
+async def no_lookup(target: bytes) -> bool:
+    return False
+
+
+def sides(reg: Registry) -> tuple[Resolver, OwnerSide]:
+    resolver = Resolver(reg, no_lookup, SYSTEM_CLOCK)
+    owner = OwnerSide(
+        {},
+        NodeConfig().owner_limits,
+        registry=reg,
+        resolver=resolver,
+        publisher=NoPublisher(),
+        count=lambda what, n=1: None,
+        clock=SYSTEM_CLOCK,
+    )
+    return resolver, owner
 
 
 # ------------------------------------------------------------------ the memo itself
@@ -151,29 +168,29 @@ def test_resolve_is_remembered_and_follows_a_rotation(
     store(reg, OLD, NameClaimBody("alice"))
     reg.set_pin("alice", OLD.public, time.time())
     queries = count_queries(reg, monkeypatch)
-    assert client.resolve(addr) == OLD.public
+    assert client.owner_key(addr).key == OLD.public
     asked = len(queries)
-    assert client.resolve(addr) == OLD.public
-    assert client.resolve(parse_service_address("alice.web")) == OLD.public  # any service
+    assert client.owner_key(addr).key == OLD.public
+    assert client.owner_key(parse_service_address("alice.web")).key == OLD.public  # any service
     assert len(queries) == asked, "answered from the memo"
 
     # The old key hands the name on: the remembered answer must not outlive that.
     store(reg, NEW, NameClaimBody("alice"))
     store(reg, OLD, RotationBody("alice", NEW.public))
-    assert client.resolve(addr) == NEW.public
+    assert client.owner_key(addr).key == NEW.public
     assert reg.get_pin("alice") == NEW.public  # the re-pin still happens
-    assert client.resolve(addr) == NEW.public
+    assert client.owner_key(addr).key == NEW.public
 
 
 def test_resolve_sees_a_new_claim(reg: Registry) -> None:
     client, _ = sides(reg)
     addr = parse_service_address("alice.ssh")
     store(reg, OLD, NameClaimBody("alice"))
-    assert client.resolve(addr) == OLD.public
+    assert client.owner_key(addr).key == OLD.public
     # A second, unpinned claimant makes the bare name ambiguous: no stale answer.
     store(reg, NEW, NameClaimBody("alice"))
     with pytest.raises(StreamFailed, match="ambiguous"):
-        client.resolve(addr)
+        client.owner_key(addr)
 
 
 # ------------------------------------------------------------------ the owner's allow-list

@@ -337,7 +337,7 @@ def test_a_dump_stops_while_the_link_is_paused_and_goes_on_when_it_resumes(node:
     node.records.continue_dump(link)  # type: ignore[arg-type]
     assert len(link.sent) == 2 * DUMP_BATCH  # still paused: nothing more
     link.paused, link.room = False, 10**9
-    node.link_paused(link, False)  # type: ignore[arg-type]
+    node.links.link_paused(link, False)  # type: ignore[arg-type]
     assert len(link.sent) == held <= SYNC_DUMP_LIMIT
     assert len(set(link.sent)) == held  # every record once
     assert node.records.neighbours[link].dump_left == 0  # type: ignore[index]

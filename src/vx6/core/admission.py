@@ -36,7 +36,7 @@ The bounds, all in `AdmissionLimits`:
 
 So a trusted key is never refused for room while an untrusted pending or idle link
 exists, and the table never holds more than `max_links` entries (property-tested in
-tests/test_admission.py).
+tests/unit/test_admission.py).
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ link's scratch plaintext (one copy) and sealed by one AEAD pass, whatever its si
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vx6.core import events as ev
+from vx6.core.link_config import LinkConfig
 from vx6.core.streams import (
     CAN_RECEIVE,
     CAN_SEND,
@@ -22,9 +21,6 @@ from vx6.core.streams import (
 from vx6.core.streams import TransitionError as StreamTransitionError
 from vx6.errors import CloseCode, LinkError, StreamError
 from vx6.wire import frames as fr
-
-if TYPE_CHECKING:
-    from vx6.core.link import LinkConfig
 
 
 class StreamOps:

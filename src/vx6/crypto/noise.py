@@ -6,7 +6,7 @@ names are `Noise_XX_25519_AESGCM_SHA256` and `Noise_IK_25519_AESGCM_SHA256`. A
 handshake cipher key and nonce) and walks the pattern's message list: the initiator
 writes messages 0, 2, ... and reads 1, 3, ...; the responder the other way round. Every
 token is handled exactly as the spec's WriteMessage/ReadMessage say, so the bytes match
-the published test vectors (checked in tests/test_noise.py).
+the published test vectors (checked in tests/unit/test_noise.py).
 
 Randomness comes in from the caller (the ephemeral private key), never from inside.
 

@@ -63,7 +63,8 @@ class CircuitCarrier:
         self.close_reason = ""
         self.congested = False  # set by the router while cells for this link queue up
         self.streams_total = 0
-        self.first_stream_at: float | None = None  # time.monotonic() of the first stream
+        self.clock: Callable[[], float] = time.monotonic  # the node's, for a ClientPath
+        self.first_stream_at: float | None = None  # self.clock() at the first stream
         self._submit = submit
 
     # ------------------------------------------------------------------ subclass hooks
@@ -157,7 +158,7 @@ class CircuitCarrier:
         self.sinks[sid] = sink
         self.streams_total += 1
         if self.first_stream_at is None:
-            self.first_stream_at = time.monotonic()
+            self.first_stream_at = self.clock()
         self._pump()
         return sid
 
@@ -204,10 +205,13 @@ class ClientPath(CircuitCarrier):
         owner: bytes,
         relays: tuple[bytes, ...],
         identity: Identity,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(
             CircuitStreams(initiator=True, max_data=core.max_data), link, core.circuit_id, submit
         )
+        if clock is not None:
+            self.clock = clock
         self.core = core
         self.owner = owner
         self.relays = relays

@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
-import time
 from collections.abc import Callable
 from typing import cast
 
@@ -26,6 +24,7 @@ from vx6.core.dht.contacts import Address
 from vx6.core.dht.keys import credentials_for
 from vx6.core.dht.node import DhtNode
 from vx6.crypto.keys import Identity
+from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.ratelog import RATELOG
 
 log = logging.getLogger("vx6.dht")
@@ -45,8 +44,16 @@ DROP_KINDS = frozenset(
 
 
 class DhtService(asyncio.DatagramProtocol):
-    def __init__(self, identity: Identity, on_event: Callable[[ev.Event], None]) -> None:
-        self.node = DhtNode(credentials_for(identity), entropy=os.urandom, now=time.time())
+    def __init__(
+        self,
+        identity: Identity,
+        on_event: Callable[[ev.Event], None],
+        clock: Clock = SYSTEM_CLOCK,
+        random: Random = SYSTEM_RANDOM,
+    ) -> None:
+        # The DHT core runs on the wall clock: the values it stores expire by it.
+        self._now = clock.wall
+        self.node = DhtNode(credentials_for(identity), entropy=random, now=self._now())
         self.on_event = on_event
         self.transport: asyncio.DatagramTransport | None = None
         self.mapped = False  # a dual-stack IPv6 socket: IPv4 peers as ::ffff:a.b.c.d
@@ -82,7 +89,7 @@ class DhtService(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         host, port = str(addr[0]), int(cast(int, addr[1]))
-        now = time.time()
+        now = self._now()
         try:
             self.node.datagram_received(data, (host, port), now)
         except Exception:  # a bug of ours must not stop the DHT; the datagram is lost
@@ -102,7 +109,7 @@ class DhtService(asyncio.DatagramProtocol):
 
     def _report_drops(self) -> None:
         self._report_handle = None
-        self._reported_at = time.time()
+        self._reported_at = self._now()
         dropped = {k: v for k, v in self.node.stats.items() if k in DROP_KINDS}
         fresh = {k: v - self._reported.get(k, 0) for k, v in dropped.items()}
         if any(fresh.values()):
@@ -138,7 +145,7 @@ class DhtService(asyncio.DatagramProtocol):
                 if fut is not None and not fut.done():
                     fut.set_result(event)
                 if isinstance(event, ev.LookupFinished) and event.found:
-                    self.last_lookup_ok = time.time()
+                    self.last_lookup_ok = self._now()
             try:
                 self.on_event(event)
             except Exception:
@@ -155,7 +162,7 @@ class DhtService(asyncio.DatagramProtocol):
             self._thresholds.pop(0)
             for raw in self._own.values():
                 with contextlib.suppress(Exception):
-                    self.node.publish(raw, time.time())
+                    self.node.publish(raw, self._now())
             self._send_queued()
 
     def _send_queued(self) -> None:
@@ -174,21 +181,21 @@ class DhtService(asyncio.DatagramProtocol):
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
         when = self.node.next_timer()
-        delay = max(0.0, when - time.time())
+        delay = max(0.0, when - self._now())
         if self._timer is not None:
             self._timer.cancel()
         self._timer = loop.call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        self.node.handle_timer(time.time())
+        self.node.handle_timer(self._now())
         self._pump()
 
     # ------------------------------------------------------------------ API
     def bootstrap(self, addresses: list[Address]) -> None:
         usable = [a for a in addresses if _is_ip(a[0])]
         if usable:
-            self.node.bootstrap(usable, time.time())
+            self.node.bootstrap(usable, self._now())
             self._pump()
 
     async def lookup(
@@ -196,7 +203,7 @@ class DhtService(asyncio.DatagramProtocol):
     ) -> ev.RecordFound | ev.LookupFinished:
         """The first answer of a lookup: RecordFound as soon as a valid record is held
         (the lookup finishes in the background), else LookupFinished."""
-        now = time.time()
+        now = self._now()
         if want_value:
             lookup_id = self.node.find_value(target, now, interactive=True)
         else:
@@ -215,7 +222,7 @@ class DhtService(asyncio.DatagramProtocol):
     def publish(self, raw: bytes, slot: bytes = b"") -> None:
         self._own[slot or raw] = raw
         try:
-            self.node.publish(raw, time.time())
+            self.node.publish(raw, self._now())
         except Exception as exc:  # our own record should always pass: say so if not
             log.warning("DHT publish refused our own record: %s", exc)
         self._pump()

@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from vx6.core import events as ev
-from vx6.core.link import Link, LinkConfig
+from vx6.core.link import Link
+from vx6.core.link_config import LinkConfig
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
@@ -402,6 +403,7 @@ async def dial(
     expected_identity: bytes | None = None,
     timeout: float = 5.0,
     config: LinkConfig | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> LinkProtocol:
     """Open a TCP connection and complete the handshake, or raise OSError/LinkError."""
     loop = asyncio.get_running_loop()
@@ -415,6 +417,7 @@ async def dial(
             remote_link_key=remote_link_key,
             expected_identity=expected_identity,
             config=config,
+            clock=clock,
         )
 
     async with asyncio.timeout(timeout):

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from vx6.core.circuit.client import ClientCircuit, HopSpec
 from vx6.core.circuit.events import (
@@ -49,10 +47,12 @@ from vx6.core.circuit.limits import RelayLimits
 from vx6.core.circuit.outbox import CellBuffer, CellWriter
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
-from vx6.crypto.keys import fingerprint
+from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
+from vx6.net.carrier import StreamCarrier
 from vx6.net.circuit import ClientPath, ExitCircuit
 from vx6.net.link import LinkProtocol
+from vx6.net.ports import Clock, Count, LinkSource, Random, Spawn
 from vx6.net.ratelog import RATELOG
 from vx6.net.router_upkeep import RouterUpkeep
 from vx6.wire.cells import (
@@ -63,8 +63,9 @@ from vx6.wire.cells import (
     decode_cell,
 )
 
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
+# Who decides about a stream that arrives on a circuit ending here (the owner side):
+# (carrier, stream id, service, flags).
+StreamHandler = Callable[[StreamCarrier, int, str, int], None]
 
 
 log = logging.getLogger("vx6.circuits")
@@ -83,16 +84,31 @@ class BuildFailed(StreamFailed):
 
 
 class CircuitRouter(RouterUpkeep):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        identity: Identity,
+        onion_keys: Sequence[StaticKey],
+        limits: RelayLimits,
+        *,
+        relay: bool,
+        links: LinkSource,
+        on_stream: StreamHandler,
+        spawn: Spawn,
+        count: Count,
+        clock: Clock,
+        random: Random,
+    ) -> None:
+        self.identity = identity
+        self.links = links
+        self.on_stream = on_stream
+        self.spawn = spawn
+        self.count = count
+        self.clock = clock
+        self.random = random
         # Links that take cells in place (open, not paused, nothing queued): see _writable.
         self._writers: dict[int, CellWriter] = {}
         self.core = RelayCore(
-            node.identity.public,
-            node.onion_keys,
-            RelayLimits(idle_timeout=node.config.circuit_idle_timeout),
-            relay=bool(node.config.relay),
-            writers=self._writers,
+            identity.public, onion_keys, limits, relay=relay, writers=self._writers
         )
         self._ids: dict[LinkProtocol, int] = {}
         self._links: dict[int, LinkProtocol] = {}
@@ -206,12 +222,12 @@ class CircuitRouter(RouterUpkeep):
             events += self.core.cell_received(
                 lid,
                 cell,
-                now=time.monotonic(),
+                now=self.clock.monotonic(),
                 source=self._source(link),
-                ephemeral=os.urandom(32),
+                ephemeral=self.random(32),
             )
         else:
-            taken = self.core.cell_received(lid, cell, now=time.monotonic())
+            taken = self.core.cell_received(lid, cell, now=self.clock.monotonic())
             events += taken
             if taken and isinstance(taken[-1], StrayCellsExceeded):
                 self.process(events)  # closes the link
@@ -243,7 +259,7 @@ class CircuitRouter(RouterUpkeep):
             elif isinstance(event, CircuitDestroyed):
                 self._destroyed(event)
             elif isinstance(event, ExtendRequested):
-                self.node.spawn(self._extend(event))
+                self.spawn(self._extend(event))
             elif isinstance(event, StrayCellsExceeded):
                 self._stray_limit(event)
         if batch:
@@ -267,12 +283,12 @@ class CircuitRouter(RouterUpkeep):
                 event.link,
                 event.circuit_id,
                 self.process,
-                own_identity=self.node.identity.public,
+                own_identity=self.identity.public,
                 max_data=self.core.max_data(event.link, event.circuit_id),
-                on_stream=self.node.owner.stream_requested,
+                on_stream=self.on_stream,
             )
             self.exits[key] = carrier
-            self.node.count("circuits_exit")
+            self.count("circuits_exit")
         carrier.messages_received(batch)  # the events carry the messages' fields
 
     def _destroyed(self, event: CircuitDestroyed) -> None:
@@ -288,14 +304,14 @@ class CircuitRouter(RouterUpkeep):
             exit_.circuit_closed(reason)
         quiet = event.reason in (DestroyReason.NONE, DestroyReason.SHUTDOWN)
         if not quiet:
-            self.node.count("circuits_destroyed")
+            self.count("circuits_destroyed")
         self._log_destroyed(event, quiet, "client" if path else ("exit" if exit_ else "relay"))
 
     async def _extend(self, event: ExtendRequested) -> None:
         """A relay was asked to extend to `identity`: find or dial its link."""
         try:
             async with asyncio.timeout(EXTEND_TIMEOUT):
-                link = await self.node.link_to(event.identity, event.endpoints)
+                link = await self.links.link_to(event.identity, event.endpoints, for_peer=True)
         except (OSError, TimeoutError, VX6Error) as exc:
             detail = f"next hop {fingerprint(event.identity)}: {exc or 'timeout'}"
             self.process(self.core.link_failed(event.request_id, detail))
@@ -357,12 +373,12 @@ class CircuitRouter(RouterUpkeep):
         path = [*relays, owner]
         first = path[0]
         try:
-            link = await self.node.link_to(first.identity, first.endpoints)
+            link = await self.links.link_to(first.identity, first.endpoints, for_peer=True)
         except (OSError, TimeoutError, VX6Error) as exc:
             raise BuildFailed(f"first hop {fingerprint(first.identity)}: {exc}", 0) from exc
         lid = self.link_id(link)
         circuit_id = self.core.reserve_id(lid, odd=link.core.initiator)
-        ephemerals = [os.urandom(32) for _ in path]
+        ephemerals = [self.random(32) for _ in path]
         core = ClientCircuit(lid, circuit_id, path, ephemerals, out=self.core.out)
         carrier = ClientPath(
             core,
@@ -370,7 +386,8 @@ class CircuitRouter(RouterUpkeep):
             self.process,
             owner=owner.identity,
             relays=tuple(r.identity for r in relays),
-            identity=self.node.identity,
+            identity=self.identity,
+            clock=self.clock.monotonic,
         )
         self.clients[(lid, circuit_id)] = carrier
         self.process(core.start())
@@ -381,7 +398,7 @@ class CircuitRouter(RouterUpkeep):
             carrier.close(DestroyReason.NONE)
             detail = f"circuit build failed: {carrier.close_reason or 'timeout'}"
             raise BuildFailed(detail, core.hops_keyed) from exc
-        self.node.count("circuits_built")
+        self.count("circuits_built")
         return carrier
 
     def describe(self) -> dict[str, object]:
@@ -397,7 +414,3 @@ class CircuitRouter(RouterUpkeep):
             "cells_out": self.cells_out + self.core.out.cells_in_place,
             **self.core.stats(),  # late / unknown cells, refusals, idle evictions, expiries
         }
-
-    def close_all(self) -> None:
-        for path in list(self.clients.values()):
-            path.close(DestroyReason.SHUTDOWN)

@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from vx6.core.circuit.events import CircuitDestroyed, CircuitEvent, StrayCellsExceeded
 from vx6.core.circuit.relay import RelayCore
 from vx6.errors import CloseCode
 from vx6.net.circuit import ClientPath
 from vx6.net.link import LinkProtocol
+from vx6.net.ports import Clock, Count
 from vx6.net.ratelog import RATELOG
-
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
 
 log = logging.getLogger("vx6.circuits")
 
@@ -40,7 +36,8 @@ SUMMARY_AFTER = 3  # circuits ending at once that still get a line each
 class RouterUpkeep:
     """Mixin: the attributes below are set by `CircuitRouter`."""
 
-    node: Node
+    clock: Clock
+    count: Count
     core: RelayCore
     clients: dict[tuple[int, int], ClientPath]
     _links: Mapping[int, LinkProtocol]
@@ -76,7 +73,7 @@ class RouterUpkeep:
 
     def _tick(self) -> None:
         self._timer = None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         events = self.core.handle_timer(now)
         for path in list(self.clients.values()):
             events += path.core.tick(now)
@@ -84,7 +81,7 @@ class RouterUpkeep:
 
     def _stray_limit(self, event: StrayCellsExceeded) -> None:
         link = self._links.get(event.link)
-        self.node.count("links_closed_stray_cells")
+        self.count("links_closed_stray_cells")
         peer = link.peer_address if link is not None else event.link
         RATELOG.warning(log, "stray-cells", "%s: too many cells for unknown circuits", peer)
         if link is not None:

@@ -10,31 +10,88 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from vx6 import __version__
 from vx6.core.names import parse_service_address
-from vx6.crypto.keys import fingerprint, key_from_text, key_to_text, node_id
+from vx6.crypto.keys import fingerprint, key_from_text, key_to_text
 from vx6.errors import StreamFailed, UsageError
 from vx6.net.addresses import format_endpoint
+from vx6.net.dht import DhtService
+from vx6.net.ports import Clock
 from vx6.net.ratelog import RATELOG
+from vx6.net.router import CircuitRouter
+from vx6.node.forwards import ClientSide
+from vx6.node.links import Links
+from vx6.node.owner import OwnerSide
+from vx6.node.pool import CircuitPool
+from vx6.node.publisher import Publisher
+from vx6.node.records import RecordHub
+from vx6.node.resolver import Resolver
 from vx6.store.config import MAX_RELAYS, forward_config, service_config
-from vx6.store.registry import RegistryError
+from vx6.store.registry import Registry, RegistryError
 from vx6.wire.control import OP_FIELDS, check_fields
 from vx6.wire.records import Kind, decode_record
-
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
 
 log = logging.getLogger("vx6.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    """What `id` and `status` say about the node itself."""
+
+    name: str | None
+    identity: bytes
+    home: Path
+    started: float
+    listen_addresses: Sequence[tuple[str, int]]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.identity)
+
+
 class ControlOps:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    """The control plane sees every role: it is the one place that reports on all of
+    them. Each is handed in by name; the ops call their public methods only."""
+
+    def __init__(
+        self,
+        info: NodeInfo,
+        *,
+        links: Links,
+        owner: OwnerSide,
+        client: ClientSide,
+        pool: CircuitPool,
+        router: CircuitRouter,
+        records: RecordHub,
+        resolver: Resolver,
+        publisher: Publisher,
+        registry: Registry,
+        dht: DhtService,
+        counters: Mapping[str, int],
+        stop: Callable[[], None],
+        clock: Clock,
+    ) -> None:
+        self.info = info
+        self.links = links
+        self.owner = owner
+        self.client = client
+        self.pool = pool
+        self.router = router
+        self.records = records
+        self.resolver = resolver
+        self.publisher = publisher
+        self.registry = registry
+        self.dht = dht
+        self.counters = counters
+        self._stop = stop
+        self.clock = clock
         self._ops: dict[str, Handler] = {
             "status": self.status,
             "id": self.id,
@@ -69,45 +126,44 @@ class ControlOps:
         return {"ok": True, **result}
 
     async def id(self, _: dict[str, Any]) -> dict[str, Any]:
-        node = self.node
+        info = self.info
         return {
-            "name": node.name,
-            "key": key_to_text(node.identity.public),
-            "fingerprint": node.fingerprint,
+            "name": info.name,
+            "key": key_to_text(info.identity),
+            "fingerprint": info.fingerprint,
         }
 
     async def status(self, _: dict[str, Any]) -> dict[str, Any]:
-        node = self.node
-        now = time.time()
+        now = self.clock.wall()
+        reg = self.registry
         return {
             **(await self.id({})),
             "version": __version__,
-            "home": str(node.home.path),
-            "uptime_s": round(now - node.started, 1),
-            "listen": [format_endpoint(h, p) for h, p in node.listen_addresses],
-            "advertised": [format_endpoint(e.host, e.port) for e in node.publisher.advertised()],
-            "links": len([link for link in node.all_links if link.is_open]),
-            "sync_links": len(node.records.neighbours),
-            "streams_owner_active": len(node.owner.active),
-            "streams_owner_total": node.owner.streams_total,
-            "records": node.registry.count_records(now),
-            "registry": node.registry.health.describe(),
-            "registry_record_bytes": node.registry.record_bytes(),
-            "registry_evicted": node.registry.evicted,
-            "registry_failed_writes": node.registry.health.failed_writes,
-            "services": len(node.owner.services),
-            "forwards": [f.describe() for f in node.client.forwards.values()],
-            "counters": dict(sorted(node.counters.items())),
+            "home": str(self.info.home),
+            "uptime_s": round(now - self.info.started, 1),
+            "listen": [format_endpoint(h, p) for h, p in self.info.listen_addresses],
+            "advertised": [format_endpoint(e.host, e.port) for e in self.publisher.advertised()],
+            "links": len([link for link in self.links.all if link.is_open]),
+            "sync_links": len(self.records.neighbours),
+            "streams_owner_active": len(self.owner.active),
+            "streams_owner_total": self.owner.streams_total,
+            "records": reg.count_records(now),
+            "registry": reg.health.describe(),
+            "registry_record_bytes": reg.record_bytes(),
+            "registry_evicted": reg.evicted,
+            "registry_failed_writes": reg.health.failed_writes,
+            "services": len(self.owner.services),
+            "forwards": [f.describe() for f in self.client.forwards.values()],
+            "counters": dict(sorted(self.counters.items())),
             # Every rate-limited refusal or drop, counted exactly (the log shows only a few).
             "refusals": dict(sorted(RATELOG.counts.items())),
-            "dht": node.dht.health(),
-            "circuits": node.circuits.describe(),
+            "dht": self.dht.health(),
+            "circuits": self.router.describe(),
         }
 
     async def peers(self, _: dict[str, Any]) -> dict[str, Any]:
-        node = self.node
         links = []
-        for link in node.all_links:
+        for link in self.links.all:
             if not link.is_open or link.peer_identity is None:
                 continue
             links.append(
@@ -116,7 +172,7 @@ class ControlOps:
                     "key": key_to_text(link.peer_identity),
                     "address": format_endpoint(*link.peer_address) if link.peer_address else None,
                     "direction": "out" if link.core.initiator else "in",
-                    "sync": link in node.records.neighbours,
+                    "sync": link in self.records.neighbours,
                     "streams": len(link.core.streams),
                     "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
                     "bytes_in": link.core.bytes_in,
@@ -130,11 +186,11 @@ class ControlOps:
                 "last_seen": p.last_seen,
                 "rtt_ms": p.rtt_ms,
             }
-            for p in node.registry.peers(limit=200)
+            for p in self.registry.peers(limit=200)
         ]
         table = [
             {"node_id": c.node_id.hex()[:16], "address": format_endpoint(*c.address)}
-            for c in node.dht.node.table.contacts()
+            for c in self.dht.node.table.contacts()
         ]
         return {"links": links, "known": known, "dht_table": table}
 
@@ -151,21 +207,21 @@ class ControlOps:
             raise UsageError(
                 "a private service needs --allow KEY_OR_NAME (or --public to open it to everyone)"
             )
-        self.node.owner.expose(svc)
-        owner = self.node.name or key_to_text(self.node.identity.public)
-        return {"service": self.node.owner.describe(svc), "address": f"{owner}.{svc.name}"}
+        self.owner.expose(svc)
+        owner = self.info.name or key_to_text(self.info.identity)
+        return {"service": self.owner.describe(svc), "address": f"{owner}.{svc.name}"}
 
     async def unexpose(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))
         # A registry that cannot be written raises RegistryError: the service stays
         # exposed (a restart would bring it back) and the user is told.
-        removed = self.node.owner.unexpose(name)
+        removed = self.owner.unexpose(name)
         if not removed:
             raise UsageError(f"no service named {name!r}")
         return {"removed": name}
 
     async def services(self, _: dict[str, Any]) -> dict[str, Any]:
-        owner = self.node.owner
+        owner = self.owner
         return {"services": [owner.describe(s) for s in owner.services.values()]}
 
     async def connect(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -177,12 +233,12 @@ class ControlOps:
         cfg = forward_config(
             name, service, str(req.get("local", "")), req.get("via") or None, hops, fallback
         )
-        fwd = await self.node.client.connect(cfg)
+        fwd = await self.client.connect(cfg)
         return {"forward": fwd.describe(), "setup": fwd.setup}
 
     async def disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))
-        if not await self.node.client.disconnect(name):
+        if not await self.client.disconnect(name):
             raise UsageError(f"no forward named {name!r}")
         return {"removed": name}
 
@@ -190,7 +246,7 @@ class ControlOps:
         """The relays route planning can choose from (node records with the relay
         capability), with what the weights use."""
         out = []
-        for c in self.node.pool.relay_candidates():
+        for c in self.pool.relay_candidates():
             out.append(
                 {
                     "fingerprint": fingerprint(c.identity),
@@ -207,11 +263,9 @@ class ControlOps:
         hops = req.get("hops")
         if not isinstance(hops, int) or not 1 <= hops <= MAX_RELAYS:
             raise UsageError(f"hops must be 1..{MAX_RELAYS}")
-        key = await self.node.client.resolve_with_dht(
-            parse_service_address(f"{req.get('owner', '')}.any")
-        )
+        found = await self.resolver.resolve(parse_service_address(f"{req.get('owner', '')}.any"))
         started = time.perf_counter()
-        path = await self.node.pool.build(key, hops)
+        path = await self.pool.build(found.key, hops)
         total_ms = (time.perf_counter() - started) * 1000
         info = path.describe()
         path.close()
@@ -222,21 +276,21 @@ class ControlOps:
         }
 
     async def forwards(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"forwards": [f.describe() for f in self.node.client.forwards.values()]}
+        return {"forwards": [f.describe() for f in self.client.forwards.values()]}
 
     async def resolve(self, req: dict[str, Any]) -> dict[str, Any]:
         addr = parse_service_address(str(req.get("address", "")))
         started = time.perf_counter()
-        client = self.node.client
-        lookups_before = self.node.counters.get("dht_lookups", 0)
-        key = await client.resolve_with_dht(addr)
-        if client.node_record(key) is None:
-            await self.node.records.lookup(node_id(key))
+        found = await self.resolver.resolve(addr)
+        key = found.key
+        looked_up = found.looked_up
+        if self.resolver.node_record(key) is None:
+            await self.resolver.fresh_node_record(key)
+            looked_up = True
         elapsed_ms = (time.perf_counter() - started) * 1000
-        via = "dht" if self.node.counters.get("dht_lookups", 0) > lookups_before else "registry"
-        reg = self.node.registry
+        reg = self.registry
         records = []
-        for stored in reg.records(signer=key, now=time.time()):
+        for stored in reg.records(signer=key, now=self.clock.wall()):
             rec = decode_record(stored.raw)
             records.append(
                 {
@@ -253,7 +307,8 @@ class ControlOps:
             "key": key_to_text(key),
             "fingerprint": fingerprint(key),
             "pinned": reg.get_pin(addr.owner_name) == key if addr.owner_name else None,
-            "resolved_via": via,
+            "resolved_via": "dht" if looked_up else "registry",
+            "provenance": found.provenance.value,
             "elapsed_ms": round(elapsed_ms, 3),
             "records": records,
         }
@@ -262,7 +317,7 @@ class ControlOps:
         text = str(req.get("address", ""))
         # `vx6 ping alice` pings the owner's node; any service label will do for parsing.
         addr = parse_service_address(text if "." in text else text + ".ping")
-        link = await self.node.client.link_for(addr, None)
+        link = await self.client.link_for(addr, None)
         rtts = []
         for _ in range(int(req.get("count", 3))):
             async with asyncio.timeout(5):
@@ -275,15 +330,15 @@ class ControlOps:
             new_key = key_from_text(str(req.get("to", "")))
         except ValueError as exc:
             raise UsageError(f"--to must be a 52-character key: {exc}") from exc
-        self.node.publisher.publish_rotation(new_key)
+        self.publisher.publish_rotation(new_key)
         return {
-            "name": self.node.name,
+            "name": self.info.name,
             "to": key_to_text(new_key),
             "fingerprint": fingerprint(new_key),
         }
 
     async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
-        asyncio.get_running_loop().call_soon(self.node.stop)
+        asyncio.get_running_loop().call_soon(self._stop)
         return {"stopping": True}
 
 

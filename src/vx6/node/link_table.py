@@ -16,7 +16,6 @@ counted exactly: `links_refused_<reason>`, `links_evicted`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 from vx6.core.admission import AdmissionLimits, AdmissionTable, Refuse
@@ -24,6 +23,7 @@ from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode
 from vx6.net.addresses import format_endpoint
 from vx6.net.link import LinkProtocol
+from vx6.net.ports import SYSTEM_CLOCK, Clock
 from vx6.net.ratelog import RATELOG
 from vx6.store.memo import RegistryMemo
 from vx6.store.registry import Registry
@@ -36,13 +36,16 @@ class TrustedKeys:
     nodes it dialled (and remembered from earlier runs), owners its client pinned, and
     keys on its private services' allow-lists."""
 
-    def __init__(
-        self, registry: Registry, allow_lists: Callable[[], Iterable[frozenset[bytes]]]
-    ) -> None:
+    def __init__(self, registry: Registry, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.peer_keys: set[bytes] = set()
         self._registry = registry
-        self._allow_lists = allow_lists
+        self._allow_lists: Callable[[], Iterable[frozenset[bytes]]] = tuple
         self._pins: RegistryMemo[str, frozenset[bytes]] = RegistryMemo(registry)
+
+    def use_allow_lists(self, allow_lists: Callable[[], Iterable[frozenset[bytes]]]) -> None:
+        """Where the private services' allow-lists come from (the owner side)."""
+        self._allow_lists = allow_lists
 
     def remember_peers(self, peers: Iterable[tuple[str, int]]) -> None:
         """The keys our configured peers had when we last reached them: one of them may
@@ -55,7 +58,7 @@ class TrustedKeys:
     def __call__(self, key: bytes) -> bool:
         if key in self.peer_keys:
             return True
-        pins = self._pins.get("pins", time.time())
+        pins = self._pins.get("pins", self.clock.wall())
         if pins is None:
             pins = frozenset(k for _, k, _ in self._registry.pins())
             self._pins.put("pins", pins)
@@ -63,20 +66,27 @@ class TrustedKeys:
 
 
 class LinkTable:
+    """See the module docstring. A link that carries circuits is busy (never evicted as
+    idle): `use_circuit_check` says how to tell (the router)."""
+
     def __init__(
         self,
         limits: AdmissionLimits,
         count: Callable[[str], None],
         is_trusted: Callable[[bytes], bool],
-        carries_circuits: Callable[[LinkProtocol], bool] = lambda _: False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.admission: AdmissionTable[int] = AdmissionTable(limits, self._busy)
-        self._carries_circuits = carries_circuits
+        self._carries_circuits: Callable[[LinkProtocol], bool] = lambda _: False
         self._count = count
         self._is_trusted = is_trusted
         self._ids: dict[LinkProtocol, int] = {}
         self._links: dict[int, LinkProtocol] = {}
         self._next_id = 0
+
+    def use_circuit_check(self, carries_circuits: Callable[[LinkProtocol], bool]) -> None:
+        self._carries_circuits = carries_circuits
 
     def admit(
         self, source: tuple[str, int], make_link: Callable[[], LinkProtocol]
@@ -84,7 +94,7 @@ class LinkTable:
         """An accepted connection from `source`: None (refused: close it), or the new
         link made for it, after closing what had to make room."""
         number = self._new_id()
-        decision = self.admission.connected(number, source[0], source[1], time.monotonic())
+        decision = self.admission.connected(number, source[0], source[1], self.clock.monotonic())
         if isinstance(decision, Refuse):
             self._refused(decision.reason, format_endpoint(*source))
             return None
@@ -98,7 +108,7 @@ class LinkTable:
         """The handshake of `link` is done: keep it (True) or close it (False)."""
         key = link.peer_identity
         assert key is not None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if link.core.initiator:  # a link we dialled: counted from now, never evicted
             number = self._new_id()
             decision = self.admission.dialled(number, now)

@@ -13,47 +13,69 @@ otherwise when exposing it.
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from vx6.core.names import parse_service_address
 from vx6.crypto.keys import fingerprint, key_from_text
 from vx6.errors import StreamError, StreamFailed, UsageError
 from vx6.net.carrier import StreamCarrier
 from vx6.net.pipe import StreamPipe
+from vx6.net.ports import Clock, Count
 from vx6.net.ratelog import RATELOG
 from vx6.node.owner_streams import OwnerStreams
-from vx6.store.config import ServiceConfig
+from vx6.node.resolver import Resolver
+from vx6.store.config import OwnerLimits, ServiceConfig
 from vx6.store.memo import RegistryMemo
-from vx6.store.registry import LocalService
+from vx6.store.registry import LocalService, Registry
 from vx6.wire.frames import OPEN_FLAG_PROBE
-
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
 
 log = logging.getLogger("vx6.owner")
 
 TARGET_CONNECT_TIMEOUT = 5.0
 
 
+class ServicePublisher(Protocol):
+    def publish_service(self, name: str, public: bool, withdrawn: bool = False) -> None: ...
+
+
 class OwnerSide:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.services: dict[str, ServiceConfig] = {}
-        self.streams = OwnerStreams(node.config.owner_limits, node.count)
+    def __init__(
+        self,
+        services: dict[str, ServiceConfig],
+        limits: OwnerLimits,
+        *,
+        registry: Registry,
+        resolver: Resolver,
+        publisher: ServicePublisher,
+        count: Count,
+        clock: Clock,
+    ) -> None:
+        self.services = services  # shared with the publisher, which announces them
+        self.registry = registry
+        self.resolver = resolver
+        self.publisher = publisher
+        self.count = count
+        self.clock = clock
+        self.streams = OwnerStreams(limits, count)
         self._allowed: RegistryMemo[tuple[str, tuple[str, ...]], frozenset[bytes]] = RegistryMemo(
-            node.registry
+            registry
         )
 
-    def load_services(self) -> None:
-        for s in self.node.registry.services():
+    def load_services(self, configured: Mapping[str, ServiceConfig]) -> None:
+        """The services exposed earlier (kept in the registry), then config.toml's."""
+        for s in self.registry.services():
             self.services[s.name] = ServiceConfig(
                 s.name, s.target_host, s.target_port, s.allow, s.public, s.allow_remote_target
             )
-        self.services.update(self.node.config.services)
+        self.services.update(configured)
+
+    def allow_lists(self) -> list[frozenset[bytes]]:
+        """The keys on each private service's allow-list (trusted by the link table)."""
+        return [self.allowed_keys(svc) for svc in self.services.values() if not svc.public]
 
     def expose(self, svc: ServiceConfig) -> None:
-        self.node.registry.put_service(
+        self.registry.put_service(
             LocalService(
                 svc.name,
                 svc.target_host,
@@ -64,7 +86,7 @@ class OwnerSide:
             )
         )
         self.services[svc.name] = svc
-        self.node.publisher.publish_service(svc.name, svc.public)
+        self.publisher.publish_service(svc.name, svc.public)
         log.info(
             "exposed %s -> %s:%d (%s)",
             svc.name,
@@ -76,18 +98,18 @@ class OwnerSide:
     def unexpose(self, name: str) -> bool:
         # The registry first: if the write fails (disk full) it raises and the service
         # stays exposed in memory too, as a restart would bring it back from disk.
-        removed = self.node.registry.remove_service(name)
+        removed = self.registry.remove_service(name)
         svc = self.services.pop(name, None)
         if svc is None and not removed:
             return False
-        self.node.publisher.publish_service(name, False, withdrawn=True)
+        self.publisher.publish_service(name, False, withdrawn=True)
         return True
 
     def allowed_keys(self, svc: ServiceConfig) -> frozenset[bytes]:
         # Asked on every stream request: remembered until the registry changes (a new
         # claim, rotation or pin can change what an allowed name means).
         memo_key = (svc.name, tuple(svc.allow))
-        now = time.time()
+        now = self.clock.wall()
         known = self._allowed.get(memo_key, now)
         if known is not None:
             return known
@@ -100,7 +122,7 @@ class OwnerSide:
                 pass
             try:
                 addr = parse_service_address(f"{entry}.{svc.name}")
-                keys.add(self.node.client.resolve(addr, follow_pin=False))
+                keys.add(self.resolver.owner_key(addr, follow_pin=False).key)
             except (UsageError, StreamFailed):
                 continue  # a name we cannot resolve yet allows nobody
         result = frozenset(keys)
@@ -129,7 +151,7 @@ class OwnerSide:
                 who,
                 service,
             )
-            self.node.count("streams_refused_unknown_service")
+            self.count("streams_refused_unknown_service")
             link.reject_stream(sid, StreamError.UNKNOWN_SERVICE, f"no service {service!r} here")
             return
         if not svc.public and (peer is None or peer not in self.allowed_keys(svc)):
@@ -140,7 +162,7 @@ class OwnerSide:
                 who,
                 service,
             )
-            self.node.count("streams_refused_not_allowed")
+            self.count("streams_refused_not_allowed")
             link.reject_stream(sid, StreamError.NOT_ALLOWED, f"{who} may not use {service!r}")
             return
         self.streams.open(link, sid, svc, bool(flags & OPEN_FLAG_PROBE), TARGET_CONNECT_TIMEOUT)

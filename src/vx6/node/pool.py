@@ -29,22 +29,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from vx6.core.circuit.client import HopSpec
 from vx6.core.dht.contacts import prefix_of
 from vx6.core.routes import RelayCandidate, plan_route
-from vx6.crypto.keys import fingerprint, node_id
+from vx6.crypto.keys import fingerprint
 from vx6.errors import DecodeError, StreamError, StreamFailed
 from vx6.net.circuit import ClientPath
+from vx6.net.ports import Clock, LinkSource, Spawn
 from vx6.net.router import BuildFailed
+from vx6.node.resolver import Resolver
+from vx6.store.registry import Registry
 from vx6.wire.cells import MAX_ENDPOINTS, Endpoint
 from vx6.wire.records import Capability, Kind, NodeBody, decode_body, decode_record
-
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
 
 log = logging.getLogger("vx6.pool")
 
@@ -69,9 +68,31 @@ def hop_endpoints(addresses: Sequence[HostPort]) -> tuple[Endpoint, ...]:
     return tuple(Endpoint(a.host, a.port) for a in addresses[:MAX_ENDPOINTS])
 
 
+class CircuitBuilder(Protocol):
+    async def build(self, owner: HopSpec, relays: list[HopSpec]) -> ClientPath: ...
+
+
 class CircuitPool:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        own_key: bytes,
+        circuit_lifetime: float,
+        *,
+        builder: CircuitBuilder,
+        resolver: Resolver,
+        links: LinkSource,
+        registry: Registry,
+        spawn: Spawn,
+        clock: Clock,
+    ) -> None:
+        self.own_key = own_key
+        self.circuit_lifetime = circuit_lifetime
+        self.builder = builder
+        self.resolver = resolver
+        self.links = links
+        self.registry = registry
+        self.spawn = spawn
+        self.clock = clock
         self.paths: dict[PoolKey, list[ClientPath]] = {}
         self._building: dict[PoolKey, int] = {}
         self._avoid: dict[bytes, float] = {}
@@ -82,12 +103,12 @@ class CircuitPool:
     def takes_new(self, path: ClientPath, now: float) -> bool:
         """Does this circuit take new connections (it is not retiring)?"""
         first = path.first_stream_at
-        return first is None or now - first < self.node.config.circuit_lifetime
+        return first is None or now - first < self.circuit_lifetime
 
     def ready(self, key: PoolKey) -> list[ClientPath]:
         """The open circuits that take new connections. Drops closed circuits and closes
         retiring ones whose last connection has ended."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         fresh: list[ClientPath] = []
         kept: list[ClientPath] = []
         for path in self.paths.get(key, []):
@@ -107,9 +128,9 @@ class CircuitPool:
         """Close retiring circuits once idle and build their fresh replacements; drop
         the spares of an (owner, hops) nobody has asked for in a long time."""
         while True:
-            lifetime = self.node.config.circuit_lifetime
+            lifetime = self.circuit_lifetime
             await asyncio.sleep(min(SWEEP_EVERY, lifetime / 2))  # a periodic timer
-            now = time.monotonic()
+            now = self.clock.monotonic()
             for key in list(self.paths):
                 self.ready(key)
                 paths = self.paths[key]
@@ -124,7 +145,7 @@ class CircuitPool:
 
     async def get(self, owner: bytes, hops: int) -> ClientPath:
         key = (owner, hops)
-        self._last_asked[key] = time.monotonic()
+        self._last_asked[key] = self.clock.monotonic()
         for path in sorted(self.ready(key), key=lambda p: p.active_streams):
             if path.active_streams < path.session.streams.max_streams:
                 self._top_up(key)
@@ -136,14 +157,14 @@ class CircuitPool:
 
     def warm(self, owner: bytes, hops: int) -> None:
         """Start building circuits for a forward before its first connection."""
-        self._last_asked[(owner, hops)] = time.monotonic()
+        self._last_asked[(owner, hops)] = self.clock.monotonic()
         self._top_up((owner, hops))
 
     def _top_up(self, key: PoolKey) -> None:
         missing = SPARE - len(self.ready(key)) - self._building.get(key, 0)
         for _ in range(max(0, missing)):
             self._building[key] = self._building.get(key, 0) + 1
-            self.node.spawn(self._build_spare(key))
+            self.spawn(self._build_spare(key))
 
     async def _build_spare(self, key: PoolKey) -> None:
         try:
@@ -163,7 +184,7 @@ class CircuitPool:
             relays = self.plan(owner, hops)
             specs = [HopSpec(r.identity, r.onion_key, r.endpoints) for r in relays]
             try:
-                return await self.node.circuits.build(exit_spec, specs)
+                return await self.builder.build(exit_spec, specs)
             except BuildFailed as exc:
                 last = exc
                 self._blame([*specs, exit_spec], exc.hops_keyed, exc)
@@ -175,18 +196,18 @@ class CircuitPool:
         if keyed >= len(path) - 1:
             return
         suspect = path[keyed].identity
-        self._avoid[suspect] = time.monotonic() + AVOID_SECONDS
+        self._avoid[suspect] = self.clock.monotonic() + AVOID_SECONDS
         log.info("avoiding relay %s for a while: %s", fingerprint(suspect), exc.detail)
 
     def plan(self, owner: bytes, hops: int) -> list[RelayCandidate]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self._avoid = {k: t for k, t in self._avoid.items() if t > now}
-        exclude = {self.node.identity.public, owner, *self._avoid}
+        exclude = {self.own_key, owner, *self._avoid}
         return plan_route(self.relay_candidates(), hops, exclude=exclude, rng=self._rng.random)
 
     def relay_candidates(self) -> list[RelayCandidate]:
-        reg = self.node.registry
-        now = time.time()
+        reg = self.registry
+        now = self.clock.wall()
         seen: dict[bytes, tuple[float, float, float | None]] = {}
         for peer in reg.peers(limit=2000):
             if peer.key is None:
@@ -208,7 +229,7 @@ class CircuitPool:
             if not body.addresses:
                 continue
             first, last, rtt_ms = seen.get(stored.signer, (now, now, None))
-            link = self.node.links.get(stored.signer)
+            link = self.links.open_link(stored.signer)
             if link is not None and link.rtt is not None:
                 rtt_ms = link.rtt * 1000
             out.append(
@@ -224,10 +245,7 @@ class CircuitPool:
         return out
 
     async def _owner_spec(self, owner: bytes) -> HopSpec:
-        body = self.node.client.node_record(owner)
-        if body is None:
-            await self.node.records.lookup(node_id(owner))
-            body = self.node.client.node_record(owner)
+        body = await self.resolver.node_record_or_lookup(owner)
         if body is None or not body.addresses:
             raise StreamFailed(
                 StreamError.OWNER_UNREACHABLE, f"no node record for {fingerprint(owner)}"
@@ -235,7 +253,7 @@ class CircuitPool:
         return HopSpec(owner, body.onion_key, hop_endpoints(body.addresses))
 
     def describe_circuits(self, key: PoolKey) -> list[dict[str, object]]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return [
             {**path.describe(), "retiring": path.is_open and not self.takes_new(path, now)}
             for path in self.paths.get(key, [])

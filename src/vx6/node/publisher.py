@@ -20,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from vx6.core.names import name_pow_ok, solve_name_pow
 from vx6.core.records import make_record
+from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import UsageError
 from vx6.net.addresses import is_wildcard, local_addresses
-from vx6.store.registry import RegistryError
+from vx6.net.ports import Clock
+from vx6.store.config import NodeConfig, ServiceConfig
+from vx6.store.registry import Registry, RegistryError
 from vx6.wire.records import (
     Body,
     Capability,
@@ -39,9 +43,6 @@ from vx6.wire.records import (
     ServiceBody,
 )
 
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
-
 log = logging.getLogger("vx6.publish")
 
 RECORD_LIFETIME = 24 * 3600
@@ -51,20 +52,61 @@ MAX_ADDRESSES = 8
 UNSAVED_RETRY_EVERY = 60.0
 
 
+# Where a new record of ours goes besides the registry: to the sync neighbours (the
+# records hub) and into the DHT (the DHT service).
+class SyncPush(Protocol):
+    def push(self, fresh: list[bytes]) -> None: ...
+
+
+class DhtPublish(Protocol):
+    def publish(self, raw: bytes, slot: bytes) -> None: ...
+
+
+@dataclass
+class NodeKeys:
+    """The node's keys as the publisher announces them; the onion key changes on rotation."""
+
+    identity: Identity
+    link_key: StaticKey
+    onion_key: StaticKey
+
+
 class Publisher:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        keys: NodeKeys,
+        name: str | None,
+        config: NodeConfig,
+        *,
+        services: Mapping[str, ServiceConfig],
+        listen_addresses: Sequence[tuple[str, int]],
+        registry: Registry,
+        records: SyncPush,
+        dht: DhtPublish,
+        addresses_changed: Callable[[set[str]], None],
+        clock: Clock,
+    ) -> None:
+        self.keys = keys
+        self.name = name
+        self.config = config
+        self.services = services
+        self.listen_addresses = listen_addresses
+        self.registry = registry
+        self.records = records
+        self.dht = dht
+        self.addresses_changed = addresses_changed
+        self.clock = clock
         self._addresses: tuple[Endpoint, ...] = ()
         self._last_seq = 0  # also in memory: the registry may fail to keep it
         self.unsaved = False  # a record of ours is missing from the registry
 
     def next_seq(self) -> int:
-        reg = self.node.registry
+        reg = self.registry
         try:
             last = int(reg.get_meta("last_seq") or 0)
         except RegistryError:
             last = 0
-        seq = max(last + 1, self._last_seq + 1, int(time.time() * 1000))
+        seq = max(last + 1, self._last_seq + 1, int(self.clock.wall() * 1000))
         self._last_seq = seq
         # Degraded (logged by the registry): the in-memory counter carries on.
         with contextlib.suppress(RegistryError):
@@ -72,49 +114,48 @@ class Publisher:
         return seq
 
     def publish(self, body: Body) -> bytes:
-        node = self.node
-        now = time.time()
-        rec, raw = make_record(node.identity, body, self.next_seq(), now, RECORD_LIFETIME)
+        now = self.clock.wall()
+        rec, raw = make_record(self.keys.identity, body, self.next_seq(), now, RECORD_LIFETIME)
         r = rec
         try:
-            node.registry.put_record(
+            self.registry.put_record(
                 r.kind, r.signer, r.subject, r.seq, r.issued, r.expires, raw, "self", now
             )
         except RegistryError:
             self.unsaved = True  # republished until it lands; peers and the DHT get it now
-        node.records.push([raw])
-        node.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
+        self.records.push([raw])
+        self.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
         return raw
 
     def _name_pow(self) -> int:
         """The claim's proof of work, solved once per (name, key) and kept."""
-        name = self.node.name or ""
+        name = self.name or ""
         meta_key = f"name_pow:{name}"
-        reg = self.node.registry
+        reg = self.registry
         try:
             cached = reg.get_meta(meta_key)
         except RegistryError:
             cached = None
-        if cached is not None and name_pow_ok(name, self.node.identity.public, int(cached)):
+        if cached is not None and name_pow_ok(name, self.keys.identity.public, int(cached)):
             return int(cached)
-        nonce = solve_name_pow(name, self.node.identity.public)
+        nonce = solve_name_pow(name, self.keys.identity.public)
         with contextlib.suppress(RegistryError):  # else solved again next time
             reg.set_meta(meta_key, str(nonce))
         return nonce
 
     def publish_rotation(self, new_key: bytes) -> None:
         """Hand this node's name to `new_key`: clients that pinned us follow it."""
-        if not self.node.name:
+        if not self.name:
             raise UsageError("this node has no name to rotate")
-        self.publish(RotationBody(name=self.node.name, new_key=new_key))
+        self.publish(RotationBody(name=self.name, new_key=new_key))
 
     def advertised(self) -> tuple[Endpoint, ...]:
-        cfg = self.node.config
+        cfg = self.config
         if cfg.advertise:
             pairs = list(cfg.advertise)
         else:
             pairs = []
-            for host, port in self.node.listen_addresses:
+            for host, port in self.listen_addresses:
                 if is_wildcard(host):
                     found = [(a, port) for a in local_addresses()]
                     # Loopback only when the host has nothing else: a peer dialling our
@@ -128,10 +169,10 @@ class Publisher:
         return tuple(Endpoint(h, p) for h, p in unique)
 
     def node_body(self) -> NodeBody:
-        caps = Capability.RELAY if self.node.config.relay else Capability(0)
+        caps = Capability.RELAY if self.config.relay else Capability(0)
         return NodeBody(
-            link_key=self.node.link_key.public,
-            onion_key=self.node.onion_key.public,
+            link_key=self.keys.link_key.public,
+            onion_key=self.keys.onion_key.public,
             addresses=self._addresses,
             capabilities=int(caps),
         )
@@ -147,20 +188,20 @@ class Publisher:
     def publish_all(self) -> None:
         self.unsaved = False
         self.publish_node()
-        if self.node.name:
-            self.publish(NameClaimBody(name=self.node.name, pow_nonce=self._name_pow()))
-        for svc in self.node.owner.services.values():
+        if self.name:
+            self.publish(NameClaimBody(name=self.name, pow_nonce=self._name_pow()))
+        for svc in self.services.values():
             self.publish_service(svc.name, svc.public)
 
     async def republish_loop(self) -> None:
-        last_full = time.monotonic()
+        last_full = self.clock.monotonic()
         while True:
             await asyncio.sleep(ADDRESS_CHECK_EVERY)  # periodic timer, not synchronisation
-            since = time.monotonic() - last_full
+            since = self.clock.monotonic() - last_full
             if since >= REPUBLISH_EVERY or (self.unsaved and since >= UNSAVED_RETRY_EVERY):
                 self.publish_all()
-                last_full = time.monotonic()
+                last_full = self.clock.monotonic()
             elif self.advertised() != self._addresses:
                 log.info("addresses changed: republishing the node record")
                 self.publish_node()
-                self.node.own_addresses_changed({ep.host for ep in self._addresses})
+                self.addresses_changed({ep.host for ep in self._addresses})

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from vx6.core.budget import RateBudget
 from vx6.core.dht import events as dht_events
@@ -39,38 +39,56 @@ from vx6.core.sync import (
     Neighbour,
 )
 from vx6.crypto.keys import fingerprint
-from vx6.errors import CloseCode, DecodeError, RecordRejected
+from vx6.errors import DecodeError, RecordRejected
 from vx6.net.link import LinkProtocol
+from vx6.net.ports import Clock, Count
 from vx6.net.ratelog import RATELOG
-from vx6.store.registry import RegistryError, RegistryWriteError
+from vx6.store.registry import Registry, RegistryError, RegistryWriteError
 from vx6.wire.records import Kind, NodeBody, decode_record
-
-if TYPE_CHECKING:
-    from vx6.node.wiring import Node
 
 log = logging.getLogger("vx6.records")
 
 
+class Trust(Protocol):
+    def __call__(self, key: bytes) -> bool:
+        """Does this node have reason to trust `key` (a peer, a pin, an allow-list)?"""
+        ...
+
+
+class DhtLookups(Protocol):
+    async def lookup(self, target: bytes) -> dht_events.RecordFound | dht_events.LookupFinished: ...
+
+
 class RecordHub:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self, registry: Registry, dht: DhtLookups, *, trusted: Trust, count: Count, clock: Clock
+    ) -> None:
+        self.registry = registry
+        self.dht = dht
+        self.trusted = trusted
+        self.count = count
+        self.clock = clock
         self.neighbours: dict[LinkProtocol, Neighbour] = {}
-        self.dumps = DumpLimiter.new(time.time())
+        self.dumps = DumpLimiter.new(clock.wall())
         # Shared by every neighbour we have no reason to trust (core/sync.py).
         self.strangers = RateBudget.full(
-            STRANGER_RECORDS_PER_SECOND, STRANGER_RECORDS_BURST, time.time()
+            STRANGER_RECORDS_PER_SECOND, STRANGER_RECORDS_BURST, clock.wall()
         )
+        self._node_record_handlers: list[Callable[[bytes, NodeBody], None]] = []
+
+    def on_node_record(self, handler: Callable[[bytes, NodeBody], None]) -> None:
+        """Call `handler(key, body)` for every new node record accepted from outside."""
+        self._node_record_handlers.append(handler)
 
     async def lookup(self, target: bytes) -> bool:
-        """Ask the DHT for the records under `target` and store what passes the rules
-        (if the event handler has not already); True if the DHT had any."""
-        self.node.count("dht_lookups")
+        """Ask the DHT for the records under `target`; True if it had any. What it
+        found is stored by `on_dht_event`, the one place DHT records are accepted."""
+        self.count("dht_lookups")
         try:
-            result = await self.node.dht.lookup(target)
+            result = await self.dht.lookup(target)
         except TimeoutError:
-            self.node.count("dht_lookups_timed_out")
+            self.count("dht_lookups_timed_out")
             return False
-        self.accept(list(result.records), source="dht")
         return bool(result.records)
 
     def on_dht_event(self, event: dht_events.Event) -> None:
@@ -78,9 +96,9 @@ class RecordHub:
             if event.records:
                 self.accept(list(event.records), source="dht")
         elif isinstance(event, dht_events.ValueStored):
-            self.node.count("dht_values_stored")
+            self.count("dht_values_stored")
         elif isinstance(event, dht_events.RecordRefused):
-            self.node.count(f"dht_refused_{event.reason}")
+            self.count(f"dht_refused_{event.reason}")
             RATELOG.info(
                 log,
                 "dht-refused-record",
@@ -89,7 +107,7 @@ class RecordHub:
                 event.reason,
             )  # a peer decides how often; the counter above stays exact
         elif isinstance(event, dht_events.EquivocationDetected):
-            self.node.count("dht_equivocations")
+            self.count("dht_equivocations")
             RATELOG.warning(
                 log,
                 "dht-equivocation",
@@ -97,19 +115,24 @@ class RecordHub:
                 fingerprint(event.signer),
                 event.source,
             )
-        elif isinstance(event, dht_events.RepublishDue):
-            self.node.publisher.publish_all()
+
+    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
+        self.neighbours.pop(link, None)
+
+    def link_paused(self, link: LinkProtocol, paused: bool) -> None:
+        if not paused:
+            self.continue_dump(link)
 
     def start_sync(self, link: LinkProtocol) -> None:
         """Make `link` a sync neighbour and send it everything we hold (up to
         SYNC_DUMP_LIMIT records), if its key may have a dump now."""
-        now = time.time()
+        now = self.clock.wall()
         neighbour = self.neighbours[link] = Neighbour.new(now)
         key = link.peer_identity or b""
         if self.dumps.recent(key, now):
             # It had everything up to its last dump: the reconcile sends what changed since.
             neighbour.cursor = min(now, self.dumps.last[key])
-            self.node.count("sync_dumps_refused")
+            self.count("sync_dumps_refused")
             RATELOG.info(
                 log,
                 "sync-dump-refused",
@@ -122,9 +145,9 @@ class RecordHub:
 
     def _begin_dump(self, link: LinkProtocol, neighbour: Neighbour, now: float) -> None:
         if not self.dumps.grant(link.peer_identity or b"", now):
-            self.node.count("sync_dumps_deferred")  # the shared budget: a later reconcile
+            self.count("sync_dumps_deferred")  # the shared budget: a later reconcile
             return
-        self.node.count("sync_dumps_sent")
+        self.count("sync_dumps_sent")
         neighbour.dump_wanted = False
         neighbour.dump_left, neighbour.dump_after = SYNC_DUMP_LIMIT, 0
         self.continue_dump(link)
@@ -137,11 +160,11 @@ class RecordHub:
             return
         while neighbour.dump_left > 0 and link.is_open and not link.paused:
             try:
-                batch, after = self.node.registry.records_page(
-                    neighbour.dump_after, time.time(), min(DUMP_BATCH, neighbour.dump_left)
+                batch, after = self.registry.records_page(
+                    neighbour.dump_after, self.clock.wall(), min(DUMP_BATCH, neighbour.dump_left)
                 )
             except RegistryError:
-                self.node.count("sync_dumps_failed_registry")
+                self.count("sync_dumps_failed_registry")
                 batch = []
             if not batch:
                 neighbour.dump_left = 0
@@ -153,7 +176,7 @@ class RecordHub:
 
     def push(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
         """Pass newly accepted records on to the sync neighbours, within their budgets."""
-        now = time.time()
+        now = self.clock.wall()
         for other, neighbour in list(self.neighbours.items()):
             if other is not skip and neighbour.may_push(len(fresh), now):
                 other.send_records(fresh)
@@ -162,9 +185,9 @@ class RecordHub:
         if link not in self.neighbours:
             self.start_sync(link)  # the dialler asked to sync: answer in kind
         key = link.peer_identity
-        shared = None if key is not None and self.node.trusted(key) else self.strangers
-        if not self.neighbours[link].accept_inbound(len(records), time.time(), shared):
-            self.node.count("records_dropped_rate_limit")
+        shared = None if key is not None and self.trusted(key) else self.strangers
+        if not self.neighbours[link].accept_inbound(len(records), self.clock.wall(), shared):
+            self.count("records_dropped_rate_limit")
             RATELOG.info(
                 log,
                 "records-over-budget",
@@ -186,31 +209,29 @@ class RecordHub:
 
     def reconcile_once(self) -> None:
         with contextlib.suppress(RegistryError):  # expired records only take room
-            self.node.registry.purge_expired(time.time())
+            self.registry.purge_expired(self.clock.wall())
         for link, neighbour in list(self.neighbours.items()):
             if link.paused:
                 continue  # its write buffer is full: the next round catches up
             if neighbour.dump_wanted:
-                self._begin_dump(link, neighbour, time.time())
+                self._begin_dump(link, neighbour, self.clock.wall())
             else:
                 self.continue_dump(link)
             try:
-                changed = self.node.registry.records_changed_since(
-                    neighbour.cursor, RECONCILE_BATCH
-                )
+                changed = self.registry.records_changed_since(neighbour.cursor, RECONCILE_BATCH)
             except RegistryError:
-                self.node.count("sync_reconcile_failed_registry")
+                self.count("sync_reconcile_failed_registry")
                 continue
             # A neighbour that does not read what we sent gets nothing more and keeps
             # its cursor (LinkProtocol.send_records says False).
-            fresh = [r.raw for r in changed if r.expires > time.time()]
+            fresh = [r.raw for r in changed if r.expires > self.clock.wall()]
             if changed and link.send_records(fresh):
                 neighbour.cursor = max(r.received_at for r in changed)
 
     def accept(self, records: tuple[bytes, ...] | list[bytes], source: str) -> list[bytes]:
-        now = time.time()
+        now = self.clock.wall()
         fresh: list[bytes] = []
-        registry = self.node.registry
+        registry = self.registry
         for i, raw in enumerate(records):
             try:
                 rec = decode_record(raw)
@@ -224,7 +245,7 @@ class RecordHub:
                 )
             except (DecodeError, RecordRejected) as exc:
                 reason = exc.reason if isinstance(exc, RecordRejected) else "malformed"
-                self.node.count(f"records_refused_{reason}")
+                self.count(f"records_refused_{reason}")
                 if reason != "stale-sequence":
                     RATELOG.info(
                         log, f"record-refused-{reason}", "refused record from %s: %s", source, exc
@@ -233,30 +254,21 @@ class RecordHub:
             except RegistryError as exc:
                 # The registry's health logs this (once a minute); the records come again.
                 left = len(records) - i if isinstance(exc, RegistryWriteError) else 1
-                self.node.count("records_dropped_registry", left)
+                self.count("records_dropped_registry", left)
                 if isinstance(exc, RegistryWriteError):
                     break  # the rest would fail the same way
                 continue
             if stored:
-                self.node.count("records_accepted")
+                self.count("records_accepted")
                 fresh.append(raw)
                 if rec.kind == Kind.NODE:
                     self._node_moved(rec.signer, rec.parsed_body())
         return fresh
 
     def _node_moved(self, key: bytes, body: object) -> None:
-        """A peer published new addresses: a link we dialled to an address it no longer
-        has is stale (its packets go nowhere), so close it now; the next stream redials
-        the new address instead of waiting for the idle timeout."""
-        if not isinstance(body, NodeBody):
-            return
-        current = {(ep.host, ep.port) for ep in body.addresses}
-        for link in list(self.node.all_links):
-            if link.peer_identity == key and link.dialled and link.dialled not in current:
-                log.info(
-                    "peer %s moved away from %s; closing that link", fingerprint(key), link.dialled
-                )
-                link.close(CloseCode.NORMAL, "peer moved to a new address")
+        if isinstance(body, NodeBody):
+            for handler in self._node_record_handlers:
+                handler(key, body)
 
 
 def _source(link: LinkProtocol) -> str:

@@ -24,7 +24,7 @@ treats the client as anonymous, which only public services accept.
 from __future__ import annotations
 
 from vx6.core import events as ev
-from vx6.core.link import LinkConfig
+from vx6.core.link_config import LinkConfig
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamTable
 from vx6.errors import CloseCode, DecodeError, LinkError
@@ -36,7 +36,7 @@ from vx6.wire.relay_streams import is_stream_control, stream_frame, stream_messa
 # and so how many cells each of them handles per wake-up: 5 relays on loopback moved
 # about 110 MB/s with 1 MiB and 155 MB/s with 4 MiB (docs/benchmarks.md). Eight streams
 # of 4 MiB keep what a relay may have to queue for one circuit under its
-# `RelayLimits.max_circuit_buffer` (tests/test_circuit_session.py checks the sum).
+# `RelayLimits.max_circuit_buffer` (tests/unit/test_circuit_session.py checks the sum).
 CIRCUIT_WINDOW = 4 * 1024 * 1024
 CIRCUIT_MAX_STREAMS = 8
 
