@@ -22,16 +22,17 @@ import pytest
 
 from conftest import Trio, knows_owner, start_trio
 from kit.net import (
-    RawPeer,
     TCPServer,
     closed_port,
     connect,
     counters,
+    dial_node,
     echo_handler,
     echo_once,
     expose,
     forward_to,
     payload,
+    push_records,
     read_to_end,
     recv_all,
     recv_exact,
@@ -41,10 +42,10 @@ from kit.net import (
 )
 from vx6.app.localnet import LocalNet, LocalNode, wait_for
 from vx6.core.records import make_record
-from vx6.crypto.keys import Identity, StaticKey, key_to_text
+from vx6.crypto.keys import Identity, key_to_text
 from vx6.errors import CloseCode
 from vx6.net.addresses import parse_endpoint
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.link import LinkProtocol
 from vx6.net.ratelog import DEFAULT_BURST
 from vx6.wire import cells, frames
 from vx6.wire.records import Mode, ServiceBody, decode_record, encode_record
@@ -196,55 +197,11 @@ def test_forward_whose_owner_stops_closes_the_local_connection(errnet: Trio) -> 
 
 
 # ---------------------------------------------------------------- a hostile peer's link
-class StubOwner(RawPeer):
-    """The smallest LinkOwner: remembers the node's records answer and the close."""
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.records: asyncio.Future[tuple[bytes, ...]] = loop.create_future()
-        self.closed: asyncio.Future[tuple[int, str, bool]] = loop.create_future()
-
-    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
-        if not self.closed.done():
-            self.closed.set_result((code, reason, by_peer))
-
-    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
-        if not self.records.done():
-            self.records.set_result(records)
-
-
-async def _dial(node: LocalNode) -> tuple[LinkProtocol, StubOwner]:
-    host, port = parse_endpoint(node.listen)
-    owner = StubOwner()
-    link = await dial(
-        owner, host, port, identity=Identity(os.urandom(32)), link_key=StaticKey(os.urandom(32))
-    )
-    return link, owner
-
-
-def push_records(node: LocalNode, raws: list[bytes]) -> None:
-    """Send records to `node` over a fresh link, as a peer would, and return once the
-    node has handled them: on a link's first RECORDS frame the node answers with its own
-    records, from the same callback that checks ours, and the control socket answers
-    only after that callback."""
-
-    async def run() -> None:
-        link, owner = await _dial(node)
-        try:
-            link.send_records(raws)
-            async with asyncio.timeout(10):
-                await owner.records
-        finally:
-            link.close()
-
-    asyncio.run(run())
-
-
 def hostile(node: LocalNode, attack: Callable[[LinkProtocol], None]) -> tuple[int, str, bool]:
     """Complete a handshake, misbehave, and return how the node closed the link."""
 
     async def run() -> tuple[int, str, bool]:
-        link, owner = await _dial(node)
+        link, owner = await dial_node(node)
         attack(link)
         async with asyncio.timeout(10):
             return await owner.closed

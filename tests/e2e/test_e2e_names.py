@@ -7,10 +7,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_e2e_errors import push_records
 
 from conftest import knows_owner
-from kit.net import TCPServer, echo_handler, echo_once, expose, forward_to
+from kit.net import TCPServer, echo_handler, echo_once, expose, forward_to, push_records
 from vx6.app.localnet import LocalNet, LocalNode, wait_for
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity

@@ -19,10 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e_errors import push_records
 
 from conftest import knows_owner
-from kit.net import counters, stderr_line
+from kit.net import counters, push_records, stderr_line
 from vx6.app.localnet import LocalNet, LocalNode, wait_for
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity

@@ -1,7 +1,8 @@
 """Test-side network helpers for the end-to-end tests: local target servers run in
 threads (echo, hash-after-EOF, bulk duplex, endless pusher, HTTP), streaming transfer
 helpers that hash on the fly, and small wrappers around LocalNet nodes (expose a
-service and open a forward to it, read a node's RSS, run the CLI).
+service and open a forward to it, read a node's RSS, run the CLI), and a bare peer's
+link to a node (`RawPeer`, `StubOwner`, `dial_node`, `push_records`).
 
 Theory of operation. Every server listens on 127.0.0.1 with port 0, serves each
 connection in its own daemon thread, and reports per-connection results through a
@@ -13,6 +14,7 @@ loss, duplication or reordering changes the SHA-256.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from vx6.app.localnet import LocalNode
+from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import StreamError
-from vx6.net.link import LinkProtocol
+from vx6.net.addresses import parse_endpoint
+from vx6.net.link import LinkProtocol, dial
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
@@ -459,3 +463,47 @@ class RawPeer:
 
     def link_paused(self, link: LinkProtocol, paused: bool) -> None:
         pass
+
+
+class StubOwner(RawPeer):
+    """A RawPeer with futures: the node's first records answer and the close."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.records: asyncio.Future[tuple[bytes, ...]] = loop.create_future()
+        self.closed: asyncio.Future[tuple[int, str, bool]] = loop.create_future()
+
+    def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
+        if not self.closed.done():
+            self.closed.set_result((code, reason, by_peer))
+
+    def records_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        if not self.records.done():
+            self.records.set_result(records)
+
+
+async def dial_node(node: LocalNode) -> tuple[LinkProtocol, StubOwner]:
+    host, port = parse_endpoint(node.listen)
+    owner = StubOwner()
+    link = await dial(
+        owner, host, port, identity=Identity(os.urandom(32)), link_key=StaticKey(os.urandom(32))
+    )
+    return link, owner
+
+
+def push_records(node: LocalNode, raws: list[bytes]) -> None:
+    """Send records to `node` over a fresh link, as a peer would, and return once the
+    node has handled them: on a link's first RECORDS frame the node answers with its own
+    records, from the same callback that checks ours, and the control socket answers
+    only after that callback."""
+
+    async def run() -> None:
+        link, owner = await dial_node(node)
+        try:
+            link.send_records(raws)
+            async with asyncio.timeout(10):
+                await owner.records
+        finally:
+            link.close()
+
+    asyncio.run(run())

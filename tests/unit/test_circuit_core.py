@@ -4,180 +4,30 @@ and hostile input."""
 
 from __future__ import annotations
 
-import hashlib
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kit.circuits import Net, Node, Tamper, create, seed
 from vx6.core.circuit import (
     CircuitBuilt,
-    CircuitDestroyed,
     CircuitEvent,
     ClientCircuit,
     ClientState,
     ExtendRequested,
     HopAdded,
     HopSpec,
-    RelayCore,
     RelayLimits,
     RelayState,
     StreamMessageReceived,
 )
-from vx6.crypto.keys import Identity, StaticKey, node_id
+from vx6.crypto.keys import StaticKey, node_id
 from vx6.crypto.onion import MAX_DEPTH, ntor_client_start, relay_plaintext_size, seal_layers
 from vx6.errors import UsageError
 from vx6.wire import cells as c
 from vx6.wire.cells import DestroyReason, RelayCommand
 
 MARKER = b"PLAINTEXT-MARKER"
-
-
-def _seed(*parts: object) -> bytes:
-    return hashlib.sha256(repr(parts).encode()).digest()
-
-
-@dataclass
-class Node:
-    name: str
-    identity: bytes
-    onion: StaticKey
-    core: RelayCore
-    events: list[CircuitEvent] = field(default_factory=list)
-
-    def spec(self) -> HopSpec:
-        return HopSpec(self.identity, self.onion.public, (c.Endpoint("::1", 7000),))
-
-
-Tamper = Callable[[str, str, bytes], bytes]
-
-
-class SlotWriter:
-    """A link that takes cells in place (like core/link_cells.py): one slot, reused, so
-    each cell is written over the previous one's bytes (the first over 0xAA)."""
-
-    def __init__(self, net: Net, origin: str, link: int) -> None:
-        self.net, self.origin, self.link = net, origin, link
-        self.slot = memoryview(bytearray(b"\xaa" * c.CELL_SIZE))
-
-    def cell_slot(self) -> memoryview:
-        return self.slot
-
-    def cell_written(self) -> None:
-        self.net._send(self.origin, self.link, self.slot)
-
-
-class InPlace(dict[int, SlotWriter]):
-    """A relay core's `writers` in which every link takes cells in place."""
-
-    def __init__(self, net: Net, origin: str) -> None:
-        super().__init__()
-        self.net, self.origin = net, origin
-
-    def get(self, link: int, default: object = None) -> SlotWriter:  # type: ignore[override]
-        if link not in self:
-            self[link] = SlotWriter(self.net, self.origin, link)
-        return self[link]
-
-
-class Net:
-    """Links are global integers; link -> (node a, node b). The client is node "client"."""
-
-    def __init__(
-        self, relays: int, limits: RelayLimits | None = None, *, in_place: bool = False
-    ) -> None:
-        self.nodes: dict[str, Node] = {}
-        for name in [f"R{i}" for i in range(1, relays + 1)] + ["owner"]:
-            ident = Identity.generate(_seed("id", name)).public
-            onion = StaticKey(_seed("onion", name))
-            core = RelayCore(
-                ident, [onion], limits, writers=InPlace(self, name) if in_place else None
-            )
-            self.nodes[name] = Node(name, ident, onion, core)
-        self.links: dict[int, tuple[str, str]] = {}
-        self.queue: deque[tuple[str, str, int, bytes]] = deque()
-        self.client_events: list[CircuitEvent] = []
-        self.client: ClientCircuit | None = None
-        self.tamper: Tamper | None = None
-        self.wire_log: list[bytes] = []
-        self.link_log: dict[tuple[str, str], list[bytes]] = {}
-        self.now = 0.0
-
-    def link(self, a: str, b: str) -> int:
-        for link, ends in self.links.items():
-            if set(ends) == {a, b}:
-                return link
-        link = len(self.links) + 1
-        self.links[link] = (a, b)
-        return link
-
-    def build(self, path: list[str]) -> ClientCircuit:
-        specs = [self.nodes[n].spec() for n in path]
-        keys = [_seed("x", n, i) for i, n in enumerate(path)]
-        self.client = ClientCircuit(self.link("client", path[0]), 5, specs, keys)
-        self.dispatch("client", self.client.start())
-        self.run()
-        return self.client
-
-    def dispatch(self, origin: str, events: list[CircuitEvent]) -> None:
-        """Send the cells the origin wrote (they wait in its outbox), then handle its
-        events."""
-        if origin == "client":
-            assert self.client is not None
-            outbox = self.client.out.take()
-        else:
-            outbox = self.nodes[origin].core.cells_to_send()
-        for link, cells in outbox.items():
-            for cell in cells:
-                self._send(origin, link, cell)
-        for event in events:
-            if isinstance(event, ExtendRequested):
-                target = next(n for n in self.nodes.values() if n.identity == event.identity)
-                link = self.link(origin, target.name)
-                self.dispatch(
-                    origin,
-                    self.nodes[origin].core.link_ready(event.request_id, link, we_dialled=True),
-                )
-            elif origin == "client":
-                self.client_events.append(event)
-            else:
-                self.nodes[origin].events.append(event)
-
-    def _send(self, origin: str, link: int, cell: bytes | bytearray | memoryview) -> None:
-        a, b = self.links[link]
-        self.queue.append((origin, b if origin == a else a, link, bytes(cell)))
-
-    def run(self) -> None:
-        while self.queue:
-            sender, receiver, link, raw = self.queue.popleft()
-            assert len(raw) == c.CELL_SIZE
-            if self.tamper is not None:
-                raw = self.tamper(sender, receiver, raw)
-            self.wire_log.append(raw)
-            self.link_log.setdefault((sender, receiver), []).append(raw)
-            cell = c.decode_cell(raw)
-            if receiver == "client":
-                assert self.client is not None
-                self.dispatch("client", self.client.cell_received(cell))
-                continue
-            out = self.nodes[receiver].core.cell_received(
-                link,
-                cell,
-                now=self.now,
-                source=sender,
-                ephemeral=_seed("y", receiver, link, cell.circuit_id),
-            )
-            self.dispatch(receiver, out)
-
-    def exit_messages(self, name: str = "owner") -> list[StreamMessageReceived]:
-        return [e for e in self.nodes[name].events if isinstance(e, StreamMessageReceived)]
-
-    def destroyed(self, name: str) -> list[CircuitDestroyed]:
-        events = self.client_events if name == "client" else self.nodes[name].events
-        return [e for e in events if isinstance(e, CircuitDestroyed)]
 
 
 def _five_relay_net() -> tuple[Net, ClientCircuit]:
@@ -296,7 +146,7 @@ def test_relay_at_the_cap_refuses_to_extend() -> None:
     circuit = net.build(["R1", "R2", "R3", "R4", "R5", "R6"])
     assert circuit.state is ClientState.OPEN
     owner = net.nodes["owner"]
-    skin = ntor_client_start(node_id(owner.identity), owner.onion.public, _seed("x7"))[1]
+    skin = ntor_client_start(node_id(owner.identity), owner.onion.public, seed("x7"))[1]
     extend = c.encode_extend(c.Extend(owner.identity, skin, ()))
     net.dispatch("client", circuit.send(RelayCommand.EXTEND, 0, extend))
     net.run()
@@ -309,8 +159,8 @@ def test_relay_at_the_cap_refuses_to_extend() -> None:
 @pytest.mark.parametrize("depth", [0, MAX_DEPTH + 1, 255])
 def test_create_with_impossible_depth_is_refused(depth: int) -> None:
     node = Net(1).nodes["R1"]
-    skin = ntor_client_start(node_id(node.identity), node.onion.public, _seed("x"))[1]
-    node.core.cell_received(1, c.Create(3, depth, skin), now=0, ephemeral=_seed("y"))
+    skin = ntor_client_start(node_id(node.identity), node.onion.public, seed("x"))[1]
+    node.core.cell_received(1, c.Create(3, depth, skin), now=0, ephemeral=seed("y"))
     assert c.decode_cell(_cells(node)[0]) == c.Destroy(3, DestroyReason.HOP_LIMIT)
     assert len(node.core) == 0
 
@@ -403,19 +253,14 @@ def test_unreachable_next_hop_ends_the_build() -> None:
 def test_wrong_onion_key_fails_the_handshake() -> None:
     net = Net(1)
     spec = net.nodes["R1"].spec()
-    bad = HopSpec(spec.identity, StaticKey(_seed("other")).public)
-    net.client = ClientCircuit(net.link("client", "R1"), 9, [bad], [_seed("x")])
+    bad = HopSpec(spec.identity, StaticKey(seed("other")).public)
+    net.client = ClientCircuit(net.link("client", "R1"), 9, [bad], [seed("x")])
     net.dispatch("client", net.client.start())
     net.run()
     assert net.destroyed("client")[-1].reason is DestroyReason.HANDSHAKE_FAILED
 
 
 # --- relay limits ---------------------------------------------------------------------
-
-
-def _create(node: Node, circuit_id: int) -> c.Create:
-    skin = ntor_client_start(node_id(node.identity), node.onion.public, _seed(circuit_id))[1]
-    return c.Create(circuit_id, 1, skin)
 
 
 def _last_destroy(node: Node) -> c.Cell:
@@ -425,9 +270,9 @@ def _last_destroy(node: Node) -> c.Cell:
 def test_max_circuits() -> None:
     node = Net(1, RelayLimits(max_circuits=3)).nodes["R1"]
     for i in range(1, 4):
-        node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
+        node.core.cell_received(1, create(node, i), now=0, ephemeral=seed(i))
         assert isinstance(c.decode_cell(_cells(node)[0]), c.Created)
-    node.core.cell_received(1, _create(node, 4), now=0, ephemeral=_seed(4))
+    node.core.cell_received(1, create(node, 4), now=0, ephemeral=seed(4))
     assert _last_destroy(node) == c.Destroy(4, DestroyReason.RESOURCE_LIMIT)
     assert len(node.core) == 3
 
@@ -438,14 +283,14 @@ def test_creation_rate_per_source() -> None:
     core = node.core
     results = []
     for i in range(1, 9):
-        core.cell_received(1, _create(node, i), now=10.0, source="a", ephemeral=_seed(i))
+        core.cell_received(1, create(node, i), now=10.0, source="a", ephemeral=seed(i))
         results.append(type(c.decode_cell(_cells(node)[0])).__name__)
     assert results == ["Created"] * 5 + ["Destroy"] * 3
-    core.cell_received(1, _create(node, 20), now=10.0, source="b", ephemeral=_seed(20))
+    core.cell_received(1, create(node, 20), now=10.0, source="b", ephemeral=seed(20))
     assert isinstance(c.decode_cell(_cells(node)[0]), c.Created)
-    core.cell_received(1, _create(node, 21), now=11.0, source="a", ephemeral=_seed(21))
+    core.cell_received(1, create(node, 21), now=11.0, source="a", ephemeral=seed(21))
     assert isinstance(c.decode_cell(_cells(node)[0]), c.Created)
-    core.cell_received(1, _create(node, 22), now=11.0, source="a", ephemeral=_seed(22))
+    core.cell_received(1, create(node, 22), now=11.0, source="a", ephemeral=seed(22))
     assert _last_destroy(node) == c.Destroy(22, DestroyReason.RATE_LIMITED)
 
 
@@ -455,7 +300,7 @@ def test_bounded_creation_flood_holds_the_limits() -> None:
     accepted = 0
     for i in range(1, 2001):
         now = i / 1000  # 2000 creations from 4 sources in 2 s
-        node.core.cell_received(1, _create(node, i), now=now, source=i % 4, ephemeral=_seed(i))
+        node.core.cell_received(1, create(node, i), now=now, source=i % 4, ephemeral=seed(i))
         accepted += isinstance(c.decode_cell(_cells(node)[0]), c.Created)
     assert accepted == 50  # table cap reached; rate would allow 4 x (20 + 20) = 160
     assert len(node.core) == 50
@@ -465,7 +310,7 @@ def test_memory_budget_evicts_oldest_first() -> None:
     limits = RelayLimits(memory_budget=3 * 4096 + 10_000, circuit_overhead=4096)
     node = Net(1, limits).nodes["R1"]
     for i in range(1, 4):
-        node.core.cell_received(1, _create(node, i), now=0, ephemeral=_seed(i))
+        node.core.cell_received(1, create(node, i), now=0, ephemeral=seed(i))
     assert len(_cells(node)) == 3  # the CREATED answers
     node.core.buffered(1, 3, 15_000)
     assert [c.decode_cell(x) for x in _cells(node)] == [
@@ -496,7 +341,7 @@ def test_hostile_cells_never_crash_a_relay(cells: list[tuple[int, c.Cell]]) -> N
     for i, (link, cell) in enumerate(cells):
         if isinstance(cell, c.Relay) and len(cell.body) != c.BODY_SIZE:
             cell = c.Relay(cell.circuit_id, bytes(c.BODY_SIZE))
-        node.core.cell_received(link, cell, now=i, source=link, ephemeral=_seed(i))
+        node.core.cell_received(link, cell, now=i, source=link, ephemeral=seed(i))
         assert node.core.memory_used == len(node.core) * node.core.limits.circuit_overhead
 
 

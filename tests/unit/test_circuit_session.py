@@ -1,5 +1,5 @@
 """Streams over a circuit (core/circuit/session.py) on the in-memory circuit net of
-test_circuit_core: the client's and the exit's stream sessions exchange real cells
+tests/kit/circuits.py: the client's and the exit's stream sessions exchange real cells
 through three relays. Data both ways with credit flow control, half-close, hostile
 stream messages (each ends only that circuit's session), end-to-end client
 authentication bound to the circuit, and the relay-side id, extend and buffer rules."""
@@ -11,8 +11,8 @@ import hashlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_circuit_core import Net, _seed
 
+from kit.circuits import Net, seed
 from vx6.core import events as ev
 from vx6.core.circuit import ClientCircuit, RelayCore, RelayLimits
 from vx6.core.circuit.events import CircuitDestroyed, StreamMessageReceived
@@ -176,7 +176,7 @@ def test_chunks_never_exceed_one_cell(sizes: list[int]) -> None:
 
 def test_auth_proof_is_bound_to_the_circuit_and_the_exit() -> None:
     p = Pair()
-    client = Identity.generate(_seed("client"))
+    client = Identity.generate(seed("client"))
     owner_id = p.net.nodes["owner"].identity
     p.client.open_stream("ssh")
     p.pump()
@@ -203,7 +203,7 @@ def test_a_node_that_is_no_relay_refuses_extend() -> None:
 
 
 def test_reserved_ids_never_collide_with_relay_ids() -> None:
-    core = RelayCore(Identity.generate(_seed("r")).public, [StaticKey(_seed("o"))])
+    core = RelayCore(Identity.generate(seed("r")).public, [StaticKey(seed("o"))])
     reserved = {core.reserve_id(9, odd=True) for _ in range(50)}
     assert len(reserved) == 50 and all(i % 2 == 1 for i in reserved)
     core.release_id(9, min(reserved))

@@ -10,8 +10,8 @@ import logging
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dht_core import NOW, contact, identity, node_record, seeded
 
+from kit.dht import NOW, contact, identity, node_record, seeded
 from vx6.core.dht import DhtNode, credentials_for
 from vx6.core.dht import events as ev
 from vx6.crypto.keys import node_id

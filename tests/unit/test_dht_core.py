@@ -13,43 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kit.dht import CFG, NOW, claim, contact, identity, node_record, seeded
 from vx6.core.dht import DhtConfig, DhtNode, credentials_for, name_key, record_key
 from vx6.core.dht import events as ev
 from vx6.core.dht.contacts import Contact, common_prefix_bits, prefix_of
 from vx6.core.dht.lookup import Lookup
 from vx6.core.dht.routing import Added, RoutingTable
 from vx6.core.dht.values import Outcome, check_value
-from vx6.core.records import make_record
 from vx6.crypto.keys import Identity, node_id
 from vx6.errors import RecordRejected
 from vx6.sim.network import SimNetwork
 from vx6.wire import dht as w
-from vx6.wire.records import Endpoint, NameClaimBody, NodeBody, decode_record
-
-NOW = 1_700_000_000.0
-CFG = DhtConfig()
-
-
-def identity(n: int) -> Identity:
-    return Identity(n.to_bytes(4, "big") * 8)
-
-
-def node_record(owner: Identity, seq: int, port: int = 4242, now: float = NOW) -> bytes:
-    body = NodeBody(bytes(32), bytes(32), (Endpoint("2001:db8::1", port),), 2)
-    return make_record(owner, body, seq, now, 86400)[1]
-
-
-def claim(owner: Identity, seq: int, name: str = "alice", nonce: int = 0) -> bytes:
-    return make_record(owner, NameClaimBody(name, nonce), seq, NOW, 86400)[1]
-
-
-def seeded(seed: int) -> Callable[[int], bytes]:
-    return random.Random(seed).randbytes
-
-
-def contact(i: int, host: str | None = None) -> Contact:
-    return Contact(random.Random(i).randbytes(32), (host or f"2001:db8:{i + 1:x}::1", 4242))
-
+from vx6.wire.records import decode_record
 
 # --- routing table ------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_link_core import Net, make_net
 
+from kit.links import Net, make_net
 from vx6.core import events as ev
 from vx6.wire import frames as fr
 from vx6.wire.cells import CELL_SIZE, CELLS_PER_FRAME

@@ -11,8 +11,8 @@ from collections import deque
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_circuit_core import Net, _seed
 
+from kit.circuits import Net, seed
 from vx6.core.circuit import CircuitEvent, ClientCircuit, RelayCore
 from vx6.wire import cells as c
 from vx6.wire.cells import CellCommand, DestroyReason, RelayCommand
@@ -23,7 +23,7 @@ PATH = ["R1", "R2", "owner"]
 
 def _build(net: Net, circuit_id: int) -> ClientCircuit:
     specs = [net.nodes[n].spec() for n in PATH]
-    keys = [_seed("x", n, i, circuit_id) for i, n in enumerate(PATH)]
+    keys = [seed("x", n, i, circuit_id) for i, n in enumerate(PATH)]
     net.client = ClientCircuit(net.link("client", "R1"), circuit_id, specs, keys)
     net.dispatch("client", net.client.start())
     net.run()
@@ -38,7 +38,7 @@ def _feed(core: RelayCore, link: int, chunk: bytes, now: float) -> list[CircuitE
         events += taken
         if pos < len(view):
             cell = c.decode_cell(view[pos : pos + c.CELL_SIZE])
-            events += core.cell_received(link, cell, now=now, source=link, ephemeral=_seed(pos))
+            events += core.cell_received(link, cell, now=now, source=link, ephemeral=seed(pos))
             pos += c.CELL_SIZE
     return events
 

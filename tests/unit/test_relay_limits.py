@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_circuit_core import Net, Node, _create, _seed
 
+from kit.circuits import Net, Node, create, seed
 from vx6.core.circuit import RelayLimits
 from vx6.core.circuit.client import KEEPALIVE_AFTER
 from vx6.core.circuit.events import CircuitDestroyed, StrayCellsExceeded, StreamMessageReceived
@@ -26,7 +26,7 @@ def _sent(node: Node) -> list[tuple[int, c.Cell]]:
 
 def _create_at(node: Node, link: int, circuit_id: int, now: float, source: object) -> c.Cell:
     node.core.cell_received(
-        link, _create(node, circuit_id), now=now, source=source, ephemeral=_seed(circuit_id)
+        link, create(node, circuit_id), now=now, source=source, ephemeral=seed(circuit_id)
     )
     cells = _sent(node)
     return cells[-1][1]
@@ -41,7 +41,7 @@ def test_full_table_evicts_the_oldest_idle_circuit_for_a_new_create() -> None:
     assert _create_at(node, 2, 100, 30.0, "honest") == c.Destroy(100, DestroyReason.RESOURCE_LIMIT)
     assert len(node.core) == 4
     # After evictable_after the oldest idle (circuit 1, created at t=1) makes room.
-    node.core.cell_received(2, _create(node, 102), now=62.0, source="honest", ephemeral=_seed(2))
+    node.core.cell_received(2, create(node, 102), now=62.0, source="honest", ephemeral=seed(2))
     cells = _sent(node)
     assert (1, c.Destroy(1, DestroyReason.RESOURCE_LIMIT)) in cells
     assert isinstance(cells[-1][1], c.Created) and cells[-1][0] == 2
@@ -72,7 +72,7 @@ def _created_reply(node: Node, circuit_id: int) -> bytes:
     # CREATED replies are deterministic here (fixed ephemerals): recompute one.
     other = Net(1).nodes[node.name]
     other.core.cell_received(
-        1, _create(other, circuit_id), now=0.0, source="x", ephemeral=_seed(circuit_id)
+        1, create(other, circuit_id), now=0.0, source="x", ephemeral=seed(circuit_id)
     )
     cell = _sent(other)[-1][1]
     assert isinstance(cell, c.Created)

@@ -1,5 +1,5 @@
 """Model-based test of streams on one link: a hypothesis state machine drives two `Link`s
-(through the in-memory harness of tests/unit/test_link_core.py) with random opens, accepts,
+(through the in-memory harness of tests/kit/links.py) with random opens, accepts,
 rejects, sends, partial consumption, half-closes, resets and partial deliveries, and
 checks after every step that
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from test_link_core import Net, Wire, make_net, pattern
 
+from kit.links import Net, Wire, make_net, pattern
 from vx6.core import events as ev
 from vx6.core.link_config import LinkConfig
 from vx6.core.streams import StreamState
