@@ -34,6 +34,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vx6.core.circuit.client import ClientCircuit, HopSpec
@@ -49,7 +50,7 @@ from vx6.core.circuit.limits import RelayLimits
 from vx6.core.circuit.outbox import CellBuffer, CellWriter
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
-from vx6.crypto.keys import fingerprint
+from vx6.crypto.keys import StaticKey, fingerprint
 from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
 from vx6.net.circuit import ClientPath, ExitCircuit
 from vx6.net.link import LinkProtocol
@@ -105,6 +106,11 @@ class CircuitRouter(RouterUpkeep):
         self.cells_out = 0
         self._timer: asyncio.TimerHandle | None = None
         self._summarising = False  # per-circuit destroy lines off: one summary instead
+
+    def rotate_onion_keys(self, onion_keys: Sequence[StaticKey]) -> None:
+        """CREATEs are checked against these keys from now on (current first); circuits
+        already built keep their hop keys."""
+        self.core.set_onion_keys(onion_keys)
 
     # ------------------------------------------------------------------ links
     def link_id(self, link: LinkProtocol) -> int:

@@ -32,7 +32,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from vx6.core.dht.contacts import prefix_of
-from vx6.crypto.keys import fingerprint
+from vx6.crypto.keys import StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError, StreamFailed, VX6Error
 from vx6.net import ratelog
 from vx6.net.accept import listen_socket, serve_links
@@ -44,6 +44,7 @@ from vx6.net.router import CircuitRouter
 from vx6.node.control import ControlOps
 from vx6.node.forwards import ClientSide
 from vx6.node.link_table import LinkTable, TrustedKeys
+from vx6.node.onion_rotation import onion_key_loop
 from vx6.node.owner import OwnerSide
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import Publisher
@@ -69,7 +70,7 @@ class Node(LinkOwner):
         self.config = file_cfg.with_flags(cli or NodeConfig())
         self.identity = home.identity()
         self.link_key = home.link_key()
-        self.onion_keys = home.onion_keys(time.time())
+        self.onion_keys = home.onion_keys(time.time(), self.config.onion_key_lifetime)
         self.onion_key = self.onion_keys[0]
         self.registry = Registry(home.registry_path, self.config.registry_limits)
         if self.config.name:
@@ -131,6 +132,8 @@ class Node(LinkOwner):
                 tg.create_task(self.remember_loop())
                 tg.create_task(self.pool.maintain_loop())
                 tg.create_task(self._ratelog_loop())
+                lifetime = cfg.onion_key_lifetime
+                tg.create_task(onion_key_loop(self.home, lifetime, self.onion_keys, self._rotated))
                 log.info(
                     "node %s (%s) listening on %s; open-file limit %d",
                     self.name or "-",
@@ -148,6 +151,13 @@ class Node(LinkOwner):
             pass
         finally:
             await self._shutdown()
+
+    def _rotated(self, onion_keys: list[StaticKey]) -> None:
+        """New onion keys (node/onion_rotation.py): CREATEs use them, the record says so."""
+        self.onion_keys, self.onion_key = onion_keys, onion_keys[0]
+        self.circuits.rotate_onion_keys(onion_keys)
+        self.publisher.publish_node()
+        self.count("onion_key_rotations")
 
     def stop(self) -> None:
         log.info("stopping")
