@@ -6,6 +6,7 @@ dropped key is destroyed with HANDSHAKE_FAILED."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from vx6.core.circuit import (
 from vx6.core.circuit.onion_schedule import OnionKeyAction, onion_key_step
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import UsageError
+from vx6.node.onion_rotation import onion_key_loop
 from vx6.store.config import load_config
-from vx6.store.home import ONION_KEY_LIFETIME, Home
+from vx6.store.home import ONION_KEY_LIFETIME, Home, HomeError
 from vx6.wire import cells as c
 from vx6.wire.cells import DestroyReason, RelayCommand
 
@@ -178,3 +180,43 @@ def test_circuits_across_two_rotations(tmp_path: Path) -> None:
     for key in net.core._onion_keys:
         fresh, _ = net.build(key.public)
         assert fresh.state is ClientState.OPEN
+
+
+# ---------------------------------------------------------------- the node's timer
+class ScriptedHome:
+    """A home whose key state follows a script; a HomeError entry is a failed write."""
+
+    def __init__(self, script: list[list[StaticKey] | HomeError]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def onion_key_state(self, now: float, lifetime: float) -> tuple[list[StaticKey], float]:
+        step = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        if isinstance(step, HomeError):
+            raise step
+        return step, now  # due at once: the loop's shortest sleep
+
+
+def test_timer_reports_each_rotation_once_and_survives_a_home_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    k0, k1, k2 = (StaticKey(_seed("k", i)) for i in range(3))
+    home = ScriptedHome([[k0], HomeError("disk full"), [k1, k0], [k1, k0], [k2, k1]])
+    seen: list[list[bytes]] = []
+
+    async def run() -> None:
+        done = asyncio.Event()
+
+        def rotated(keys: list[StaticKey]) -> None:
+            seen.append([k.public for k in keys])
+            if len(seen) == 2:
+                done.set()
+
+        task = asyncio.create_task(onion_key_loop(home, 0.01, [k0], rotated))
+        await asyncio.wait_for(done.wait(), 10.0)
+        task.cancel()
+
+    asyncio.run(run())
+    assert seen == [[k1.public, k0.public], [k2.public, k1.public]]
+    assert "onion key rotation failed, keeping the current keys: disk full" in caplog.text

@@ -20,9 +20,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from vx6.crypto.keys import StaticKey
-from vx6.store.home import Home, HomeError
+from vx6.store.home import HomeError
 
 log = logging.getLogger("vx6.onion")
 
@@ -31,8 +32,14 @@ MIN_SLEEP = 0.05  # a due time a hair in the past (mtime resolution) must not sp
 RETRY_AFTER = 60.0
 
 
+class OnionKeyFiles(Protocol):
+    """Where the keys live (store/home.py `Home`)."""
+
+    def onion_key_state(self, now: float, lifetime: float) -> tuple[list[StaticKey], float]: ...
+
+
 async def onion_key_loop(
-    home: Home,
+    home: OnionKeyFiles,
     lifetime: float,
     keys: list[StaticKey],
     rotated: Callable[[list[StaticKey]], None],
