@@ -401,6 +401,11 @@ class CircuitRouter(RouterUpkeep):
         self.count("circuits_built")
         return carrier
 
+    def rotate_onion_keys(self, onion_keys: Sequence[StaticKey]) -> None:
+        """CREATEs are checked against these keys from now on (current first); circuits
+        already built keep their hop keys."""
+        self.core.set_onion_keys(onion_keys)
+
     def describe(self) -> dict[str, object]:
         """For `vx6 status`: this node as a relay and exit, and its own circuits."""
         return {

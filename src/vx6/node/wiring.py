@@ -32,7 +32,7 @@ from typing import Any
 from vx6.core.circuit.limits import RelayLimits
 from vx6.core.dht import events as dht_events
 from vx6.core.dht.contacts import prefix_of
-from vx6.crypto.keys import fingerprint
+from vx6.crypto.keys import StaticKey, fingerprint
 from vx6.errors import CloseCode, VX6Error
 from vx6.net import ratelog
 from vx6.net.accept import listen_socket, serve_links
@@ -45,6 +45,7 @@ from vx6.node.control import ControlOps, NodeInfo
 from vx6.node.forwards import ClientSide
 from vx6.node.link_table import LinkTable, TrustedKeys
 from vx6.node.links import Links
+from vx6.node.onion_rotation import onion_key_loop
 from vx6.node.owner import OwnerSide
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import NodeKeys, Publisher
@@ -77,13 +78,14 @@ class Node:
         self.clock = clock
         identity = self.identity = home.identity()
         link_key = home.link_key()
-        onion_keys = home.onion_keys(clock.wall())
+        self.onion_keys = onion_keys = home.onion_keys(clock.wall(), cfg.onion_key_lifetime)
         self.registry = registry = Registry(home.registry_path, cfg.registry_limits)
         if cfg.name:
             # A full disk degrades the node (the registry logs it); it does not stop it.
             with contextlib.suppress(RegistryWriteError):
                 registry.set_meta("name", cfg.name)
         self.name = cfg.name or registry.get_meta("name")
+        self.keys = NodeKeys(identity, link_key, onion_keys[0])
         self.counters: dict[str, int] = {}
         self.listen_addresses: list[tuple[str, int]] = []
         services: dict[str, ServiceConfig] = {}
@@ -106,7 +108,7 @@ class Node:
             listen_addresses=self.listen_addresses,
         )
         self.publisher = publisher = Publisher(
-            NodeKeys(identity, link_key, onion_keys[0]),
+            self.keys,
             self.name,
             cfg,
             services=services,
@@ -183,6 +185,14 @@ class Node:
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
 
+    def _rotated(self, onion_keys: list[StaticKey]) -> None:
+        """New onion keys (node/onion_rotation.py): CREATEs use them, the record says so."""
+        self.onion_keys = onion_keys
+        self.keys.onion_key = onion_keys[0]
+        self.router.rotate_onion_keys(onion_keys)
+        self.publisher.publish_node()
+        self.count("onion_key_rotations")
+
     def _dht_event(self, event: dht_events.Event) -> None:
         if isinstance(event, dht_events.RepublishDue):
             self.publisher.publish_all()
@@ -220,6 +230,15 @@ class Node:
                 tg.create_task(self.remember_loop())
                 tg.create_task(self.pool.maintain_loop())
                 tg.create_task(self._ratelog_loop())
+                tg.create_task(
+                    onion_key_loop(
+                        self.home,
+                        cfg.onion_key_lifetime,
+                        self.onion_keys,
+                        self._rotated,
+                        self.clock,
+                    )
+                )
                 log.info(
                     "node %s (%s) listening on %s; open-file limit %d",
                     self.name or "-",

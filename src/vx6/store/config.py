@@ -8,6 +8,8 @@ Example:
     # relay = true                 # carry circuits for others (advertised in the record)
     # circuit_lifetime = 600       # seconds a relay circuit takes new connections
     # circuit_idle_timeout = 300   # a relay destroys circuits without a cell this long
+    # onion_key_lifetime = "7d"    # onion keys rotate this often (seconds, or "12h", "7d");
+    #                              # the previous key is still accepted for one more lifetime
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -57,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from vx6.core.admission import AdmissionLimits
+from vx6.core.circuit.onion_schedule import ONION_KEY_LIFETIME
 from vx6.core.names import parse_service_address, validate_label
 from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
@@ -72,6 +75,10 @@ CIRCUIT_LIFETIME_RANGE = (1.0, 86400.0)
 # alive with a KEEPALIVE every ~30 s at most, so the floor leaves them a wide margin.
 CIRCUIT_IDLE_TIMEOUT = 300.0
 CIRCUIT_IDLE_TIMEOUT_RANGE = (60.0, 86400.0)
+# Short lifetimes are for tests: a client whose node record is two lifetimes old can no
+# longer build through the node, so real nodes want days (a record lives 24 h).
+ONION_KEY_LIFETIME_RANGE = (1.0, 365 * 86400.0)
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ class NodeConfig:
     owner_limits: OwnerLimits = field(default_factory=OwnerLimits)
     link_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     circuit_idle_timeout: float = CIRCUIT_IDLE_TIMEOUT
+    onion_key_lifetime: float = ONION_KEY_LIFETIME
     registry_limits: RegistryLimits | None = None  # None: VX6_REGISTRY_* or the defaults
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
@@ -147,6 +155,7 @@ class NodeConfig:
             owner_limits=self.owner_limits,  # the file only
             link_limits=self.link_limits,  # the file only
             circuit_idle_timeout=self.circuit_idle_timeout,  # the file only
+            onion_key_lifetime=self.onion_key_lifetime,  # the file only
             registry_limits=self.registry_limits,  # the file only
         )
 
@@ -220,6 +229,20 @@ def _seconds(value: Any, what: str, bounds: tuple[float, float]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise UsageError(f"config: {what} must be a number of seconds from {low:g} to {high:g}")
     return float(value)
+
+
+def _duration(value: Any, what: str, bounds: tuple[float, float]) -> float:
+    """Seconds as a number, or a string with a unit: "90s", "30m", "12h", "7d"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = DURATION_UNITS.get(text[-1:]) if text else None
+        try:
+            value = float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            raise UsageError(
+                f'config: {what} must be seconds or a duration such as "12h" or "7d"'
+            ) from None
+    return _seconds(value, what, bounds)
 
 
 def _int_table(value: Any, what: str, known: set[str], high: int) -> dict[str, int]:
@@ -303,6 +326,11 @@ def load_config(path: Path) -> NodeConfig:
         data.get("circuit_idle_timeout", CIRCUIT_IDLE_TIMEOUT),
         "circuit_idle_timeout",
         CIRCUIT_IDLE_TIMEOUT_RANGE,
+    )
+    cfg.onion_key_lifetime = _duration(
+        data.get("onion_key_lifetime", ONION_KEY_LIFETIME),
+        "onion_key_lifetime",
+        ONION_KEY_LIFETIME_RANGE,
     )
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:

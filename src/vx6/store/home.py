@@ -24,13 +24,13 @@ import stat
 import sys
 from pathlib import Path
 
+from vx6.core.circuit.onion_schedule import ONION_KEY_LIFETIME, OnionKeyAction, onion_key_step
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import UsageError, VX6Error
 
 log = logging.getLogger("vx6.home")
 
 KEY_FILES = ("identity.key", "link.key", "onion.key")
-ONION_KEY_LIFETIME = 7 * 24 * 3600.0
 KEY_LEN = 32
 
 
@@ -247,16 +247,37 @@ class Home:
         return StaticKey(self._load_or_create("onion.key"))
 
     def onion_keys(self, now: float, lifetime: float = ONION_KEY_LIFETIME) -> list[StaticKey]:
-        """The current onion key, then the previous one if there is one. A current key
-        older than `lifetime` is rotated first: it becomes the previous key (relays still
-        accept it until the next rotation, so circuits planned from an older node record
-        still build) and a fresh one takes its place."""
+        """The onion keys a CREATE may name: the current one, then the previous one if
+        it is in its grace period. The schedule is applied first (`onion_key_state`)."""
+        return self.onion_key_state(now, lifetime)[0]
+
+    def onion_key_state(
+        self, now: float, lifetime: float = ONION_KEY_LIFETIME
+    ) -> tuple[list[StaticKey], float]:
+        """Apply the rotation schedule (core/circuit/onion_schedule.py) to the key files
+        and return the accepted keys, current first, with the time the next rotation is
+        due. The current key's mtime is when it was made (set to `now` when it is
+        written); rotating renames it over `onion.prev.key`, which deletes the key
+        whose grace period just ended."""
         self.ensure()
         current = self.path / "onion.key"
         previous = self.path / "onion.prev.key"
         try:
-            if current.exists() and now - current.stat().st_mtime > lifetime:
+            try:
+                made: float | None = os.stat(current).st_mtime
+            except FileNotFoundError:
+                made = None
+            step = onion_key_step(now, made, lifetime)
+            if step.action is OnionKeyAction.ROTATE:
                 os.replace(current, previous)
+            elif step.action is OnionKeyAction.RENEW:
+                previous.unlink(missing_ok=True)
+                current.unlink()
+            if step.action is not OnionKeyAction.KEEP:
+                self._write_key(current, os.urandom(KEY_LEN))
+                os.utime(current, (now, now))
+            elif made is not None and made > now:
+                os.utime(current, (now, now))  # the clock went back: its lifetime runs from now
         except OSError as exc:
             raise HomeError(f"cannot rotate {current}: {exc.strerror or exc}") from exc
         keys = [self.onion_key()]
@@ -266,4 +287,4 @@ class Home:
             old = None  # a damaged previous key only costs circuits planned from it
         if old is not None:
             keys.append(StaticKey(old))
-        return keys
+        return keys, step.due
