@@ -101,6 +101,9 @@ class ControlOps:
             # Every rate-limited refusal or drop, counted exactly (the log shows only a few).
             "refusals": dict(sorted(RATELOG.counts.items())),
             "dht": node.dht.health(),
+            # Each configured peer's keeper: state, attempts, next retry (vx6.node.peers).
+            "bootstrap": node.bootstrap_keeper.describe() if node.bootstrap_keeper else [],
+            "sync_peers": [keeper.describe() for keeper in node.peer_keepers],
             "circuits": node.circuits.describe(),
         }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import resource
 import signal
 import socket
@@ -45,6 +46,7 @@ from vx6.node.control import ControlOps
 from vx6.node.forwards import ClientSide
 from vx6.node.link_table import LinkTable, TrustedKeys
 from vx6.node.owner import OwnerSide
+from vx6.node.peers import BootstrapKeeper, PeerKeeper
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import Publisher
 from vx6.node.records import RecordHub
@@ -55,8 +57,6 @@ from vx6.wire.cells import Endpoint
 
 log = logging.getLogger("vx6.node")
 
-PEER_RETRY_MIN = 1.0
-PEER_RETRY_MAX = 30.0
 REMEMBER_EVERY = 60.0
 RATELOG_FLUSH_EVERY = 10.0
 
@@ -99,6 +99,8 @@ class Node(LinkOwner):
         )
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+        self.peer_keepers: list[PeerKeeper] = []
+        self.bootstrap_keeper: BootstrapKeeper | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -114,11 +116,28 @@ class Node(LinkOwner):
                 await self.dht.start(host, port)
                 cfg = self.config
                 remembered = [] if (cfg.peers or cfg.bootstrap) else self._remembered_peers()
-                self.dht.bootstrap(cfg.bootstrap + cfg.peers + remembered)
+                self.bootstrap_keeper = BootstrapKeeper(
+                    cfg.bootstrap + cfg.peers + remembered,
+                    ping=self.dht.bootstrap,
+                    contacts=self.dht.contact_addresses,
+                    now=time.monotonic,
+                    rand=random.random,
+                    schedule=cfg.peer_retry,
+                )
                 self.owner.load_services()
                 self.publisher.publish_all()
+                tg.create_task(self.bootstrap_keeper.run())
                 for host, port in cfg.peers or remembered:
-                    tg.create_task(self._keep_peer(host, port))
+                    keeper = PeerKeeper(
+                        host,
+                        port,
+                        connect=self._sync_link,
+                        now=time.monotonic,
+                        rand=random.random,
+                        schedule=cfg.peer_retry,
+                    )
+                    self.peer_keepers.append(keeper)
+                    tg.create_task(keeper.run())
                 # Before the control socket: a node that answers `status` has its configured
                 # forwards listening (uvloop resolves the listen address on a thread, which
                 # left a window where `forwards` missed the later ones).
@@ -294,20 +313,12 @@ class Node(LinkOwner):
             if local and not is_loopback(local[0]) and local[0] not in hosts:
                 link.close(CloseCode.NORMAL, "our address changed")
 
-    async def _keep_peer(self, host: str, port: int) -> None:
-        """Keep one sync link to a configured peer, redialling with backoff."""
-        delay = PEER_RETRY_MIN
-        while not self._stop.is_set():
-            try:
-                link = await self.dial(host, port, sync=True)
-                if link.peer_identity is not None:
-                    self.trusted.peer_keys.add(link.peer_identity)
-                delay = PEER_RETRY_MIN
-                await link.closed_future
-            except (OSError, VX6Error, TimeoutError) as exc:
-                log.info("peer %s:%d unreachable: %s", host, port, exc)
-            await asyncio.sleep(delay)  # backoff between redials, not synchronisation
-            delay = min(delay * 2, PEER_RETRY_MAX)
+    async def _sync_link(self, host: str, port: int) -> asyncio.Future[None]:
+        """Dial a configured peer as a sync link (its `PeerKeeper` redials with backoff)."""
+        link = await self.dial(host, port, sync=True)
+        if link.peer_identity is not None:
+            self.trusted.peer_keys.add(link.peer_identity)
+        return link.closed_future
 
     def link_established(self, link: LinkProtocol) -> None:
         assert link.peer_identity is not None

@@ -8,6 +8,9 @@ Example:
     # relay = true                 # carry circuits for others (advertised in the record)
     # circuit_lifetime = 600       # seconds a relay circuit takes new connections
     # circuit_idle_timeout = 300   # a relay destroys circuits without a cell this long
+    # peer_retry_start = 1.0       # seconds before redialling a peer / re-pinging a
+    # peer_retry_max = 60.0        # bootstrap address; doubles (with +-20 % jitter) up
+    #                              # to the max, forever (tests set a small start)
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from vx6.core.admission import AdmissionLimits
+from vx6.core.backoff import RetrySchedule
 from vx6.core.names import parse_service_address, validate_label
 from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
@@ -72,6 +76,7 @@ CIRCUIT_LIFETIME_RANGE = (1.0, 86400.0)
 # alive with a KEEPALIVE every ~30 s at most, so the floor leaves them a wide margin.
 CIRCUIT_IDLE_TIMEOUT = 300.0
 CIRCUIT_IDLE_TIMEOUT_RANGE = (60.0, 86400.0)
+PEER_RETRY_RANGE = (0.01, 3600.0)  # a small start keeps the end-to-end tests quick
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class NodeConfig:
     link_limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     circuit_idle_timeout: float = CIRCUIT_IDLE_TIMEOUT
     registry_limits: RegistryLimits | None = None  # None: VX6_REGISTRY_* or the defaults
+    peer_retry: RetrySchedule = field(default_factory=RetrySchedule)
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -148,6 +154,7 @@ class NodeConfig:
             link_limits=self.link_limits,  # the file only
             circuit_idle_timeout=self.circuit_idle_timeout,  # the file only
             registry_limits=self.registry_limits,  # the file only
+            peer_retry=self.peer_retry,  # the file only
         )
 
 
@@ -278,6 +285,17 @@ def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
         raise UsageError(f"config: {what}: {exc}") from exc
 
 
+def _peer_retry(data: dict[str, Any]) -> RetrySchedule:
+    default = RetrySchedule()
+    start = _seconds(
+        data.get("peer_retry_start", default.start), "peer_retry_start", PEER_RETRY_RANGE
+    )
+    cap = _seconds(data.get("peer_retry_max", default.cap), "peer_retry_max", PEER_RETRY_RANGE)
+    if start > cap:
+        raise UsageError("config: peer_retry_start must not exceed peer_retry_max")
+    return RetrySchedule(start=start, cap=cap)
+
+
 def load_config(path: Path) -> NodeConfig:
     cfg = NodeConfig()
     if not path.exists():
@@ -304,6 +322,7 @@ def load_config(path: Path) -> NodeConfig:
         "circuit_idle_timeout",
         CIRCUIT_IDLE_TIMEOUT_RANGE,
     )
+    cfg.peer_retry = _peer_retry(data)
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")
