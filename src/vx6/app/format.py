@@ -78,6 +78,10 @@ def render(command: str, reply: dict[str, Any]) -> str:
                 ],
             ),
         ]
+        retry_cols = ["address", "state", "attempts", "next_retry_s", "last_error"]
+        for title, key in (("bootstrap:", "bootstrap"), ("sync peers:", "sync_peers")):
+            if reply.get(key):
+                lines += [title, table(reply[key], retry_cols)]
         circ = reply.get("circuits", {})
         lines.append(
             f"circuits:    relay {'on' if circ.get('relay') else 'off'}; "

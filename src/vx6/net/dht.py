@@ -193,10 +193,17 @@ class DhtService(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ API
     def bootstrap(self, addresses: list[Address]) -> None:
+        """Ping each address; the first answer starts the join. Nothing reports a ping
+        that is never answered: the address just stays out of `contact_addresses()`, which
+        is what the caller's bootstrap keeper (vx6.node.peers) watches to try again."""
         usable = [a for a in addresses if _is_ip(a[0])]
         if usable:
             self.node.bootstrap(usable, self._now())
             self._pump()
+
+    def contact_addresses(self) -> list[Address]:
+        """The addresses in the routing table now (each answered us recently)."""
+        return [contact.address for contact in self.node.table.contacts()]
 
     async def lookup(
         self, target: bytes, *, want_value: bool = True, timeout: float = LOOKUP_TIMEOUT

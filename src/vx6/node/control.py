@@ -76,6 +76,7 @@ class ControlOps:
         dht: DhtService,
         counters: Mapping[str, int],
         stop: Callable[[], None],
+        peering: Callable[[], Mapping[str, object]],
         clock: Clock,
     ) -> None:
         self.info = info
@@ -91,6 +92,7 @@ class ControlOps:
         self.dht = dht
         self.counters = counters
         self._stop = stop
+        self.peering = peering
         self.clock = clock
         self._ops: dict[str, Handler] = {
             "status": self.status,
@@ -159,6 +161,8 @@ class ControlOps:
             "refusals": dict(sorted(RATELOG.counts.items())),
             "dht": self.dht.health(),
             "circuits": self.router.describe(),
+            # Each configured peer's keeper: state, attempts, next retry (vx6.node.peers).
+            **self.peering(),
         }
 
     async def peers(self, _: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from vx6.core.circuit.limits import RelayLimits
 from vx6.core.dht import events as dht_events
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import StaticKey, fingerprint
-from vx6.errors import CloseCode, VX6Error
+from vx6.errors import CloseCode
 from vx6.net import ratelog
 from vx6.net.accept import listen_socket, serve_links
 from vx6.net.addresses import format_endpoint, network_of
@@ -47,6 +47,7 @@ from vx6.node.link_table import LinkTable, TrustedKeys
 from vx6.node.links import Links
 from vx6.node.onion_rotation import onion_key_loop
 from vx6.node.owner import OwnerSide
+from vx6.node.peers import BootstrapKeeper, PeerKeeper
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import NodeKeys, Publisher
 from vx6.node.records import RecordHub
@@ -57,8 +58,6 @@ from vx6.store.registry import Registry, RegistryError, RegistryWriteError
 
 log = logging.getLogger("vx6.node")
 
-PEER_RETRY_MIN = 1.0
-PEER_RETRY_MAX = 30.0
 REMEMBER_EVERY = 60.0
 RATELOG_FLUSH_EVERY = 10.0
 
@@ -165,6 +164,7 @@ class Node:
             dht=dht,
             counters=self.counters,
             stop=self.stop,
+            peering=self.peering,
             clock=clock,
         )
 
@@ -180,6 +180,9 @@ class Node:
         links.on_paused(router.link_paused)
         links.on_paused(records.link_paused)
 
+        self.random = random
+        self.peer_keepers: list[PeerKeeper] = []
+        self.bootstrap_keeper: BootstrapKeeper | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._listeners: list[socket.socket] = []
         self._stop = asyncio.Event()
@@ -213,11 +216,28 @@ class Node:
                 await self.dht.start(host, port)
                 cfg = self.config
                 remembered = [] if (cfg.peers or cfg.bootstrap) else self._remembered_peers()
-                self.dht.bootstrap(cfg.bootstrap + cfg.peers + remembered)
+                self.bootstrap_keeper = BootstrapKeeper(
+                    cfg.bootstrap + cfg.peers + remembered,
+                    ping=self.dht.bootstrap,
+                    contacts=self.dht.contact_addresses,
+                    now=self.clock.monotonic,
+                    rand=self.uniform,
+                    schedule=cfg.peer_retry,
+                )
+                tg.create_task(self.bootstrap_keeper.run())
                 self.owner.load_services(cfg.services)
                 self.publisher.publish_all()
                 for host, port in cfg.peers or remembered:
-                    tg.create_task(self._keep_peer(host, port))
+                    keeper = PeerKeeper(
+                        host,
+                        port,
+                        connect=self._sync_link,
+                        now=self.clock.monotonic,
+                        rand=self.uniform,
+                        schedule=cfg.peer_retry,
+                    )
+                    self.peer_keepers.append(keeper)
+                    tg.create_task(keeper.run())
                 # Before the control socket: a node that answers `status` has its configured
                 # forwards listening (uvloop resolves the listen address on a thread, which
                 # left a window where `forwards` missed the later ones).
@@ -343,22 +363,26 @@ class Node:
             await asyncio.sleep(RATELOG_FLUSH_EVERY)  # periodic timer, not synchronisation
             ratelog.flush_all()
 
-    async def _keep_peer(self, host: str, port: int) -> None:
-        """Keep one sync link to a configured peer, redialling with backoff."""
-        delay = PEER_RETRY_MIN
-        while not self._stop.is_set():
-            try:
-                link = await self.links.dial(host, port)
-                if link.peer_identity is not None:
-                    self.trusted.peer_keys.add(link.peer_identity)
-                if link.is_open:
-                    self.records.start_sync(link)
-                delay = PEER_RETRY_MIN
-                await link.closed_future
-            except (OSError, VX6Error, TimeoutError) as exc:
-                log.info("peer %s:%d unreachable: %s", host, port, exc)
-            await asyncio.sleep(delay)  # backoff between redials, not synchronisation
-            delay = min(delay * 2, PEER_RETRY_MAX)
+    async def _sync_link(self, host: str, port: int) -> asyncio.Future[None]:
+        """Dial a configured peer as a sync link (its `PeerKeeper` redials with backoff)."""
+        link = await self.links.dial(host, port)
+        if link.peer_identity is not None:
+            self.trusted.peer_keys.add(link.peer_identity)
+        if link.is_open:
+            self.records.start_sync(link)
+        return link.closed_future
+
+    def uniform(self) -> float:
+        """A float in [0, 1) from the node's randomness (backoff jitter)."""
+        return int.from_bytes(self.random(7), "big") / (1 << 56)
+
+    def peering(self) -> dict[str, object]:
+        """For `vx6 status`: each configured peer's keeper (state, attempts, next retry)."""
+        keeper = self.bootstrap_keeper
+        return {
+            "bootstrap": keeper.describe() if keeper else [],
+            "sync_peers": [k.describe() for k in self.peer_keepers],
+        }
 
 
 class _Stopping(Exception):

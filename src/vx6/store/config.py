@@ -10,6 +10,9 @@ Example:
     # circuit_idle_timeout = 300   # a relay destroys circuits without a cell this long
     # onion_key_lifetime = "7d"    # onion keys rotate this often (seconds, or "12h", "7d");
     #                              # the previous key is still accepted for one more lifetime
+    # peer_retry_start = 1.0       # seconds before redialling a peer / re-pinging a
+    # peer_retry_max = 60.0        # bootstrap address; doubles (with +-20 % jitter) up
+    #                              # to the max, forever (tests set a small start)
 
     [services.ssh]
     target = "127.0.0.1:22"
@@ -59,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from vx6.core.admission import AdmissionLimits
+from vx6.core.backoff import RetrySchedule
 from vx6.core.circuit.onion_schedule import ONION_KEY_LIFETIME
 from vx6.core.names import parse_service_address, validate_label
 from vx6.errors import UsageError
@@ -79,6 +83,7 @@ CIRCUIT_IDLE_TIMEOUT_RANGE = (60.0, 86400.0)
 # longer build through the node, so real nodes want days (a record lives 24 h).
 ONION_KEY_LIFETIME_RANGE = (1.0, 365 * 86400.0)
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+PEER_RETRY_RANGE = (0.01, 3600.0)  # a small start keeps the end-to-end tests quick
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class NodeConfig:
     circuit_idle_timeout: float = CIRCUIT_IDLE_TIMEOUT
     onion_key_lifetime: float = ONION_KEY_LIFETIME
     registry_limits: RegistryLimits | None = None  # None: VX6_REGISTRY_* or the defaults
+    peer_retry: RetrySchedule = field(default_factory=RetrySchedule)
 
     def with_flags(self, cli: NodeConfig) -> NodeConfig:
         """This (the file's) config with the command line's flags applied: a flag given
@@ -157,6 +163,7 @@ class NodeConfig:
             circuit_idle_timeout=self.circuit_idle_timeout,  # the file only
             onion_key_lifetime=self.onion_key_lifetime,  # the file only
             registry_limits=self.registry_limits,  # the file only
+            peer_retry=self.peer_retry,  # the file only
         )
 
 
@@ -301,6 +308,17 @@ def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
         raise UsageError(f"config: {what}: {exc}") from exc
 
 
+def _peer_retry(data: dict[str, Any]) -> RetrySchedule:
+    default = RetrySchedule()
+    start = _seconds(
+        data.get("peer_retry_start", default.start), "peer_retry_start", PEER_RETRY_RANGE
+    )
+    cap = _seconds(data.get("peer_retry_max", default.cap), "peer_retry_max", PEER_RETRY_RANGE)
+    if start > cap:
+        raise UsageError("config: peer_retry_start must not exceed peer_retry_max")
+    return RetrySchedule(start=start, cap=cap)
+
+
 def load_config(path: Path) -> NodeConfig:
     cfg = NodeConfig()
     if not path.exists():
@@ -332,6 +350,7 @@ def load_config(path: Path) -> NodeConfig:
         "onion_key_lifetime",
         ONION_KEY_LIFETIME_RANGE,
     )
+    cfg.peer_retry = _peer_retry(data)
     for name, svc in dict(data.get("services", {})).items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")
