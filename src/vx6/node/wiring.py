@@ -35,11 +35,12 @@ from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError, StreamFailed, VX6Error
 from vx6.net import ratelog
-from vx6.net.accept import listen_socket, serve_links
+from vx6.net.accept import serve_links
 from vx6.net.addresses import dialable, format_endpoint, is_loopback, network_of
-from vx6.net.control import serve_control
+from vx6.net.control import ControlServer, serve_control
 from vx6.net.dht import DhtService
 from vx6.net.link import LinkOwner, LinkProtocol, dial
+from vx6.net.listen import open_listeners
 from vx6.net.router import CircuitRouter
 from vx6.node.control import ControlOps
 from vx6.node.forwards import ClientSide
@@ -92,6 +93,7 @@ class Node(LinkOwner):
         self.pool = CircuitPool(self)
         self._servers: list[asyncio.AbstractServer] = []
         self._listeners: list[socket.socket] = []
+        self._control: ControlServer | None = None
         self.trusted = TrustedKeys(self.registry, self._allow_lists)
         self.trusted.remember_peers(self.config.peers)
         self.link_table = LinkTable(
@@ -123,8 +125,8 @@ class Node(LinkOwner):
                 # forwards listening (uvloop resolves the listen address on a thread, which
                 # left a window where `forwards` missed the later ones).
                 await self.client.start_config_forwards()
-                self._servers.append(
-                    await serve_control(self.home.control_path, self.ops.handle, self.client.nc)
+                self._control = await serve_control(
+                    self.home.control_path, self.ops.handle, self.client.nc
                 )
                 tg.create_task(self.publisher.republish_loop())
                 tg.create_task(self.records.reconcile_loop())
@@ -165,8 +167,8 @@ class Node(LinkOwner):
             sock.close()
         for link in list(self.all_links):
             link.close(CloseCode.SHUTDOWN, "node shutting down")
-        with contextlib.suppress(FileNotFoundError):
-            self.home.control_path.unlink()
+        if self._control is not None:
+            self._control.close()  # removes the socket file only if it is the one we bound
         self.registry.close()
         log.info("stopped")
 
@@ -194,8 +196,7 @@ class Node(LinkOwner):
     async def _listen(self) -> None:
         assert self._tasks is not None
         endpoints = self.config.listen or [("::", 4242)]
-        for host, port in endpoints:
-            sock = listen_socket(host, port)
+        for sock, host in open_listeners(endpoints):  # names resolved; ListenError if not
             self._listeners.append(sock)
             bound = sock.getsockname()
             self.listen_addresses.append((host, bound[1]))
