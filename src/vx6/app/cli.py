@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ADDR:PORT",
-        help="listen address (default [::]:4242, dual-stack); repeatable",
+        help="listen address or host name (default [::]:4242, dual-stack; "
+        "localhost: ::1 and 127.0.0.1); repeatable",
     )
     sp.add_argument(
         "--peer",
