@@ -48,7 +48,8 @@ def _is_literal(host: str) -> bool:
 
 def resolve_listen_host(host: str, port: int) -> list[str]:
     """The IP literals to bind for `host`: itself if it is one (or empty: the wildcard),
-    else what the resolver gives, IPv6 first, without duplicates."""
+    both loopbacks for `localhost`, else what the resolver gives, IPv6 first, without
+    duplicates. Blocking: called once at start-up, before the node serves anything."""
     if host == "" or _is_literal(host):
         return [host]
     if host.lower().rstrip(".") == "localhost":
