@@ -109,3 +109,8 @@ class StreamFailed(VX6Error):
 
 class UsageError(VX6Error):
     """The local user gave bad input (bad name, bad port, forbidden target)."""
+
+
+class ListenError(VX6Error):
+    """The node cannot listen where it was told to (the port is taken, the address is
+    not this host's, the name does not resolve): the environment's fault, or the user's."""

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ADDR:PORT",
-        help="listen address (default [::]:4242, dual-stack); repeatable",
+        help="listen address or host name (default [::]:4242, dual-stack; "
+        "localhost: ::1 and 127.0.0.1); repeatable",
     )
     sp.add_argument(
         "--peer",
@@ -173,15 +174,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from vx6.app.run import run_node
+    from vx6.app.startlog import StartupLog
     from vx6.core.names import validate_label
     from vx6.net.addresses import parse_endpoint
     from vx6.store.config import DEFAULT_PORT, NodeConfig
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Held until the node is up: a run that cannot start prints one line (app/startlog.py).
+    startlog = StartupLog(sys.stderr, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), handlers=[startlog])
     try:
         cfg = NodeConfig(
             name=validate_label(args.name, "name") if args.name else None,
@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return run_node(args.home, cfg)
+    return run_node(args.home, cfg, startlog)
 
 
 def _init_or_id(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ handed to a StreamPipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -135,9 +136,32 @@ class ControlProtocol(asyncio.Protocol):
             self._pipe.resume_writing()
 
 
-async def serve_control(
-    path: Path, handle: RequestHandler, handle_nc: NcHandler
-) -> asyncio.AbstractServer:
+class ControlServer:
+    """The listening control socket. Closing it removes the socket file only if that is
+    still the file it bound (same device and inode): a node must never delete the
+    socket of another node that took the name since (it would leave that node running
+    but unreachable by every `vx6` command)."""
+
+    def __init__(self, server: asyncio.AbstractServer, path: Path) -> None:
+        self._server = server
+        self.path = path
+        st = os.lstat(path)
+        self._file_id = (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        self._server.close()
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) != self._file_id:
+            log.warning("control socket %s is not the one this node bound; left alone", self.path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+async def serve_control(path: Path, handle: RequestHandler, handle_nc: NcHandler) -> ControlServer:
     """Listen on `path` with mode 0600; a stale socket file from a dead node is replaced."""
     if path.exists():
         if _socket_alive(path):
@@ -151,7 +175,7 @@ async def serve_control(
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    return server
+    return ControlServer(server, path)
 
 
 def _socket_alive(path: Path) -> bool:

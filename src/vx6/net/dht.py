@@ -24,6 +24,8 @@ from vx6.core.dht.contacts import Address
 from vx6.core.dht.keys import credentials_for
 from vx6.core.dht.node import DhtNode
 from vx6.crypto.keys import Identity
+from vx6.errors import ListenError
+from vx6.net.addresses import format_endpoint
 from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.ratelog import RATELOG
 
@@ -77,9 +79,11 @@ class DhtService(asyncio.DatagramProtocol):
                 self.mapped = wildcard
             sock.bind((host or "::", port))
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            where = format_endpoint(host or "::", port)
+            reason = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen for DHT datagrams on udp {where}: {reason}") from exc
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
         bound = sock.getsockname()
         return bound[0], bound[1]

@@ -35,10 +35,11 @@ from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import StaticKey, fingerprint
 from vx6.errors import CloseCode
 from vx6.net import ratelog
-from vx6.net.accept import listen_socket, serve_links
+from vx6.net.accept import serve_links
 from vx6.net.addresses import format_endpoint, network_of
-from vx6.net.control import serve_control
+from vx6.net.control import ControlServer, serve_control
 from vx6.net.dht import DhtService
+from vx6.net.listen import open_listeners
 from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.router import CircuitRouter
 from vx6.node.control import ControlOps, NodeInfo
@@ -183,7 +184,7 @@ class Node:
         self.random = random
         self.peer_keepers: list[PeerKeeper] = []
         self.bootstrap_keeper: BootstrapKeeper | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._control: ControlServer | None = None
         self._listeners: list[socket.socket] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -242,8 +243,8 @@ class Node:
                 # forwards listening (uvloop resolves the listen address on a thread, which
                 # left a window where `forwards` missed the later ones).
                 await self.client.start_config_forwards(cfg.forwards.values())
-                self._servers.append(
-                    await serve_control(self.home.control_path, self.ops.handle, self.client.nc)
+                self._control = await serve_control(
+                    self.home.control_path, self.ops.handle, self.client.nc
                 )
                 tg.create_task(self.publisher.republish_loop())
                 tg.create_task(self.records.reconcile_loop())
@@ -285,13 +286,11 @@ class Node:
         with contextlib.suppress(Exception):  # best effort: the registry may be the problem
             self.remember_contacts()
         self.dht.close()
-        for server in self._servers:
-            server.close()
         for sock in self._listeners:
             sock.close()
         self.links.close_all(CloseCode.SHUTDOWN, "node shutting down")
-        with contextlib.suppress(FileNotFoundError):
-            self.home.control_path.unlink()
+        if self._control is not None:
+            self._control.close()  # removes the socket file only if it is the one we bound
         self.registry.close()
         log.info("stopped")
 
@@ -315,8 +314,7 @@ class Node:
     async def _listen(self) -> None:
         assert self._tasks is not None
         endpoints = self.config.listen or [("::", 4242)]
-        for host, port in endpoints:
-            sock = listen_socket(host, port)
+        for sock, host in open_listeners(endpoints):  # names resolved; ListenError if not
             self._listeners.append(sock)
             bound = sock.getsockname()
             self.listen_addresses.append((host, bound[1]))

@@ -319,6 +319,30 @@ def _peer_retry(data: dict[str, Any]) -> RetrySchedule:
     return RetrySchedule(start=start, cap=cap)
 
 
+def _table(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"config: {what} must be a table")
+    return value
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"config: {what} must be a list of strings")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"config: {what} must be true or false")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"config: {what} must be a string")
+    return value
+
+
 def load_config(path: Path) -> NodeConfig:
     cfg = NodeConfig()
     if not path.exists():
@@ -328,12 +352,12 @@ def load_config(path: Path) -> NodeConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config {path}: {exc}") from exc
     if "name" in data:
-        cfg.name = validate_label(str(data["name"]), "name")
+        cfg.name = validate_label(_text(data["name"], "name"), "name")
     cfg.listen = _endpoints(data.get("listen", []), "listen")
     cfg.peers = _endpoints(data.get("peers", []), "peers")
     cfg.bootstrap = _endpoints(data.get("bootstrap", []), "bootstrap")
     cfg.advertise = _endpoints(data.get("advertise", []), "advertise")
-    cfg.relay = bool(data.get("relay", False))
+    cfg.relay = _bool(data.get("relay", False), "relay")
     cfg.circuit_lifetime = _seconds(
         data.get("circuit_lifetime", CIRCUIT_LIFETIME), "circuit_lifetime", CIRCUIT_LIFETIME_RANGE
     )
@@ -351,25 +375,25 @@ def load_config(path: Path) -> NodeConfig:
         ONION_KEY_LIFETIME_RANGE,
     )
     cfg.peer_retry = _peer_retry(data)
-    for name, svc in dict(data.get("services", {})).items():
+    for name, svc in _table(data.get("services", {}), "services").items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")
         cfg.services[name] = service_config(
             name,
-            str(svc["target"]),
-            [str(a) for a in svc.get("allow", [])],
-            bool(svc.get("public", False)),
-            bool(svc.get("allow_remote_target", False)),
+            _text(svc["target"], f"services.{name}.target"),
+            _strings(svc.get("allow", []), f"services.{name}.allow"),
+            _bool(svc.get("public", False), f"services.{name}.public"),
+            _bool(svc.get("allow_remote_target", False), f"services.{name}.allow_remote_target"),
         )
-    for name, fwd in dict(data.get("forwards", {})).items():
+    for name, fwd in _table(data.get("forwards", {}), "forwards").items():
         if not isinstance(fwd, dict) or "service" not in fwd or "local" not in fwd:
             raise UsageError(f"config: forwards.{name} needs service and local")
         via = fwd.get("via")
         cfg.forwards[name] = forward_config(
             name,
-            str(fwd["service"]),
-            str(fwd["local"]),
-            str(via) if via else None,
+            _text(fwd["service"], f"forwards.{name}.service"),
+            _text(fwd["local"], f"forwards.{name}.local"),
+            _text(via, f"forwards.{name}.via") if via is not None else None,
             hops=_int(fwd.get("hops", 0), f"forwards.{name}.hops"),
             relay_fallback=_int(fwd.get("relay_fallback", 0), f"forwards.{name}.relay_fallback"),
         )

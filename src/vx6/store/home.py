@@ -14,6 +14,12 @@ else can write; one that others can read is tightened to 0600 with a warning. A 
 goes to a temporary file opened O_CREAT|O_EXCL|O_NOFOLLOW (so nothing planted at that
 name is followed or reused), is fsynced, and is renamed into place. A home that cannot be
 written (read-only file system) is a one-line error too, not a traceback.
+
+One node per home: `Home.lock()` takes an exclusive flock on `node.lock` (holding the
+owner's pid) before the node binds, opens the registry or joins the DHT; a second node
+on the same home stops there with `NodeRunning`, naming the first one's pid. The kernel
+drops a flock when its process dies, so the file a killed node leaves blocks nobody;
+it is never deleted (unlinking a lock file races with the next node taking it).
 """
 
 from __future__ import annotations
@@ -36,6 +42,39 @@ KEY_LEN = 32
 
 class HomeError(VX6Error):
     """The home directory or a key file in it is unsafe or unusable."""
+
+
+class NodeRunning(HomeError):
+    """Another process holds this home's node lock: a node runs on it already."""
+
+
+class HomeLock:
+    """A held node lock; released by `release()`, leaving the `with` block, or the
+    process's death."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> HomeLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _holder_pid(fd: int) -> str:
+    """The pid the holder wrote, or "unknown" (it may not have written it yet)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
 
 
 def default_home() -> Path:
@@ -93,6 +132,43 @@ class Home:
     @property
     def config_path(self) -> Path:
         return self.path / "config.toml"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "node.lock"
+
+    def lock(self) -> HomeLock:
+        """Take this home's node lock (creating the home if needed), or raise
+        NodeRunning naming the pid of the node that holds it."""
+        import fcntl  # POSIX only, like the control socket
+
+        self.ensure()
+        path = self.lock_path
+        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+        flags |= getattr(os, "O_NOFOLLOW", 0)  # a symlink planted there is not followed
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise HomeError(f"cannot use lock file {path}: {exc.strerror or exc}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise HomeError(f"unsafe lock file {path}: not a regular file of this user")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise NodeRunning(
+                    f"another node is running on this home (pid {_holder_pid(fd)})"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise HomeError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        return HomeLock(fd, path)
 
     def ensure(self) -> None:
         """Create the home (0700) if needed and check it is safe and writable."""
