@@ -37,7 +37,6 @@ log = logging.getLogger("vx6.node")
 LISTEN_BACKLOG = 512
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 1.0
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ONE_CONNECTION = frozenset(
     {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM, errno.ETIMEDOUT}
 )

@@ -392,5 +392,5 @@ class Node(LinkOwner):
         self.records.received(link, records)
 
 
-class _Stopping(Exception):
+class _Stopping(VX6Error):
     pass

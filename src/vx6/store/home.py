@@ -29,7 +29,6 @@ from vx6.errors import UsageError, VX6Error
 
 log = logging.getLogger("vx6.home")
 
-KEY_FILES = ("identity.key", "link.key", "onion.key")
 ONION_KEY_LIFETIME = 7 * 24 * 3600.0
 KEY_LEN = 32
 
