@@ -107,7 +107,9 @@ async def serve_links(
             protocol = admit(conn, (str(address[0]), int(address[1])))
         except Exception:
             # A bug of ours: this connection is dropped, the node keeps accepting.
-            log.exception("internal error admitting a link from %s; closing it", address)
+            RATELOG.exception(
+                log, "accept-internal-error", "internal error admitting a link from %s", address
+            )
             protocol = None
         if protocol is None:
             conn.close()
