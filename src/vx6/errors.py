@@ -1,8 +1,20 @@
-"""Typed errors shared by every layer.
+"""Typed errors shared by every layer, and the wire codes that go out with them.
 
-Each error says whose fault it is (the peer's, the local user's, or the environment's)
-and, where it ends a link or a stream, which wire code goes out with it. This module is
-a leaf: it imports nothing from vx6, so every layer may import it.
+Each error says whose fault it is and, where it ends a link, a circuit or a stream, which
+wire code goes out with it. Protocol errors are split the way h11 splits them:
+
+- `RemoteProtocolError`: the peer broke the protocol. It carries the `CloseCode` that
+  closes the link it came on. Cores raise it on bad peer input; a receive path that sees
+  one escape closes that link with `code` (and the close is logged, rate-limited).
+- `LocalProtocolError`: our own code (or its caller) asked for something the protocol
+  forbids: a bug or a misuse, never the peer's fault. A core that translates peer input
+  into such a call re-raises it as a `RemoteProtocolError` (core/link.py does this for
+  stream state transitions, like h11's receive_data).
+
+Anything else that escapes a receive path (net/link.py, net/dht.py) is a bug: logged
+with its traceback (rate-limited), the link closed with `CloseCode.INTERNAL_ERROR`, the
+node kept running. This module is a leaf: it imports nothing from vx6, so every layer
+may import it.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 0
     PROTOCOL_ERROR = 1  # peer sent a frame we cannot parse or that breaks the state machine
-    FRAME_TOO_LARGE = 2
+    # 2 is reserved (was FRAME_TOO_LARGE, never sent: oversized frames are PROTOCOL_ERROR)
     HANDSHAKE_FAILED = 3  # Noise or identity proof failed
     IDENTITY_MISMATCH = 4  # peer's key is not the one we dialled for
     IDLE_TIMEOUT = 5
@@ -24,6 +36,24 @@ class CloseCode(IntEnum):
     DECRYPT_FAILED = 8
     RESOURCE_LIMIT = 9  # the peer made us queue more than a link may hold (e.g. it never reads)
     RATE_LIMITED = 10  # the peer sent control frames (PING, OPEN, RECORDS) faster than allowed
+    INTERNAL_ERROR = 11  # a bug of ours while handling the link's input: not the peer's fault
+
+
+class DestroyReason(IntEnum):
+    """Why a circuit ends; carried in DESTROY and propagated hop by hop unchanged."""
+
+    NONE = 0  # the client closed it
+    PROTOCOL_ERROR = 1
+    HOP_LIMIT = 2  # an EXTEND beyond MAX_DEPTH, or a CREATE with an impossible depth
+    DECRYPT_FAILED = 3  # an onion layer failed its tag: tampering, replay or reorder
+    RESOURCE_LIMIT = 4  # circuit table full or memory budget exceeded
+    RATE_LIMITED = 5  # too many creations from one source
+    CONNECT_FAILED = 6  # the relay could not reach the next hop
+    LINK_LOST = 7  # a link on the path went away
+    HANDSHAKE_FAILED = 8  # ntor failed (wrong onion key or node id)
+    SHUTDOWN = 9
+    NOT_A_RELAY = 10  # EXTEND asked of a node that has not opted in to relaying
+    IDLE = 11  # no cell either way for the relay's idle timeout
 
 
 class StreamError(IntEnum):
@@ -69,15 +99,63 @@ STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
 
 
 class VX6Error(Exception):
-    """Base of every error VX6 raises on purpose."""
+    """Base of every error VX6 raises on purpose (tests/unit/test_errors.py holds every
+    exception class defined in vx6 to it)."""
 
 
-class DecodeError(VX6Error):
-    """Bytes from outside could not be parsed. Always the sender's fault."""
+class LinkError(VX6Error):
+    """A link ended or must end; carries the code that goes out on the wire. Raised as
+    such for outcomes a caller sees (a dial that failed, a link or circuit that is closed,
+    a local open over the stream limit); a peer's fault is the subclass
+    `RemoteProtocolError`, so `except LinkError` catches both."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class RemoteProtocolError(LinkError):
+    """The peer broke the protocol: `code` closes the link it came on, `reason` says
+    how (it goes out in the CLOSE frame and into the log)."""
+
+
+class LocalProtocolError(VX6Error):
+    """We were asked to do something the protocol forbids: a bug or a misuse in our own
+    code or its caller, never the peer's fault. It closes no link by itself."""
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes from outside could not be parsed. Always the sender's fault; on a link it
+    closes with PROTOCOL_ERROR."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(CloseCode.PROTOCOL_ERROR, reason)
+        self.args = (reason,)  # str() is the reason alone, as callers quote it
+
+
+class TransitionError(LocalProtocolError):
+    """An input that a stream's current state does not allow (core/streams.py). Local
+    as raised; core/link.py re-raises one caused by a peer frame as a
+    RemoteProtocolError(PROTOCOL_ERROR)."""
+
+
+class CircuitFailure(VX6Error):
+    """Raised inside the circuit machines when a circuit must go; it surfaces as one
+    `CircuitDestroyed` event carrying the same reason and detail. Circuit-scoped: the
+    circuit is destroyed with `reason`, the link that carried it stays up. Every raise
+    today is on peer input (a cell the circuit's state does not allow)."""
+
+    def __init__(self, reason: DestroyReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class RecordRejected(VX6Error):
-    """A well-formed record failed the acceptance rules (signature, expiry, sequence)."""
+    """A well-formed record failed the acceptance rules (signature, expiry, sequence).
+    The sender's (or the record signer's) fault, but no protocol error: the record is
+    dropped and counted, the link stays up."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -85,16 +163,9 @@ class RecordRejected(VX6Error):
 
 
 class CryptoError(VX6Error):
-    """A signature, AEAD tag or handshake check failed."""
-
-
-class LinkError(VX6Error):
-    """A link must close; carries the code that goes out on the wire."""
-
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        super().__init__(f"{code.name}: {reason}")
-        self.code = code
-        self.reason = reason
+    """A signature, AEAD tag or handshake check failed, or a crypto primitive was given
+    a bad argument. Whose fault depends on the caller: receive paths translate it into a
+    RemoteProtocolError (DECRYPT_FAILED, HANDSHAKE_FAILED) or a circuit's DESTROY."""
 
 
 class StreamFailed(VX6Error):

@@ -366,8 +366,9 @@ async def hop_limit(registry: str, *keys: str) -> dict[str, Any]:
 async def flood(registry: str, key: str, count: str, control: str) -> dict[str, Any]:
     from vx6.crypto.keys import node_id
     from vx6.crypto.onion import ntor_client_start
+    from vx6.errors import DestroyReason
     from vx6.net.control import request
-    from vx6.wire.cells import Create, Created, Destroy, DestroyReason, encode_cell
+    from vx6.wire.cells import Create, Created, Destroy, encode_cell
 
     (spec,) = hop_specs(registry, [key])
     relay_id = node_id(spec.identity)

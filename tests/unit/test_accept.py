@@ -11,6 +11,7 @@ import pytest
 
 from vx6.net import eventloop
 from vx6.net.accept import LISTEN_BACKLOG, listen_socket, serve_links
+from vx6.net.ratelog import RATELOG
 
 
 class Echo(asyncio.Protocol):
@@ -38,6 +39,7 @@ async def scenario() -> list[bytes]:
     def count(what: str) -> None:
         counts[what] = counts.get(what, 0) + 1
 
+    bugs_before = RATELOG.count("accept-internal-error")
     task = asyncio.create_task(serve_links(sock, admit, count, where="test"))
     answers = []
     try:
@@ -55,6 +57,7 @@ async def scenario() -> list[bytes]:
         sock.close()
     assert [host for host, _ in seen] == ["::1"] * 3
     assert counts == {}
+    assert RATELOG.count("accept-internal-error") == bugs_before + 1  # logged, rate-limited
     return answers
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vx6.errors import DecodeError
+from vx6.errors import DecodeError, DestroyReason
 from vx6.wire import cells as c
 from vx6.wire import frames as fr
 from vx6.wire import relay_streams as rs
@@ -31,8 +31,8 @@ GOLDEN_CELLS: list[tuple[c.Cell, bytes]] = [
     (c.Create(0xFFFFFFFF, 6, SKIN), _padded("ffffffff 01 06" + SKIN.hex())),
     (c.Created(0x01020304, REPLY), _padded("01020304 02" + REPLY.hex())),
     (c.Relay(7, RELAY_BODY), bytes.fromhex("00000007 03") + RELAY_BODY),
-    (c.Destroy(9, c.DestroyReason.DECRYPT_FAILED), _padded("00000009 04 03")),
-    (c.Destroy(2, c.DestroyReason.NONE), _padded("00000002 04")),
+    (c.Destroy(9, DestroyReason.DECRYPT_FAILED), _padded("00000009 04 03")),
+    (c.Destroy(2, DestroyReason.NONE), _padded("00000002 04")),
 ]
 
 

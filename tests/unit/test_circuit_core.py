@@ -23,9 +23,9 @@ from vx6.core.circuit import (
 )
 from vx6.crypto.keys import StaticKey, node_id
 from vx6.crypto.onion import MAX_DEPTH, ntor_client_start, relay_plaintext_size, seal_layers
-from vx6.errors import UsageError
+from vx6.errors import DestroyReason, UsageError
 from vx6.wire import cells as c
-from vx6.wire.cells import DestroyReason, RelayCommand
+from vx6.wire.cells import RelayCommand
 
 MARKER = b"PLAINTEXT-MARKER"
 

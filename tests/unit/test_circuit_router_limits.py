@@ -16,11 +16,10 @@ import pytest
 from vx6.core.circuit import RelayCore, RelayLimits
 from vx6.crypto.keys import Identity, StaticKey, node_id
 from vx6.crypto.onion import ntor_client_start
-from vx6.errors import CloseCode
+from vx6.errors import CloseCode, DestroyReason
 from vx6.net.ports import SYSTEM_CLOCK
 from vx6.net.router import CircuitRouter
 from vx6.wire import cells as c
-from vx6.wire.cells import DestroyReason
 
 CIRCUITS = 1000
 

@@ -24,8 +24,9 @@ from vx6.crypto.keys import (
     circuit_auth_proof,
 )
 from vx6.crypto.onion import MAX_DEPTH, relay_plaintext_size
+from vx6.errors import DestroyReason
 from vx6.wire import cells as c
-from vx6.wire.cells import DestroyReason, RelayCommand, RelayMessage
+from vx6.wire.cells import RelayCommand, RelayMessage
 
 
 class Pair:

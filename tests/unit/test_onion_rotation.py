@@ -23,12 +23,12 @@ from vx6.core.circuit import (
 )
 from vx6.core.circuit.onion_schedule import OnionKeyAction, onion_key_step
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import UsageError
+from vx6.errors import DestroyReason, UsageError
 from vx6.node.onion_rotation import onion_key_loop
 from vx6.store.config import load_config
 from vx6.store.home import ONION_KEY_LIFETIME, Home, HomeError
 from vx6.wire import cells as c
-from vx6.wire.cells import DestroyReason, RelayCommand
+from vx6.wire.cells import RelayCommand
 
 LIFETIME = 100.0
 T0 = 1000.0

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from kit.circuits import Net, seed
 from vx6.core.circuit import CircuitEvent, ClientCircuit, RelayCore
+from vx6.errors import DestroyReason
 from vx6.wire import cells as c
-from vx6.wire.cells import CellCommand, DestroyReason, RelayCommand
+from vx6.wire.cells import CellCommand, RelayCommand
 
 A_ID, B_ID = 5, 6  # both circuits on the client's link to R1
 PATH = ["R1", "R2", "owner"]

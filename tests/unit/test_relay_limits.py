@@ -13,8 +13,9 @@ from kit.circuits import Net, Node, create, seed
 from vx6.core.circuit import RelayLimits
 from vx6.core.circuit.client import KEEPALIVE_AFTER
 from vx6.core.circuit.events import CircuitDestroyed, StrayCellsExceeded, StreamMessageReceived
+from vx6.errors import DestroyReason
 from vx6.wire import cells as c
-from vx6.wire.cells import DestroyReason, RelayCommand
+from vx6.wire.cells import RelayCommand
 
 TICK = 10.0  # the router's timer period
 

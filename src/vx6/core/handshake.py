@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from vx6.crypto.keys import Identity, StaticKey, check_link_key_proof, link_key_proof
 from vx6.crypto.noise import CipherState, HandshakeState
-from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError
+from vx6.errors import CloseCode, CryptoError, DecodeError, RemoteProtocolError
 from vx6.wire.frames import (
     LINK_PROLOGUE,
     PATTERN_IK,
@@ -108,11 +108,11 @@ class LinkHandshake:
         return bytes([self._pattern]) + self._noise.write_message(payload)
 
     def receive(self, message: bytes) -> bytes | None:
-        """Process one peer message; return our reply, if any. Raises LinkError."""
+        """Process one peer message; return our reply, if any. Raises RemoteProtocolError."""
         try:
             return self._receive(message)
         except (CryptoError, DecodeError) as exc:
-            raise LinkError(CloseCode.HANDSHAKE_FAILED, str(exc)) from exc
+            raise RemoteProtocolError(CloseCode.HANDSHAKE_FAILED, str(exc)) from exc
 
     def _receive(self, message: bytes) -> bytes | None:
         if self._noise is None:  # responder, first message: learn the pattern
@@ -145,7 +145,9 @@ class LinkHandshake:
         if link is None or not check_link_key_proof(proof.identity, link, proof.link_proof):
             raise CryptoError("peer's identity does not vouch for its link key")
         if self._expected is not None and proof.identity != self._expected:
-            raise LinkError(CloseCode.IDENTITY_MISMATCH, "peer is not the node we dialled")
+            raise RemoteProtocolError(
+                CloseCode.IDENTITY_MISMATCH, "peer is not the node we dialled"
+            )
         self._peer_identity = proof.identity
         self._peer_window = proof.window
 

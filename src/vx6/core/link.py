@@ -8,7 +8,7 @@ length then the message; after the handshake every message decrypts to one frame
 (wire/frames.py).
 
 Failure policy: anything the peer does wrong (bad frame, broken AEAD tag, data beyond
-credit, a frame for a stream that never existed) raises LinkError inside, which closes
+credit, a frame for a stream that never existed) raises RemoteProtocolError inside, which closes
 the whole link with a CLOSE frame carrying the code, and one `LinkClosed` event saying
 why. Errors that concern one stream only (e.g. our application resets it) stay on that
 stream. After `LinkClosed` the link accepts nothing more.
@@ -35,9 +35,16 @@ from vx6.core.link_cells import CellOps
 from vx6.core.link_config import LinkConfig
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamState, StreamTable
-from vx6.core.streams import TransitionError as StreamTransitionError
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import CloseCode, CryptoError, DecodeError, LinkError, StreamError
+from vx6.errors import (
+    CloseCode,
+    CryptoError,
+    DecodeError,
+    LinkError,
+    RemoteProtocolError,
+    StreamError,
+)
+from vx6.errors import TransitionError as StreamTransitionError
 from vx6.wire import frames as fr
 from vx6.wire.cells import cells_frame_body
 
@@ -169,7 +176,9 @@ class Link(StreamOps, CellOps):
                 end = pos + 2 + ((src[pos] << 8) | src[pos + 1])
                 if end > total:
                     if self._keys is None and end - pos - 2 > fr.MAX_HANDSHAKE_MESSAGE:
-                        raise LinkError(CloseCode.HANDSHAKE_FAILED, "handshake message too long")
+                        raise RemoteProtocolError(
+                            CloseCode.HANDSHAKE_FAILED, "handshake message too long"
+                        )
                     break
                 if budget <= 0:
                     self.backlogged = True
@@ -183,7 +192,7 @@ class Link(StreamOps, CellOps):
                         self._on_message(message, now)
                 if self.closed:
                     return
-        except LinkError as exc:
+        except RemoteProtocolError as exc:
             self._fail(exc.code, exc.reason)
             return
         finally:
@@ -213,9 +222,11 @@ class Link(StreamOps, CellOps):
         try:
             plain = self._keys.receive.decrypt(message)
         except CryptoError as exc:
-            raise LinkError(CloseCode.DECRYPT_FAILED, "frame failed authentication") from exc
+            raise RemoteProtocolError(
+                CloseCode.DECRYPT_FAILED, "frame failed authentication"
+            ) from exc
         if not plain:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, "empty frame")
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, "empty frame")
         if plain[0] == fr.FrameType.DATA:
             self._on_data(plain)
             return
@@ -225,24 +236,24 @@ class Link(StreamOps, CellOps):
         try:
             frame = fr.decode_control(plain)
         except DecodeError as exc:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
         try:
             self._on_control(frame, now)
         except StreamTransitionError as exc:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
 
     def _on_data(self, plain: bytes) -> None:
         try:
             sid, payload = fr.decode_data(plain)
         except DecodeError as exc:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
         self._on_stream_data(sid, payload)  # no copy: the write takes the view
 
     def _on_cells(self, plain: bytes) -> None:
         try:
             chunk = cells_frame_body(plain)
         except DecodeError as exc:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
         last = self._events[-1] if self._events else None
         if isinstance(last, ev.CellsReceived):
             self._events[-1] = ev.CellsReceived((*last.chunks, chunk))
@@ -251,7 +262,7 @@ class Link(StreamOps, CellOps):
 
     def _take_token(self, now: float) -> None:
         if not self._control.take(1, now):
-            raise LinkError(CloseCode.RATE_LIMITED, "control frames faster than allowed")
+            raise RemoteProtocolError(CloseCode.RATE_LIMITED, "control frames faster than allowed")
 
     def _on_control(self, frame: fr.ControlFrame, now: float) -> None:
         if isinstance(frame, _METERED) or (
@@ -280,7 +291,7 @@ class Link(StreamOps, CellOps):
         if not self.closed:
             try:
                 self._take_token(self._last_heard)
-            except LinkError as exc:
+            except RemoteProtocolError as exc:
                 self._fail(exc.code, exc.reason)
 
     def send_records(self, records: list[bytes]) -> None:

@@ -18,8 +18,8 @@ from vx6.core.streams import (
     StreamState,
     StreamTable,
 )
-from vx6.core.streams import TransitionError as StreamTransitionError
-from vx6.errors import CloseCode, LinkError, StreamError
+from vx6.errors import CloseCode, LinkError, RemoteProtocolError, StreamError
+from vx6.errors import TransitionError as StreamTransitionError
 from vx6.wire import frames as fr
 
 
@@ -166,28 +166,30 @@ class StreamOps:
         if stream is None:
             if self.streams.is_stale_id(sid):
                 return  # crossed our RESET; the peer will learn soon enough
-            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA for unknown stream {sid}")
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, f"DATA for unknown stream {sid}")
         if stream.state not in CAN_RECEIVE or stream.fin_received:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, f"DATA on stream {sid} after FIN")
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, f"DATA on stream {sid} after FIN")
         stream.recv_allowance -= len(payload)
         if stream.recv_allowance < 0:
-            raise LinkError(CloseCode.FLOW_CONTROL, f"stream {sid} exceeded its credit")
+            raise RemoteProtocolError(CloseCode.FLOW_CONTROL, f"stream {sid} exceeded its credit")
         if payload:
             self._events.append(ev.StreamDataReceived(sid, payload))
 
     def _on_stream_frame(self, frame: fr.ControlFrame) -> None:
         """OPEN, OPEN_OK, OPEN_FAIL, CREDIT, FIN, RESET from the peer. Anything the peer
-        does wrong raises LinkError; the carrier closes itself (link or circuit)."""
+        does wrong raises RemoteProtocolError; the carrier closes itself (link or circuit)."""
         try:
             self._apply_stream_frame(frame)
         except StreamTransitionError as exc:
-            raise LinkError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, str(exc)) from exc
 
     def _apply_stream_frame(self, frame: fr.ControlFrame) -> None:
         match frame:
             case fr.Open(sid, service, flags):
                 if not self.streams.is_new_peer_id(sid):
-                    raise LinkError(CloseCode.PROTOCOL_ERROR, f"OPEN with bad stream id {sid}")
+                    raise RemoteProtocolError(
+                        CloseCode.PROTOCOL_ERROR, f"OPEN with bad stream id {sid}"
+                    )
                 if len(self.streams) >= self.streams.max_streams:
                     self.streams.new_remote(sid).state = StreamState.CLOSED
                     self.streams.drop(sid)
@@ -209,7 +211,9 @@ class StreamOps:
                 if (s := self._known(sid)) is not None:
                     s.send_credit += inc
                     if s.send_credit > fr.MAX_STREAM_CREDIT:
-                        raise LinkError(CloseCode.FLOW_CONTROL, "credit beyond any window")
+                        raise RemoteProtocolError(
+                            CloseCode.FLOW_CONTROL, "credit beyond any window"
+                        )
                     self._flush_pending(sid)
             case fr.Fin(sid):
                 if (s := self._known(sid)) is not None:
@@ -222,14 +226,14 @@ class StreamOps:
                     self.streams.drop(sid)
                     self._events.append(ev.StreamReset(sid, code))
             case _:
-                raise LinkError(
+                raise RemoteProtocolError(
                     CloseCode.PROTOCOL_ERROR, f"{type(frame).__name__} is not a stream frame"
                 )
 
     def _known(self, sid: int) -> Stream | None:
         stream = self.streams.get(sid)
         if stream is None and not self.streams.is_stale_id(sid):
-            raise LinkError(CloseCode.PROTOCOL_ERROR, f"frame for unknown stream {sid}")
+            raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, f"frame for unknown stream {sid}")
         return stream
 
     def _after_transition(self, sid: int) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import auto
 
 from vx6.core.states import TableEnum
+from vx6.errors import TransitionError
 
 
 class StreamState(TableEnum):
@@ -63,10 +64,6 @@ del _state
 
 CAN_SEND = frozenset({S.OPENING, S.OPEN, S.REMOTE_DONE})
 CAN_RECEIVE = frozenset({S.ACCEPTING, S.OPENING, S.OPEN, S.LOCAL_DONE})
-
-
-class TransitionError(Exception):
-    """An input that the stream's current state does not allow."""
 
 
 @dataclass(slots=True)

@@ -37,7 +37,6 @@ log = logging.getLogger("vx6.node")
 LISTEN_BACKLOG = 512
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 1.0
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ONE_CONNECTION = frozenset(
     {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM, errno.ETIMEDOUT}
 )
@@ -108,7 +107,9 @@ async def serve_links(
             protocol = admit(conn, (str(address[0]), int(address[1])))
         except Exception:
             # A bug of ours: this connection is dropped, the node keeps accepting.
-            log.exception("internal error admitting a link from %s; closing it", address)
+            RATELOG.exception(
+                log, "accept-internal-error", "internal error admitting a link from %s", address
+            )
             protocol = None
         if protocol is None:
             conn.close()

@@ -33,12 +33,11 @@ from vx6.core.circuit.events import CircuitEvent
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.circuit.session import CircuitStreams
 from vx6.crypto.keys import Identity, check_circuit_auth_proof, circuit_auth_proof, fingerprint
-from vx6.errors import CloseCode, DecodeError, LinkError, StreamError
+from vx6.errors import CloseCode, DecodeError, DestroyReason, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
 from vx6.net.link import LinkProtocol
 from vx6.net.ratelog import RATELOG
 from vx6.wire.cells import (
-    DestroyReason,
     RelayCommand,
     RelayMessage,
     RelayMessageFields,

@@ -24,7 +24,7 @@ from vx6.core.dht.contacts import Address
 from vx6.core.dht.keys import credentials_for
 from vx6.core.dht.node import DhtNode
 from vx6.crypto.keys import Identity
-from vx6.errors import ListenError
+from vx6.errors import ListenError, RemoteProtocolError
 from vx6.net.addresses import format_endpoint
 from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.ratelog import RATELOG
@@ -96,11 +96,28 @@ class DhtService(asyncio.DatagramProtocol):
         now = self._now()
         try:
             self.node.datagram_received(data, (host, port), now)
-        except Exception:  # a bug of ours must not stop the DHT; the datagram is lost
-            log.exception("DHT datagram from %s handling failed", host)
+        except Exception as exc:
+            self._receive_failed(exc, host)
         if self._report_handle is None:
             self._schedule_drop_report(now)
-        self._pump()
+        try:
+            self._pump()
+        except Exception as exc:
+            self._receive_failed(exc, host)
+
+    @staticmethod
+    def _receive_failed(exc: Exception, host: str) -> None:
+        """The receive rule of errors.py for datagrams: there is no link to close, so
+        the datagram is lost either way and the DHT goes on. The peer's protocol error
+        (the core drops and counts those itself; this is one that got past it) is one
+        rate-limited line; anything else is a bug, logged with its traceback, also
+        rate-limited since the peer decides how often it comes."""
+        if isinstance(exc, RemoteProtocolError):
+            RATELOG.warning(log, "dht-bad-datagram", "DHT datagram from %s dropped: %s", host, exc)
+        else:
+            RATELOG.exception(
+                log, "dht-internal-error", "DHT datagram from %s handling failed", host
+            )
 
     def _schedule_drop_report(self, now: float) -> None:
         """Junk is counted per datagram but logged as one line a while after it starts
@@ -152,8 +169,13 @@ class DhtService(asyncio.DatagramProtocol):
                     self.last_lookup_ok = self._now()
             try:
                 self.on_event(event)
-            except Exception:
-                log.exception("DHT event handler failed on %r", type(event).__name__)
+            except Exception:  # a bug of ours; the peer's datagrams decide how often
+                RATELOG.exception(
+                    log,
+                    "dht-internal-error",
+                    "DHT event handler failed on %r",
+                    type(event).__name__,
+                )
         self._store_again_as_we_learn()
         self._arm()
 

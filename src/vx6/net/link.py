@@ -33,7 +33,7 @@ from vx6.core import events as ev
 from vx6.core.link import Link
 from vx6.core.link_config import LinkConfig
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
-from vx6.errors import CloseCode, LinkError, StreamError
+from vx6.errors import CloseCode, LinkError, RemoteProtocolError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
 from vx6.net.link_memory import link_proof, read_buffer
 from vx6.net.ratelog import RATELOG
@@ -138,12 +138,34 @@ class LinkProtocol(asyncio.BufferedProtocol):
             self.core.receive(data, self.clock())
             self._pace_reading()
             self._pump()
-        except Exception:
-            # A bug of ours, not the peer's: drop this link, keep the node and its
-            # other links alive, and say loudly what happened.
-            log.exception("internal error on link %s; closing it", self.peer_address)
-            self.core.close(CloseCode.PROTOCOL_ERROR, "internal error")
+        except Exception as exc:
+            self._receive_failed(exc)
+
+    def _receive_failed(self, exc: Exception) -> None:
+        """What escaped handling the peer's input (the core, or a handler it reached
+        through `_dispatch`). The peer's protocol error closes the link with its code;
+        anything else is a bug of ours: this link is closed with INTERNAL_ERROR and the
+        traceback logged, the node and its other links go on. Both are rate-limited:
+        the peer decides how often."""
+        if isinstance(exc, RemoteProtocolError):
+            code, reason = exc.code, exc.reason  # the close itself is logged in _finish
+        else:
+            RATELOG.exception(
+                log,
+                "link-internal-error",
+                "internal error on link %s; closing it",
+                self.peer_address,
+            )
+            code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+        try:
+            self.core.close(code, reason)
             self._pump()
+        except Exception:  # the close path failed too: drop the connection outright
+            RATELOG.exception(
+                log, "link-internal-error", "closing link %s failed", self.peer_address
+            )
+            if self.transport is not None:
+                self.transport.abort()  # connection_lost finishes the link
 
     def _pace_reading(self) -> None:
         """Over this turn's budget: read nothing more and go on with the backlog at the
@@ -225,8 +247,11 @@ class LinkProtocol(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timer(self.clock())
-        self._pump()
+        try:
+            self.core.handle_timer(self.clock())
+            self._pump()
+        except Exception as exc:
+            self._receive_failed(exc)
 
     def _dispatch(self, event: ev.Event) -> None:
         if dispatch_stream_event(self.sinks, event):

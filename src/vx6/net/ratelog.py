@@ -43,10 +43,17 @@ class RateLog:
     _windows: dict[str, _Window] = field(default_factory=dict)
 
     def log(
-        self, logger: logging.Logger, level: int, category: str, msg: str, *args: object
+        self,
+        logger: logging.Logger,
+        level: int,
+        category: str,
+        msg: str,
+        *args: object,
+        exc_info: bool = False,
     ) -> bool:
-        """Count one occurrence of `category`; write `msg % args` if within the budget.
-        Returns whether the line was written."""
+        """Count one occurrence of `category`; write `msg % args` (with the traceback of
+        the exception being handled, if `exc_info`) if within the budget. Returns whether
+        the line was written."""
         self.counts[category] = self.counts.get(category, 0) + 1
         now = self.clock()
         window = self._windows.get(category)
@@ -60,7 +67,7 @@ class RateLog:
         window.logger, window.level = logger, level
         if window.written < self.burst:
             window.written += 1
-            logger.log(level, msg, *args)
+            logger.log(level, msg, *args, exc_info=exc_info)
             return True
         window.suppressed += 1
         return False
@@ -70,6 +77,11 @@ class RateLog:
 
     def info(self, logger: logging.Logger, category: str, msg: str, *args: object) -> bool:
         return self.log(logger, logging.INFO, category, msg, *args)
+
+    def exception(self, logger: logging.Logger, category: str, msg: str, *args: object) -> bool:
+        """An ERROR line with the current exception's traceback: for bugs a peer's input
+        reached (its input decides how often, so this is rate-limited like the rest)."""
+        return self.log(logger, logging.ERROR, category, msg, *args, exc_info=True)
 
     def count(self, category: str) -> int:
         return self.counts.get(category, 0)

@@ -48,7 +48,7 @@ from vx6.core.circuit.outbox import CellBuffer, CellWriter
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
-from vx6.errors import CloseCode, DecodeError, StreamError, StreamFailed, VX6Error
+from vx6.errors import CloseCode, DecodeError, DestroyReason, StreamError, StreamFailed, VX6Error
 from vx6.net.carrier import StreamCarrier
 from vx6.net.circuit import ClientPath, ExitCircuit
 from vx6.net.link import LinkProtocol
@@ -58,7 +58,6 @@ from vx6.net.router_upkeep import RouterUpkeep
 from vx6.wire.cells import (
     CELL_SIZE,
     Create,
-    DestroyReason,
     cell_circuit_id,
     decode_cell,
 )

@@ -33,7 +33,7 @@ from vx6.core.circuit.limits import RelayLimits
 from vx6.core.dht import events as dht_events
 from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import StaticKey, fingerprint
-from vx6.errors import CloseCode
+from vx6.errors import CloseCode, VX6Error
 from vx6.net import ratelog
 from vx6.net.accept import serve_links
 from vx6.net.addresses import format_endpoint, network_of
@@ -383,5 +383,5 @@ class Node:
         }
 
 
-class _Stopping(Exception):
+class _Stopping(VX6Error):
     pass

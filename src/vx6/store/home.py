@@ -36,7 +36,6 @@ from vx6.errors import UsageError, VX6Error
 
 log = logging.getLogger("vx6.home")
 
-KEY_FILES = ("identity.key", "link.key", "onion.key")
 KEY_LEN = 32
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from vx6.errors import DecodeError
+from vx6.errors import DecodeError, DestroyReason
 from vx6.wire import frames as fr
 from vx6.wire.endpoint import pack_endpoint, unpack_endpoint
 
@@ -69,23 +69,6 @@ class RelayCommand(IntEnum):
     # sees a cell, so an idle client circuit is not expired or evicted as idle; the exit
     # drops it (docs/circuits.md, "Idle circuits").
     KEEPALIVE = 11
-
-
-class DestroyReason(IntEnum):
-    """Why a circuit ends; carried in DESTROY and propagated hop by hop unchanged."""
-
-    NONE = 0  # the client closed it
-    PROTOCOL_ERROR = 1
-    HOP_LIMIT = 2  # an EXTEND beyond MAX_DEPTH, or a CREATE with an impossible depth
-    DECRYPT_FAILED = 3  # an onion layer failed its tag: tampering, replay or reorder
-    RESOURCE_LIMIT = 4  # circuit table full or memory budget exceeded
-    RATE_LIMITED = 5  # too many creations from one source
-    CONNECT_FAILED = 6  # the relay could not reach the next hop
-    LINK_LOST = 7  # a link on the path went away
-    HANDSHAKE_FAILED = 8  # ntor failed (wrong onion key or node id)
-    SHUTDOWN = 9
-    NOT_A_RELAY = 10  # EXTEND asked of a node that has not opted in to relaying
-    IDLE = 11  # no cell either way for the relay's idle timeout
 
 
 def destroy_reason(code: int) -> DestroyReason:

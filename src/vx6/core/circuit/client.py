@@ -33,7 +33,6 @@ from vx6.core.circuit.events import (
     CircuitBuilt,
     CircuitDestroyed,
     CircuitEvent,
-    CircuitFailure,
     HopAdded,
     StreamMessageReceived,
     next_state,
@@ -52,7 +51,7 @@ from vx6.crypto.onion import (
     relay_plaintext_size,
     seal_layers,
 )
-from vx6.errors import CryptoError, DecodeError, UsageError
+from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason, UsageError
 from vx6.wire.cells import (
     CELL_HEADER,
     RELAY_HEADER,
@@ -60,7 +59,6 @@ from vx6.wire.cells import (
     Create,
     Created,
     Destroy,
-    DestroyReason,
     Endpoint,
     Extend,
     Relay,

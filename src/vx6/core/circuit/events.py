@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from vx6.wire.cells import DestroyReason, Endpoint
+from vx6.errors import CircuitFailure, DestroyReason
+from vx6.wire.cells import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +83,6 @@ CircuitEvent = (
     | StreamMessageReceived
     | StrayCellsExceeded
 )
-
-
-class CircuitFailure(Exception):
-    """Raised inside the circuit machines when a circuit must go; it surfaces as one
-    `CircuitDestroyed` event carrying the same reason and detail."""
-
-    def __init__(self, reason: DestroyReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 _State = TypeVar("_State", bound=Enum)

@@ -43,7 +43,6 @@ from vx6.core.budget import SourceLimiter
 from vx6.core.circuit.events import (
     CircuitDestroyed,
     CircuitEvent,
-    CircuitFailure,
     StrayCellsExceeded,
 )
 from vx6.core.circuit.limits import Holdings, RelayLimits, StrayCells
@@ -59,7 +58,7 @@ from vx6.crypto.onion import (
     ntor_server,
     relay_plaintext_size,
 )
-from vx6.errors import CryptoError, DecodeError
+from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason
 from vx6.wire.cells import (
     MAX_CIRCUIT_ID,
     RELAY_HEADER,
@@ -67,7 +66,6 @@ from vx6.wire.cells import (
     Create,
     Created,
     Destroy,
-    DestroyReason,
     Relay,
     RelayCommand,
     RelayMessage,

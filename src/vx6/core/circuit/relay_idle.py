@@ -33,7 +33,7 @@ import heapq
 from vx6.core.circuit.events import CircuitEvent
 from vx6.core.circuit.limits import RelayLimits
 from vx6.core.circuit.relay_circuit import RelayedCircuit
-from vx6.wire.cells import DestroyReason
+from vx6.errors import DestroyReason
 
 
 class RelayIdle:

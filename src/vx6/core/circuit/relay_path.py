@@ -22,19 +22,17 @@ from __future__ import annotations
 
 from vx6.core.circuit.events import (
     CircuitEvent,
-    CircuitFailure,
     ExtendRequested,
     StreamMessageReceived,
 )
 from vx6.core.circuit.outbox import CellOutbox
 from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput
 from vx6.crypto.onion import MAX_DEPTH, peel_into, relay_plaintext_size, seal_layer
-from vx6.errors import CryptoError, DecodeError
+from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason
 from vx6.wire.cells import (
     CELL_HEADER,
     CELL_SIZE,
     CellCommand,
-    DestroyReason,
     RelayCommand,
     RelayMessage,
     cell_header,

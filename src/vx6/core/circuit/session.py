@@ -27,7 +27,7 @@ from vx6.core import events as ev
 from vx6.core.link_config import LinkConfig
 from vx6.core.link_streams import StreamOps
 from vx6.core.streams import Stream, StreamTable
-from vx6.errors import CloseCode, DecodeError, LinkError
+from vx6.errors import CloseCode, LinkError, RemoteProtocolError
 from vx6.wire import frames as fr
 from vx6.wire.cells import RelayCommand, RelayMessage, RelayMessageFields
 from vx6.wire.relay_streams import is_stream_control, stream_frame, stream_message
@@ -79,17 +79,15 @@ class CircuitStreams(StreamOps):
         try:
             if message.command == RelayCommand.DATA:
                 if message.stream_id == 0:
-                    raise LinkError(CloseCode.PROTOCOL_ERROR, "DATA on stream 0")
+                    raise RemoteProtocolError(CloseCode.PROTOCOL_ERROR, "DATA on stream 0")
                 self._on_stream_data(message.stream_id, message.data)
             elif is_stream_control(message.command):
                 self._on_stream_frame(stream_frame(message))
             else:
-                raise LinkError(
+                raise RemoteProtocolError(
                     CloseCode.PROTOCOL_ERROR, f"relay command {message.command} on a stream"
                 )
-        except DecodeError as exc:
-            self.fail(str(exc))
-        except LinkError as exc:
+        except RemoteProtocolError as exc:  # DecodeError included: its reason is its text
             self.fail(exc.reason)
 
     def fail(self, reason: str) -> None:
