@@ -155,11 +155,6 @@ class CircuitPool:
         self._top_up(key)
         return path
 
-    def warm(self, owner: bytes, hops: int) -> None:
-        """Start building circuits for a forward before its first connection."""
-        self._last_asked[(owner, hops)] = self.clock.monotonic()
-        self._top_up((owner, hops))
-
     def _top_up(self, key: PoolKey) -> None:
         missing = SPARE - len(self.ready(key)) - self._building.get(key, 0)
         for _ in range(max(0, missing)):
