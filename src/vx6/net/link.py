@@ -239,11 +239,14 @@ class LinkProtocol(asyncio.BufferedProtocol):
                 self._timer.cancel()
                 self._timer = None
             return
+        # The core's deadlines are on the injected clock, the loop's timers on its own:
+        # convert through "seconds from now", so any monotonic clock works.
+        when = self.loop.time() + max(0.0, deadline - self.clock())
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer.when() <= when:
                 return
             self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
