@@ -10,12 +10,12 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kit.cli import run_vx6
 from vx6.store.home import Home, HomeError
 from vx6.store.registry import Registry, RegistryError
 
@@ -24,15 +24,7 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mou
 
 
 def vx6(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(
-        [sys.executable, "-m", "vx6", "--home", str(home), *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    return run_vx6(home, *argv, timeout=60)
 
 
 def assert_one_line_refusal(result: subprocess.CompletedProcess[str], words: str) -> None:

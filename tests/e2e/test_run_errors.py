@@ -6,16 +6,15 @@ test_single_instance.py."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from kit.cli import run_vx6
 from vx6.app.localnet import LocalNet
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,15 +24,7 @@ EXIT_USAGE = 2
 
 
 def vx6(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(
-        [sys.executable, "-m", "vx6", "--home", str(home), *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
+    return run_vx6(home, *argv)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:

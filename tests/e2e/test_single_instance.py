@@ -13,28 +13,20 @@ import os
 import socket
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from kit.cli import run_vx6
 from vx6.app.localnet import LocalNet, LocalNode
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def vx6(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(
-        [sys.executable, "-m", "vx6", "--home", str(home), *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
+    return run_vx6(home, *argv)
 
 
 def own_records(node: LocalNode) -> list[tuple[int, str, int, bytes]]:
