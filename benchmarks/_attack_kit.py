@@ -3,7 +3,7 @@
 Theory of operation. Each attack runs in its own process (`python _attack_kit.py attack
 NAME JSON`), so a busy attacker never shares a GIL or an event loop with the honest
 measurement or with the benchmark's sampling. It speaks the protocol with vx6's own
-code (`vx6.net.link.dial` with fresh identities; `send_plain` seals frames whose content
+code (`vx6.net.dial.dial` with fresh identities; `send_plain` seals frames whose content
 it chooses), prints one JSON line of what it achieved and exits. Every loop is bounded
 by a count and by `Budget`, a deadline; every network wait has a timeout; everything
 goes to loopback only. An attack must outlive a node that fights back: a link the victim
@@ -35,7 +35,8 @@ import _setup  # noqa: F401  (makes vx6 importable from a bare checkout)
 
 from vx6.crypto.keys import Identity, StaticKey, key_from_text
 from vx6.errors import StreamError
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.dial import dial
+from vx6.net.link import LinkProtocol
 from vx6.wire.cells import CELL_SIZE, CellCommand
 
 LOOPBACK = ("127.0.0.1", "::1")

@@ -8,7 +8,7 @@ finished (so a stalled victim cannot make the honest side try less often):
 * probe: a fresh TCP connection to the client node's forward (127.0.0.1:PORT), 16
   random bytes out, the same 16 back within `timeout` - a service reached through the
   victim (direct, or through the victim relaying a circuit);
-* handshake: a fresh link to the victim (`vx6.net.link.dial`, Noise XX with this
+* handshake: a fresh link to the victim (`vx6.net.dial.dial`, Noise XX with this
   process's own identity), timed to established, then closed. A failed handshake counts
   at `timeout` in the latency figures, so failures show up in the p99.
 
@@ -30,7 +30,7 @@ import _setup  # noqa: F401  (makes vx6 importable from a bare checkout)
 from _attack_kit import LOOPBACK, Peer
 
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.net.link import dial
+from vx6.net.dial import dial
 
 
 async def probe(port: int, timeout: float, stats: Counter[str], latencies: list[float]) -> None:

@@ -13,7 +13,8 @@ from kit.net import RawPeer
 from vx6.app.localnet import LocalNet, wait_for
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.net.addresses import parse_endpoint
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.dial import dial
+from vx6.net.link import LinkProtocol
 from vx6.wire import frames as fr
 
 FLOOD_LIMIT = 64 * 1024 * 1024  # bytes of PINGs at most

@@ -34,7 +34,8 @@ from vx6.app.localnet import LocalNet, LocalNode, wait_for
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import StreamError
 from vx6.net.addresses import parse_endpoint
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.dial import dial
+from vx6.net.link import LinkProtocol
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -15,7 +15,8 @@ from vx6.app.localnet import LocalNet, LocalNode
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import StreamError
 from vx6.net.addresses import parse_endpoint
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.dial import dial
+from vx6.net.link import LinkProtocol
 from vx6.wire import frames
 
 pytestmark = pytest.mark.timeout(60)

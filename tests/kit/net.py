@@ -34,7 +34,8 @@ from vx6.app.localnet import LocalNode
 from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import StreamError
 from vx6.net.addresses import parse_endpoint
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.dial import dial
+from vx6.net.link import LinkProtocol
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024

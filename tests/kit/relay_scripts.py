@@ -316,7 +316,7 @@ def hop_specs(registry: str, keys: list[str]) -> list[Any]:
 
 async def dial_first(owner: CellCollector, spec: Any) -> Any:
     from vx6.crypto.keys import Identity, StaticKey
-    from vx6.net.link import dial
+    from vx6.net.dial import dial
 
     where = spec.endpoints[0]
     return await dial(

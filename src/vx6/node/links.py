@@ -30,7 +30,8 @@ from typing import Protocol
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, LinkError, StreamError, StreamFailed, VX6Error
 from vx6.net.addresses import dialable, format_endpoint, is_loopback
-from vx6.net.link import LinkProtocol, dial
+from vx6.net.dial import dial
+from vx6.net.link import LinkProtocol
 from vx6.net.ports import Clock, Count
 from vx6.node.link_table import LinkTable
 from vx6.store.registry import RegistryError
