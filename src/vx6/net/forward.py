@@ -99,6 +99,17 @@ class Forward:
         if pipe.error and pipe.error not in ("CANCELLED",):
             self.last_error = pipe.error
 
+    async def stop_listening(self) -> None:
+        """Close the listeners; connections already accepted go on until they end."""
+        if self._server6 is not None:
+            self._server6.close()
+        if self._server is not None:
+            self._server.close()
+        # Not `wait_closed`: from Python 3.12 it waits for the live connections too. One
+        # loop turn lets uvloop finish closing the listening sockets, so the same port
+        # can be bound again at once (a forward restarted by a reload).
+        await asyncio.sleep(0)
+
     async def stop(self) -> None:
         if self._server6 is not None:
             self._server6.close()

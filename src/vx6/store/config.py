@@ -51,7 +51,8 @@ Example:
     # max_peers = 2000             # remembered peer addresses
 
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
-registry and merge with those declared here (the file wins on a name clash).
+registry and merge with those declared here (the file wins on a name clash). SIGHUP (or
+`vx6 reload`) applies changed services and forwards to a running node (vx6/node/reload.py).
 """
 
 from __future__ import annotations
@@ -299,6 +300,12 @@ def _link_limits(value: Any) -> AdmissionLimits:
     return AdmissionLimits(**args)
 
 
+def _table(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"config: {what} must be a table ([{what}.NAME] sections)")
+    return value
+
+
 def _endpoints(value: Any, what: str) -> list[tuple[str, int]]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise UsageError(f"config: {what} must be a list of strings")
@@ -351,17 +358,20 @@ def load_config(path: Path) -> NodeConfig:
         ONION_KEY_LIFETIME_RANGE,
     )
     cfg.peer_retry = _peer_retry(data)
-    for name, svc in dict(data.get("services", {})).items():
+    for name, svc in _table(data.get("services", {}), "services").items():
         if not isinstance(svc, dict) or "target" not in svc:
             raise UsageError(f"config: services.{name} needs a target")
+        allow = svc.get("allow", [])
+        if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+            raise UsageError(f"config: services.{name}.allow must be a list of strings")
         cfg.services[name] = service_config(
             name,
             str(svc["target"]),
-            [str(a) for a in svc.get("allow", [])],
+            allow,
             bool(svc.get("public", False)),
             bool(svc.get("allow_remote_target", False)),
         )
-    for name, fwd in dict(data.get("forwards", {})).items():
+    for name, fwd in _table(data.get("forwards", {}), "forwards").items():
         if not isinstance(fwd, dict) or "service" not in fwd or "local" not in fwd:
             raise UsageError(f"config: forwards.{name} needs service and local")
         via = fwd.get("via")
