@@ -14,6 +14,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 
 from kit.net import (
     TCPServer,
+    closed_port,
     connect,
     duplex,
     echo_handler,
@@ -54,10 +57,10 @@ def service(name: str, target: str) -> str:
     return f'[services.{name}]\ntarget = "{target}"\npublic = true\n\n'
 
 
-def forward(name: str, owner: LocalNode) -> str:
+def forward(name: str, owner: LocalNode, svc: str = "echo", port: int = 0) -> str:
     return (
-        f'[forwards.{name}]\nservice = "{owner.name}.echo"\n'
-        f'local = "127.0.0.1:0"\nvia = "{owner.listen}"\n\n'
+        f'[forwards.{name}]\nservice = "{owner.name}.{svc}"\n'
+        f'local = "127.0.0.1:{port}"\nvia = "{owner.listen}"\n\n'
     )
 
 
@@ -122,38 +125,44 @@ def lines_with(text: str, needle: str) -> list[str]:
 
 
 def test_sighup_applies_the_diff_and_keeps_live_connections(net: LocalNet, echo: TCPServer) -> None:
-    with TCPServer(echo_handler) as new_target:
+    with TCPServer(echo_handler) as new_target, TCPServer(echo_handler) as other_echo:
         y = owner_y(net, echo)
+        y.call("expose", name="echo2", target=other_echo.address, allow=[], public=True)
+        g_port = closed_port()  # a fixed port: the changed forward listens there again
         x = start_x(
             net,
             service("a", echo.address)
             + service("b", echo.address)
             + service("d", echo.address)
             + forward("f", y)
-            + forward("r", y),
+            + forward("r", y)
+            + forward("g", y, port=g_port),
         )
         to_b, to_d = forward_from(y, x, "b"), forward_from(y, x, "d")
         through_b, through_d = live(to_b, b"b before"), live(to_d, b"d before")
         f_port, r_port = config_forward_port(x, "f"), config_forward_port(x, "r")
         through_f, through_r = live(f_port, b"f before"), live(r_port, b"r before")
+        through_g = live(g_port, b"g before")
 
         (x.home / "config.toml").write_text(
             service("b", echo.address)
             + service("c", echo.address)
             + service("d", new_target.address)
             + forward("f", y)
+            + forward("g", y, svc="echo2", port=g_port)
         )
         logged = hang_up(x, "reloaded config.toml")
         assert [line.split(": ", 1)[1] for line in lines_with(logged, "reloaded config.toml")] == [
-            "reloaded config.toml: services +c -a ~d; forwards -r"
+            "reloaded config.toml: services +c -a ~d; forwards -r ~g"
         ]
         assert "Traceback" not in logged
 
-        # Live connections carry on, through the kept and the changed service, the kept
-        # and the removed forward; the changed service's live stream keeps its old target.
-        for seed, sock in enumerate((through_b, through_d, through_f, through_r)):
+        # Live connections carry on, through the kept and the changed service, the kept,
+        # the removed and the changed forward; those of a changed service or forward keep
+        # their old target.
+        for seed, sock in enumerate((through_b, through_d, through_f, through_r, through_g)):
             still_carries(sock, seed)
-        assert new_target.connections == 0
+        assert new_target.connections == other_echo.connections == 0
 
         assert echo_once(forward_from(y, x, "c"), b"added") == b"added"
         refused = y.try_call("connect", service="x.a", local="0", via=x.listen, name="to-a")
@@ -161,10 +170,12 @@ def test_sighup_applies_the_diff_and_keeps_live_connections(net: LocalNet, echo:
         assert echo_once(to_d, b"d after") == b"d after"  # a new stream: the new target
         assert new_target.connections >= 1
         assert echo_once(f_port, b"f after") == b"f after"
+        assert echo_once(g_port, b"g after") == b"g after"  # the new listener: echo2
+        assert other_echo.connections >= 1
         with pytest.raises(ConnectionRefusedError):
             connect(r_port).close()
         names = sorted(f["name"] for f in x.call("forwards")["forwards"])
-        assert names == ["f"]
+        assert names == ["f", "g"]
         assert sorted(s["name"] for s in x.call("services")["services"]) == ["b", "c", "d"]
 
 
@@ -208,3 +219,13 @@ def test_an_invalid_file_is_refused_and_nothing_changes(
     assert report["restart_needed"] == []
     assert echo_once(forward_from(y, x, "c"), b"added") == b"added"
     assert echo_once(to_b, b"b still") == b"b still"
+
+
+def test_systemctl_reload_sends_sighup(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "vx6", "--home", str(tmp_path / "h"), "unit"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in result.stdout.decode()

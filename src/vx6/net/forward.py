@@ -99,16 +99,14 @@ class Forward:
         if pipe.error and pipe.error not in ("CANCELLED",):
             self.last_error = pipe.error
 
-    async def stop_listening(self) -> None:
-        """Close the listeners; connections already accepted go on until they end."""
+    def stop_listening(self) -> None:
+        """Close the listeners; connections already accepted go on until they end. (No
+        `wait_closed`: from Python 3.12 it also waits for those connections.) The port
+        can be bound again at once, by both loops: a forward a reload restarts."""
         if self._server6 is not None:
             self._server6.close()
         if self._server is not None:
             self._server.close()
-        # Not `wait_closed`: from Python 3.12 it waits for the live connections too. One
-        # loop turn lets uvloop finish closing the listening sockets, so the same port
-        # can be bound again at once (a forward restarted by a reload).
-        await asyncio.sleep(0)
 
     async def stop(self) -> None:
         if self._server6 is not None:

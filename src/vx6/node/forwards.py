@@ -254,7 +254,7 @@ class ClientSide:
         fwd = self.forwards.pop(name, None)
         if fwd is None:
             return False
-        await fwd.stop_listening()
+        fwd.stop_listening()
         # Only forwards with live connections are kept, so this holds no more entries
         # than there are connections (each one a file descriptor, bounded as such).
         self._retired = [f for f in self._retired if f.active]

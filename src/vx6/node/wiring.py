@@ -288,11 +288,11 @@ class Node:
         except* _Stopping:
             pass
         finally:
+            self._running = False  # a SIGHUP from here on has nothing to reload
             await self._shutdown()
 
     def stop(self) -> None:
         log.info("stopping")
-        self._running = False
         self._stop.set()
 
     def _hangup(self) -> None:
