@@ -40,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("init", "create this node's identity (also automatic on first use)", True)
     sp.add_argument("--name", help="the name to claim, e.g. alice")
     cmd("id", "print this node's name, key and fingerprint", True)
-    sp = cmd("run", "run the node in the foreground (logs to stderr; SIGTERM stops it)")
+    sp = cmd(
+        "run",
+        "run the node in the foreground (logs to stderr; SIGTERM stops it, SIGHUP reloads "
+        "config.toml)",
+    )
     sp.add_argument(
         "--listen",
         action="append",
@@ -125,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("rotate", "hand this node's name to a new key (signed by this key)", True)
     sp.add_argument("to", help="the new owner key (52 characters, from `vx6 id` there)")
     cmd("stop", "stop the running node")
+    cmd("reload", "apply config.toml's service and forward changes (as SIGHUP does)", True)
     sp = cmd("demo", "run a local multi-node network and exercise every mode", True)
     sp.add_argument("--mib", type=int, default=64, help="MiB moved per throughput row")
     sp = cmd("unit", "print (or install) a systemd user unit that runs this node")
@@ -358,6 +363,8 @@ Wants=network-online.target
 
 [Service]
 ExecStart={exe} --home {home.path} run
+# `systemctl reload`: config.toml's services and forwards change, live connections stay.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
 # Every link and forwarded connection is a file descriptor (the node raises its soft

@@ -134,4 +134,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
         return f"{reply['name']} now points to {reply['fingerprint']} ({reply['to']})"
     if command == "stop":
         return "stopping"
+    if command == "reload":
+        restart = reply.get("restart_needed") or []
+        note = f"\n{', '.join(restart)} changed: that takes a restart" if restart else ""
+        return f"reloaded config.toml: {reply['changes']}{note}"
     return "\n".join(f"{k}: {v}" for k, v in reply.items())

@@ -99,6 +99,15 @@ class Forward:
         if pipe.error and pipe.error not in ("CANCELLED",):
             self.last_error = pipe.error
 
+    def stop_listening(self) -> None:
+        """Close the listeners; connections already accepted go on until they end. (No
+        `wait_closed`: from Python 3.12 it also waits for those connections.) The port
+        can be bound again at once, by both loops: a forward a reload restarts."""
+        if self._server6 is not None:
+            self._server6.close()
+        if self._server is not None:
+            self._server.close()
+
     async def stop(self) -> None:
         if self._server6 is not None:
             self._server6.close()

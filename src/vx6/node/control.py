@@ -78,6 +78,7 @@ class ControlOps:
         stop: Callable[[], None],
         peering: Callable[[], Mapping[str, object]],
         clock: Clock,
+        reload: Callable[[], Awaitable[Mapping[str, object]]] | None = None,
     ) -> None:
         self.info = info
         self.links = links
@@ -94,6 +95,7 @@ class ControlOps:
         self._stop = stop
         self.peering = peering
         self.clock = clock
+        self._reload = reload
         self._ops: dict[str, Handler] = {
             "status": self.status,
             "id": self.id,
@@ -110,6 +112,7 @@ class ControlOps:
             "rotate": self.rotate,
             "relays": self.relays,
             "build_circuit": self.build_circuit,
+            "reload": self.reload,
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +343,12 @@ class ControlOps:
             "to": key_to_text(new_key),
             "fingerprint": fingerprint(new_key),
         }
+
+    async def reload(self, _: dict[str, Any]) -> dict[str, Any]:
+        """Like SIGHUP: apply config.toml's changes; a refused file raises UsageError."""
+        if self._reload is None:
+            raise UsageError("this node cannot reload its configuration")
+        return dict(await self._reload())
 
     async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self._stop)

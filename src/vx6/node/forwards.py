@@ -68,6 +68,7 @@ class ClientSide:
         self.clock = clock
         self.forwards: dict[str, Forward] = {}
         self._pinned: set[str] = set()  # names known to have a pin (named by local users)
+        self._retired: list[Forward] = []  # removed on reload, live connections kept
 
     # ------------------------------------------------------------------ links
     async def link_for(self, addr: ServiceAddress, via: tuple[str, int] | None) -> LinkProtocol:
@@ -246,6 +247,27 @@ class ClientSide:
         await fwd.stop()
         return True
 
+    async def retire(self, name: str) -> bool:
+        """A forward config.toml no longer declares (or changed), on reload: its listener
+        closes; like sshd's sessions on reload, its live connections go on until they
+        end (closed by `stop_all` at shutdown at the latest)."""
+        fwd = self.forwards.pop(name, None)
+        if fwd is None:
+            return False
+        fwd.stop_listening()
+        # Only forwards with live connections are kept, so this holds no more entries
+        # than there are connections (each one a file descriptor, bounded as such).
+        self._retired = [f for f in self._retired if f.active]
+        if fwd.active:
+            self._retired.append(fwd)
+        log.info(
+            "forward %s: stopped listening on %s (%d live connections kept)",
+            name,
+            fwd.local,
+            len(fwd.active),
+        )
+        return True
+
     async def start_config_forwards(self, forwards: Iterable[ForwardConfig]) -> None:
         for cfg in forwards:
             try:
@@ -256,6 +278,9 @@ class ClientSide:
     async def stop_all(self) -> None:
         for name in list(self.forwards):
             await self.disconnect(name)
+        retired, self._retired = self._retired, []
+        for fwd in retired:
+            await fwd.stop()
 
 
 def _split_via(target: str) -> tuple[ServiceAddress, tuple[str, int] | None]:

@@ -27,7 +27,7 @@ from vx6.node.owner_streams import OwnerStreams
 from vx6.node.resolver import Resolver
 from vx6.store.config import OwnerLimits, ServiceConfig
 from vx6.store.memo import RegistryMemo
-from vx6.store.registry import LocalService, Registry
+from vx6.store.registry import LocalService, Registry, RegistryError
 from vx6.wire.frames import OPEN_FLAG_PROBE
 
 log = logging.getLogger("vx6.owner")
@@ -69,6 +69,34 @@ class OwnerSide:
                 s.name, s.target_host, s.target_port, s.allow, s.public, s.allow_remote_target
             )
         self.services.update(configured)
+
+    def configure(self, svc: ServiceConfig) -> None:
+        """A service config.toml declares (or changed) on reload: new streams use it;
+        streams already open keep the target connection they have."""
+        self.services[svc.name] = svc
+        self.publisher.publish_service(svc.name, svc.public)
+
+    def unconfigure(self, name: str) -> None:
+        """A service config.toml no longer declares, on reload: the one `vx6 expose`
+        stored under that name comes back (as after a restart), else it is withdrawn.
+        Its open streams are not cut; they run until they end."""
+        try:
+            stored = next((s for s in self.registry.services() if s.name == name), None)
+        except RegistryError:
+            stored = None  # degraded (the registry logs it): as if nothing were stored
+        if stored is not None:
+            self.configure(
+                ServiceConfig(
+                    stored.name,
+                    stored.target_host,
+                    stored.target_port,
+                    stored.allow,
+                    stored.public,
+                    stored.allow_remote_target,
+                )
+            )
+        elif self.services.pop(name, None) is not None:
+            self.publisher.publish_service(name, False, withdrawn=True)
 
     def allow_lists(self) -> list[frozenset[bytes]]:
         """The keys on each private service's allow-list (trusted by the link table)."""

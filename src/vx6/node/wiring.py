@@ -15,7 +15,8 @@ registered with the earlier (`use_*`, `on_*`). Link events reach the roles throu
 
 `Node.run()` listens (dual-stack, IPv6 first), joins the DHT, publishes, keeps links to
 the configured peers, serves the control socket and waits for a stop request
-(SIGTERM/SIGINT or the `stop` control op); everything runs under one TaskGroup.
+(SIGTERM/SIGINT or the `stop` control op); everything runs under one TaskGroup. SIGHUP
+(or the `reload` control op) has the `Reloader` apply config.toml's changes.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from vx6.node.peers import BootstrapKeeper, PeerKeeper
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import NodeKeys, Publisher
 from vx6.node.records import RecordHub
+from vx6.node.reload import Reloader
 from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig, load_config
 from vx6.store.home import Home
@@ -74,7 +76,8 @@ class Node:
     ) -> None:
         self.home = home
         home.ensure()
-        self.config = cfg = load_config(home.config_path).with_flags(cli or NodeConfig())
+        flags = cli or NodeConfig()
+        self.config = cfg = load_config(home.config_path).with_flags(flags)
         self.clock = clock
         identity = self.identity = home.identity()
         link_key = home.link_key()
@@ -151,6 +154,10 @@ class Node:
             clock=clock,
         )
         self.client = client = ClientSide(resolver, links, pool, registry, self.spawn, clock)
+        # SIGHUP and `vx6 reload`: config.toml's services and forwards, flags still winning.
+        self.reloader = reloader = Reloader(
+            home.config_path, flags, cfg, services=owner, forwards=client
+        )
         self.ops = ControlOps(
             NodeInfo(self.name, identity.public, home.path, clock.wall(), self.listen_addresses),
             links=links,
@@ -167,6 +174,7 @@ class Node:
             stop=self.stop,
             peering=self.peering,
             clock=clock,
+            reload=reloader.report,
         )
 
         # The back references, and the link events to the roles that take them.
@@ -188,6 +196,8 @@ class Node:
         self._listeners: list[socket.socket] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+        self._running = False  # started and not stopping: a SIGHUP reloads now
+        self._hangup_pending = False
 
     def _rotated(self, onion_keys: list[StaticKey]) -> None:
         """New onion keys (node/onion_rotation.py): CREATEs use them, the record says so."""
@@ -209,6 +219,8 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
@@ -267,6 +279,9 @@ class Node:
                     ", ".join(format_endpoint(h, p) for h, p in self.listen_addresses),
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 )
+                self._running = True
+                if self._hangup_pending:
+                    self._hangup()
                 if ready is not None:
                     ready.set()
                 await self._stop.wait()
@@ -274,11 +289,18 @@ class Node:
         except* _Stopping:
             pass
         finally:
+            self._running = False  # a SIGHUP from here on has nothing to reload
             await self._shutdown()
 
     def stop(self) -> None:
         log.info("stopping")
         self._stop.set()
+
+    def _hangup(self) -> None:
+        """SIGHUP: reload config.toml (node/reload.py); during startup, once started."""
+        self._hangup_pending = not self._running
+        if self._running:
+            self.spawn(self.reloader.hangup())
 
     async def _shutdown(self) -> None:
         await self.client.stop_all()

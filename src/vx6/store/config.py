@@ -51,7 +51,8 @@ Example:
     # max_peers = 2000             # remembered peer addresses
 
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
-registry and merge with those declared here (the file wins on a name clash).
+registry and merge with those declared here (the file wins on a name clash). SIGHUP (or
+`vx6 reload`) applies changed services and forwards to a running node (vx6/node/reload.py).
 """
 
 from __future__ import annotations
