@@ -32,12 +32,11 @@ from typing import Any
 
 from vx6.core.circuit.limits import RelayLimits
 from vx6.core.dht import events as dht_events
-from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import StaticKey, fingerprint
 from vx6.errors import CloseCode, VX6Error
 from vx6.net import ratelog
 from vx6.net.accept import serve_links
-from vx6.net.addresses import format_endpoint, network_of
+from vx6.net.addresses import format_endpoint
 from vx6.net.control import ControlServer, serve_control
 from vx6.net.dht import DhtService
 from vx6.net.listen import open_listeners
@@ -54,10 +53,11 @@ from vx6.node.pool import CircuitPool
 from vx6.node.publisher import NodeKeys, Publisher
 from vx6.node.records import RecordHub
 from vx6.node.reload import Reloader
+from vx6.node.remembered import remember_contacts, remembered_peers
 from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig, load_config
 from vx6.store.home import Home
-from vx6.store.registry import Registry, RegistryError, RegistryWriteError
+from vx6.store.registry import Registry, RegistryWriteError
 
 log = logging.getLogger("vx6.node")
 
@@ -343,34 +343,11 @@ class Node:
             where = format_endpoint(host, bound[1])
             self._tasks.create_task(serve_links(sock, self.links.admit, self.count, where=where))
 
-    def _remembered_peers(self, count: int = 3) -> list[tuple[str, int]]:
-        """With no peer given, rejoin through nodes we reached before: the most recently
-        seen, at most one per network (/48 for IPv6, /24 for IPv4) for diversity."""
-        chosen: list[tuple[str, int]] = []
-        networks: set[str] = set()
-        for peer in self.registry.peers(limit=200):
-            if peer.key == self.identity.public:
-                continue
-            # Loopback and the test prefixes count per host, like the DHT's caps.
-            net = network_of(peer.host) if prefix_of(peer.host) is not None else peer.host
-            if net in networks:
-                continue
-            networks.add(net)
-            chosen.append((peer.host, peer.port))
-            if len(chosen) == count:
-                break
-        if chosen:
-            log.info("rejoining through remembered peers: %s", chosen)
-        return chosen
+    def _remembered_peers(self) -> list[tuple[str, int]]:
+        return remembered_peers(self.registry, self.identity.public)
 
-    def remember_contacts(self, count: int = 8) -> None:
-        """Keep a few DHT contacts that are in our table now (they answered recently),
-        so a restart without any bootstrap can rejoin through them."""
-        now = self.clock.wall()
-        with contextlib.suppress(RegistryError):  # background write: dropped if degraded
-            for contact in self.dht.node.table.contacts()[:count]:
-                host, port = contact.address
-                self.registry.upsert_peer(host, port, now)
+    def remember_contacts(self) -> None:
+        remember_contacts(self.registry, self.dht.node.table.contacts(), self.clock.wall())
 
     async def remember_loop(self) -> None:
         while True:
