@@ -15,7 +15,7 @@ from kit.clock import FakeClock
 from vx6.core.names import validate_allow_entry
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity, fingerprint, key_to_text
-from vx6.errors import UsageError
+from vx6.errors import StreamError, UsageError
 from vx6.node.allow_names import AllowNameChaser
 from vx6.node.owner import OwnerSide
 from vx6.node.resolver import Resolver
@@ -164,5 +164,34 @@ def test_a_nudge_is_rate_limited(reg: Registry) -> None:
         assert not chaser.nudge()  # a refused peer cannot make us flood the DHT
         clock.advance(chaser.nudge_every)
         assert chaser.nudge()
+
+    asyncio.run(scenario())
+
+
+class RefusedCarrier:
+    """Just what a refusal touches: the proven key and reject_stream."""
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer_identity = peer
+        self.rejected: list[StreamError] = []
+
+    def reject_stream(self, sid: int, code: StreamError, reason: str) -> None:
+        self.rejected.append(code)
+
+
+def test_a_refused_stream_nudges_the_chase_but_is_refused(reg: Registry) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        owner = owner_side(reg, clock)
+        counted: list[str] = []
+        owner.count = lambda what, n=1: counted.append(what)
+        owner.services["ssh"] = ServiceConfig("ssh", "127.0.0.1", 22, allow=("bob",))
+        link = RefusedCarrier(THIEF.public)
+        for sid in (1, 3):
+            owner.stream_requested(link, sid, "ssh", 0)  # type: ignore[arg-type]
+        assert link.rejected == [StreamError.NOT_ALLOWED] * 2
+        assert counted.count("allow_names_nudged") == 1  # once per window
+        assert counted.count("streams_refused_not_allowed") == 2
 
     asyncio.run(scenario())
