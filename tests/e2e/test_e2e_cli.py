@@ -65,6 +65,10 @@ BAD_INPUT = {
         "--allow-remote-target",
     ),
     "expose-private-without-allow": (["expose", "web", "--target", "127.0.0.1:80"], "--allow"),
+    "expose-bad-allow-entry": (
+        ["expose", "web", "--target", "127.0.0.1:80", "--allow", "bad key!"],
+        "'bad key!'",
+    ),
     "nc-bad-address": (["nc", "alice..echo"], "NAME.SERVICE"),
     "nc-bad-via": (["nc", "alice.echo", "--via", "nowhere"], "port"),
 }

@@ -146,6 +146,7 @@ def _side(node: FakeNode, port: int, *, public: bool = True, name: str = "svc") 
         publisher=node,
         count=node.count,
         clock=SYSTEM_CLOCK,
+        spawn=lambda coro: coro.close(),
     )
     allow = () if public else ("k" * 52,)
     side.services[name] = ServiceConfig(name, "127.0.0.1", port, allow, public)

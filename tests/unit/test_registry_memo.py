@@ -74,6 +74,7 @@ def sides(reg: Registry) -> tuple[Resolver, OwnerSide]:
         publisher=NoPublisher(),
         count=lambda what, n=1: None,
         clock=SYSTEM_CLOCK,
+        spawn=lambda coro: coro.close(),
     )
     return resolver, owner
 

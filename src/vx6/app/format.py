@@ -107,7 +107,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
     if command == "relays":
         return table(reply["relays"], ["fingerprint", "address", "uptime_s", "rtt_ms"])
     if command == "services":
-        return table(reply["services"], ["name", "target", "public", "allow"])
+        rows = [{**s, "allow": allow_text(s)} for s in reply["services"]]
+        return table(rows, ["name", "target", "public", "allow"])
     if command == "forwards":
         cols = ["name", "local", "service", "path", "active", "connections", "failures"]
         listing = table(reply["forwards"], [*cols, "last_error"])
@@ -121,7 +122,7 @@ def render(command: str, reply: dict[str, Any]) -> str:
         )
     if command == "expose":
         s = reply["service"]
-        who = "everyone" if s["public"] else ", ".join(s["allow"])
+        who = allow_text(s)
         return f"exposed {reply['address']} -> {s['target']} (allowed: {who})"
     if command == "resolve":
         head = f"{reply['address']} -> {reply['fingerprint']} ({reply['key']})"
@@ -139,3 +140,21 @@ def render(command: str, reply: dict[str, Any]) -> str:
         note = f"\n{', '.join(restart)} changed: that takes a restart" if restart else ""
         return f"reloaded config.toml: {reply['changes']}{note}"
     return "\n".join(f"{k}: {v}" for k, v in reply.items())
+
+
+def allow_text(service: dict[str, Any]) -> str:
+    """`bob (resolved: FP), carol (not resolved yet)`: who may use a service."""
+    if service.get("public"):
+        return "everyone"
+    status = service.get("allow_status")
+    if status is None:  # a node from before allow_status
+        return ", ".join(service.get("allow", []))
+    shown = []
+    for e in status:
+        if e["state"] == "key":
+            shown.append(f"{e['fingerprint']} (key)")
+        elif e["state"] == "unresolved":
+            shown.append(f"{e['entry']} (not resolved yet)")
+        else:
+            shown.append(f"{e['entry']} ({e['state']}: {e['fingerprint']})")
+    return ", ".join(shown)

@@ -142,6 +142,27 @@ def parse_service_address(text: str) -> ServiceAddress:
     return ServiceAddress(service, name, fp, None)
 
 
+def validate_allow_entry(text: str) -> str:
+    """An allow-list entry in canonical form: a KEY, a NAME or NAME#FINGERPRINT (the owner
+    part of an address); UsageError naming the entry otherwise."""
+    try:
+        if not text.isascii() or not text.isprintable() or "." in text:
+            raise UsageError("expected KEY, NAME or NAME#FINGERPRINT")
+        owner_text, has_hash, fp_text = text.partition("#")
+        fp = _validate_fingerprint(fp_text) if has_hash else None
+        if len(owner_text) == KEY_TEXT_LEN:
+            key = _parse_key_text(owner_text)
+            if fp is not None and fingerprint(key) != fp:
+                raise UsageError(f"fingerprint {fp} does not match the key")
+            return key_to_text(key) + (f"#{fp}" if fp else "")
+        name = validate_label(owner_text, "name")
+        return name + (f"#{fp}" if fp else "")
+    except UsageError as exc:
+        whole = len(text) <= KEY_TEXT_LEN + 1 + FINGERPRINT_LEN  # a KEY#FP is shown whole
+        shown = repr(text) if whole else _shown(text)
+        raise UsageError(f"allow entry {shown}: {exc}") from None
+
+
 def _distinct(keys: list[bytes]) -> list[bytes]:
     return list(dict.fromkeys(keys))
 

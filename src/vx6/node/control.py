@@ -215,6 +215,7 @@ class ControlOps:
                 "a private service needs --allow KEY_OR_NAME (or --public to open it to everyone)"
             )
         self.owner.expose(svc)
+        await self.owner.settle(svc)  # bounded: names still unresolved are said so
         owner = self.info.name or key_to_text(self.info.identity)
         return {"service": self.owner.describe(svc), "address": f"{owner}.{svc.name}"}
 

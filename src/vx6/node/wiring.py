@@ -130,6 +130,7 @@ class Node:
             publisher=publisher,
             count=count,
             clock=clock,
+            spawn=self.spawn,
         )
         self.router = router = CircuitRouter(
             identity,

@@ -65,7 +65,7 @@ from typing import Any
 from vx6.core.admission import AdmissionLimits
 from vx6.core.backoff import RetrySchedule
 from vx6.core.circuit.onion_schedule import ONION_KEY_LIFETIME
-from vx6.core.names import parse_service_address, validate_label
+from vx6.core.names import parse_service_address, validate_allow_entry, validate_label
 from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
 from vx6.store.bounds import RegistryLimits
@@ -183,7 +183,8 @@ def service_config(
         raise UsageError(
             f"target {target} is not a loopback address; pass --allow-remote-target to permit it"
         )
-    return ServiceConfig(label, host, port, tuple(allow), public, allow_remote_target)
+    entries = tuple(dict.fromkeys(validate_allow_entry(entry) for entry in allow))
+    return ServiceConfig(label, host, port, entries, public, allow_remote_target)
 
 
 def _relays(value: int, what: str) -> int:
