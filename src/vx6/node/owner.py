@@ -112,6 +112,7 @@ class OwnerSide:
         streams already open keep the target connection they have."""
         self.services[svc.name] = svc
         self.publisher.publish_service(svc.name, svc.public)
+        self.chaser.want(self._unresolved_in(svc))  # its allow-list's names, like expose
 
     def unconfigure(self, name: str) -> None:
         """A service config.toml no longer declares, on reload: the one `vx6 expose`
