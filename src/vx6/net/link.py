@@ -97,6 +97,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.rtt: float | None = None
         self.close_reason = ""
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = 0.0  # on self.clock: when the armed timer is due
         self.dialled: tuple[str, int] | None = None  # the address we dialled, if we did
         self.local_address: tuple[str, int] | None = None
         self._paused = False
@@ -218,10 +219,14 @@ class LinkProtocol(asyncio.BufferedProtocol):
                 self._timer = None
             return
         if self._timer is not None:
-            if self._timer.when() <= deadline:
+            if self._timer_deadline <= deadline:
                 return
             self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        # The deadline is on the link's clock, not necessarily the loop's: armed as a
+        # delay from now on that clock (a fake clock behind the loop's made call_at fire
+        # on every loop turn).
+        self._timer_deadline = deadline
+        self._timer = self.loop.call_later(max(0.0, deadline - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
