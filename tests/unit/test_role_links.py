@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from kit.carriers import Sink
 from kit.clock import FakeClock
 from kit.network import MemoryNetwork
 from kit.roles import run_on
@@ -320,7 +321,7 @@ def test_link_events_reach_the_registered_handlers() -> None:
         await b.wait_for(1)
         link.send_cells([bytes(CELL_SIZE)])
         await b.wait_for(2)
-        link.open_stream("ssh", 0, _NullSink())
+        link.open_stream("ssh", 0, Sink(link))
         await b.wait_for(3)
         (inbound,) = b.links.by_key.values()
         inbound.pause_writing()  # its transport's buffer filled up
@@ -344,10 +345,11 @@ def test_without_handlers_streams_are_refused_and_cells_close_the_link() -> None
     async def body(net: MemoryNetwork, clock: FakeClock) -> None:
         a, _b = Node(net, clock), Node(net, clock, listen=[("127.0.0.1", 4010)])
         link = await a.links.dial("127.0.0.1", 4010)
-        sink = _NullSink()
+        sink = Sink(link)
         link.open_stream("ssh", 0, sink)
-        await until(lambda: sink.failed is not None)
-        assert sink.failed == StreamError.UNKNOWN_SERVICE
+        async with asyncio.timeout(WAIT):
+            code, _ = await sink.open_failed
+        assert code == StreamError.UNKNOWN_SERVICE
         link.send_cells([bytes(CELL_SIZE)])
         await link.closed_future
         assert "takes no circuits" in link.close_reason
@@ -365,9 +367,10 @@ def test_a_link_the_admission_table_refuses_reaches_no_handler() -> None:
         b.register_all()
         b.links.on_stream(lambda link, sid, service, flags: link.accept_stream(sid))
         held = await a.links.dial("127.0.0.1", 4011)
-        sink = _NullSink()
+        sink = Sink(held)
         held.open_stream("ssh", 0, sink)
-        await until(lambda: sink.opened)
+        async with asyncio.timeout(WAIT):
+            await sink.opened
         before = list(b.events)
         refused = await a.links.dial("127.0.0.1", 4011)
         refused.send_records([b"record"])
@@ -402,30 +405,3 @@ def test_a_links_timer_runs_on_the_injected_clock() -> None:
         assert fired == [] and link.is_open
 
     run(body)
-
-
-class _NullSink:
-    def __init__(self) -> None:
-        self.failed: int | None = None
-        self.opened = False
-
-    def on_opened(self) -> None:
-        self.opened = True
-
-    def on_open_failed(self, code: int, reason: str) -> None:
-        self.failed = code
-
-    def on_data(self, data: bytes | memoryview) -> None:
-        pass
-
-    def on_end(self) -> None:
-        pass
-
-    def on_reset(self, code: int) -> None:
-        pass
-
-    def on_writable(self) -> None:
-        pass
-
-    def on_link_paused(self, paused: bool) -> None:
-        pass
