@@ -3,10 +3,12 @@
 Theory of operation. `FakeClock` has the two methods of the node layer's `Clock`
 protocol: `monotonic()` (every timer, rate and age) and `wall()` (seconds since the
 epoch, for what is signed or stored with a date: a fixed epoch plus the time advanced).
-`advance(dt)` moves both forward together. `sleep(dt)` is the asyncio side: it returns
-a future at once (the deadline is registered on the call, not when the caller first
-runs), which `advance` resolves once it passes the deadline, earliest deadline first;
-the sleeper then resumes on the event loop's next turns. Nothing here reads the real
+`advance(dt)` moves both forward together; `step_wall(dt)` sets the wall clock
+forward or back alone, as NTP or a user does (monotonic time does not move).
+`sleep(dt)` is the asyncio side: it returns a future at once (the deadline is
+registered on the call, not when the caller first runs), which `advance` resolves once
+it passes the deadline, earliest deadline first; the sleeper then resumes on the event
+loop's next turns. Nothing here reads the real
 clock, so a test that advances an hour takes no time and asserts no durations.
 """
 
@@ -44,6 +46,11 @@ class FakeClock:
             _, _, future = heapq.heappop(self._sleepers)
             if not future.done():
                 future.set_result(None)
+
+    def step_wall(self, dt: float) -> None:
+        """Set the wall clock `dt` seconds forward (or back, if negative) without moving
+        monotonic time, as a clock correction does; sleepers are not woken."""
+        self._epoch += dt
 
     def sleep(self, dt: float) -> asyncio.Future[None]:
         """An awaitable that completes once `advance` has moved time `dt` seconds past

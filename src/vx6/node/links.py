@@ -91,6 +91,9 @@ class Links:
         self.listen_addresses = listen_addresses  # filled in by the listener at start
         self.by_key: dict[bytes, LinkProtocol] = {}
         self.all: set[LinkProtocol] = set()
+        # Links the table kept once their handshake completed: the only ones the roles
+        # ever hear of, so the only ones whose close they are told about.
+        self._admitted: set[LinkProtocol] = set()
         self._dialing: dict[object, asyncio.Future[LinkProtocol]] = {}
         self._suspects: set[bytes] = set()
         self._closed: list[ClosedHandler] = []
@@ -280,6 +283,7 @@ class Links:
         assert link.peer_identity is not None
         if not self.table.established(link):
             return  # refused: closed already
+        self._admitted.add(link)
         self.all.add(link)
         self.by_key[link.peer_identity] = link
         self.count("links_established")
@@ -287,8 +291,10 @@ class Links:
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         self.table.closed(link)
         self.all.discard(link)
-        for handler in self._closed:
-            handler(link, code, reason, by_peer)
+        if link in self._admitted:
+            self._admitted.discard(link)
+            for handler in self._closed:
+                handler(link, code, reason, by_peer)
         if link.peer_identity is not None and self.by_key.get(link.peer_identity) is link:
             del self.by_key[link.peer_identity]
         if code not in (CloseCode.NORMAL, CloseCode.SHUTDOWN):
