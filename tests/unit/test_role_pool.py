@@ -8,6 +8,7 @@ and takes its relays from node records advertising the relay capability."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Coroutine
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,6 +98,7 @@ class World:
             registry=self.registry,
             spawn=self.spawn,
             clock=self.clock,
+            rng=random.Random(7).random,  # seeded: route choice is repeatable
         )
         self.node(OWNER, 1, relay=False)
 

@@ -3,14 +3,16 @@
 Every role is given exactly the collaborators it uses, as these protocols (or plain
 callables), by the composition root (`vx6.node.wiring`); none of them sees the node as a
 whole. The clock is one of them: every timer, rate budget and age in the node layer
-reads one injected `Clock`, so a test can drive a role with the kit's fake clock.
+reads one injected `Clock`, and every periodic timer sleeps on it, so a test can drive
+a role with the kit's fake clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from vx6.net.link import LinkProtocol
@@ -27,6 +29,10 @@ class Clock(Protocol):
         (record issue and expiry times, when a peer was last seen)."""
         ...
 
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait this long on the monotonic clock: every periodic timer and backoff."""
+        ...
+
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -34,6 +40,9 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        return asyncio.sleep(seconds)
 
 
 SYSTEM_CLOCK = SystemClock()

@@ -16,7 +16,6 @@ at most that often; the node keeps running on its current keys.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -50,7 +49,7 @@ async def onion_key_loop(
     due = clock.wall()  # look at once: the node may have taken a while to start
     while True:
         # A periodic timer, not synchronisation: wake when the rotation is due.
-        await asyncio.sleep(min(max(due - clock.wall(), MIN_SLEEP), MAX_SLEEP))
+        await clock.sleep(min(max(due - clock.wall(), MIN_SLEEP), MAX_SLEEP))
         try:
             fresh, due = home.onion_key_state(clock.wall(), lifetime)
         except HomeError as exc:

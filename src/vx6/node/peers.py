@@ -42,6 +42,7 @@ WATCH_EVERY = 5.0  # how often an idle bootstrap keeper looks at the table again
 
 Clock = Callable[[], float]
 Rand = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def _next_retry(backoff: Backoff, now: float) -> float | None:
@@ -57,6 +58,7 @@ class PeerKeeper:
         connect: Callable[[str, int], Awaitable[asyncio.Future[None]]],
         now: Clock,
         rand: Rand,
+        sleep: Sleep = asyncio.sleep,
         schedule: RetrySchedule | None = None,
         stable_after: float = STABLE_AFTER,
     ) -> None:
@@ -64,6 +66,7 @@ class PeerKeeper:
         self._connect = connect
         self._now = now
         self._rand = rand
+        self._sleep = sleep
         self.backoff = Backoff(schedule)
         self.stable_after = stable_after
         self.state = "starting"
@@ -81,7 +84,7 @@ class PeerKeeper:
             else:
                 await self._hold(closed)
             delay = 0.0 if self.backoff.next_at is None else self.backoff.next_at - self._now()
-            await asyncio.sleep(max(0.0, delay))  # the backoff itself, not synchronisation
+            await self._sleep(max(0.0, delay))  # the backoff itself, not synchronisation
 
     async def _hold(self, closed: asyncio.Future[None]) -> None:
         self.state, self.connected_at = "connected", self._now()
@@ -133,6 +136,7 @@ class BootstrapKeeper:
         contacts: Callable[[], Iterable[Address]],
         now: Clock,
         rand: Rand,
+        sleep: Sleep = asyncio.sleep,
         schedule: RetrySchedule | None = None,
         enough: int = ENOUGH_CONTACTS,
         watch_every: float = WATCH_EVERY,
@@ -141,6 +145,7 @@ class BootstrapKeeper:
         self._contacts = contacts
         self._now = now
         self._rand = rand
+        self._sleep = sleep
         self.enough = enough
         self.watch_every = watch_every
         self.targets: list[_Target] = []
@@ -154,7 +159,7 @@ class BootstrapKeeper:
     async def run(self) -> None:
         while True:
             wake = self.step()
-            await asyncio.sleep(max(0.0, wake - self._now()))  # the schedule, not sync
+            await self._sleep(max(0.0, wake - self._now()))  # the schedule, not sync
 
     def step(self) -> float:
         """Judge the pings that are out, ping what is due; returns when to step again."""

@@ -26,10 +26,8 @@ relay costs the next connection one failed attempt at most, not an error.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from vx6.core.circuit.client import HopSpec
@@ -84,6 +82,7 @@ class CircuitPool:
         registry: Registry,
         spawn: Spawn,
         clock: Clock,
+        rng: Callable[[], float],
     ) -> None:
         self.own_key = own_key
         self.circuit_lifetime = circuit_lifetime
@@ -97,7 +96,7 @@ class CircuitPool:
         self._building: dict[PoolKey, int] = {}
         self._avoid: dict[bytes, float] = {}
         self._last_asked: dict[PoolKey, float] = {}
-        self._rng = random.SystemRandom()
+        self._rng = rng
 
     # ------------------------------------------------------------------ handing out
     def takes_new(self, path: ClientPath, now: float) -> bool:
@@ -129,7 +128,7 @@ class CircuitPool:
         the spares of an (owner, hops) nobody has asked for in a long time."""
         while True:
             lifetime = self.circuit_lifetime
-            await asyncio.sleep(min(SWEEP_EVERY, lifetime / 2))  # a periodic timer
+            await self.clock.sleep(min(SWEEP_EVERY, lifetime / 2))  # a periodic timer
             now = self.clock.monotonic()
             for key in list(self.paths):
                 self.ready(key)
@@ -198,7 +197,7 @@ class CircuitPool:
         now = self.clock.monotonic()
         self._avoid = {k: t for k, t in self._avoid.items() if t > now}
         exclude = {self.own_key, owner, *self._avoid}
-        return plan_route(self.relay_candidates(), hops, exclude=exclude, rng=self._rng.random)
+        return plan_route(self.relay_candidates(), hops, exclude=exclude, rng=self._rng)
 
     def relay_candidates(self) -> list[RelayCandidate]:
         reg = self.registry

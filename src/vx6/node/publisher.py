@@ -17,7 +17,6 @@ every UNSAVED_RETRY_EVERY until a copy lands in the registry.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -196,7 +195,7 @@ class Publisher:
     async def republish_loop(self) -> None:
         last_full = self.clock.monotonic()
         while True:
-            await asyncio.sleep(ADDRESS_CHECK_EVERY)  # periodic timer, not synchronisation
+            await self.clock.sleep(ADDRESS_CHECK_EVERY)  # periodic timer, not synchronisation
             since = self.clock.monotonic() - last_full
             if since >= REPUBLISH_EVERY or (self.unsaved and since >= UNSAVED_RETRY_EVERY):
                 self.publish_all()

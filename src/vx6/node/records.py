@@ -18,7 +18,6 @@ records come again by sync or the DHT once the disk has room.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -204,7 +203,7 @@ class RecordHub:
         """Every RECONCILE_EVERY, send each neighbour what changed since its cursor (and
         go on with a dump that a paused link held up)."""
         while True:
-            await asyncio.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
+            await self.clock.sleep(RECONCILE_EVERY)  # periodic timer, not synchronisation
             self.reconcile_once()
 
     def reconcile_once(self) -> None:

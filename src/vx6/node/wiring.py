@@ -79,6 +79,7 @@ class Node:
         flags = cli or NodeConfig()
         self.config = cfg = load_config(home.config_path).with_flags(flags)
         self.clock = clock
+        self.random = random
         identity = self.identity = home.identity()
         link_key = home.link_key()
         self.onion_keys = onion_keys = home.onion_keys(clock.wall(), cfg.onion_key_lifetime)
@@ -153,6 +154,7 @@ class Node:
             registry=registry,
             spawn=self.spawn,
             clock=clock,
+            rng=self.uniform,
         )
         self.client = client = ClientSide(resolver, links, pool, registry, self.spawn, clock)
         # SIGHUP and `vx6 reload`: config.toml's services and forwards, flags still winning.
@@ -190,7 +192,6 @@ class Node:
         links.on_paused(router.link_paused)
         links.on_paused(records.link_paused)
 
-        self.random = random
         self.peer_keepers: list[PeerKeeper] = []
         self.bootstrap_keeper: BootstrapKeeper | None = None
         self._control: ControlServer | None = None
@@ -236,6 +237,7 @@ class Node:
                     contacts=self.dht.contact_addresses,
                     now=self.clock.monotonic,
                     rand=self.uniform,
+                    sleep=self.clock.sleep,
                     schedule=cfg.peer_retry,
                 )
                 tg.create_task(self.bootstrap_keeper.run())
@@ -248,6 +250,7 @@ class Node:
                         connect=self._sync_link,
                         now=self.clock.monotonic,
                         rand=self.uniform,
+                        sleep=self.clock.sleep,
                         schedule=cfg.peer_retry,
                     )
                     self.peer_keepers.append(keeper)
@@ -352,13 +355,13 @@ class Node:
 
     async def remember_loop(self) -> None:
         while True:
-            await asyncio.sleep(REMEMBER_EVERY)  # periodic timer, not synchronisation
+            await self.clock.sleep(REMEMBER_EVERY)  # periodic timer, not synchronisation
             self.remember_contacts()
 
     async def _ratelog_loop(self) -> None:
         # A flood that has stopped still gets its one summary line written.
         while True:
-            await asyncio.sleep(RATELOG_FLUSH_EVERY)  # periodic timer, not synchronisation
+            await self.clock.sleep(RATELOG_FLUSH_EVERY)  # periodic timer, not synchronisation
             ratelog.flush_all()
 
     async def _sync_link(self, host: str, port: int) -> asyncio.Future[None]:
