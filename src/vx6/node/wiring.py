@@ -51,6 +51,7 @@ from vx6.node.peers import BootstrapKeeper, PeerKeeper
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import NodeKeys, Publisher
 from vx6.node.records import RecordHub
+from vx6.node.relay_directory import RelayDirectory
 from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig, load_config
 from vx6.store.home import Home
@@ -149,6 +150,9 @@ class Node:
             spawn=self.spawn,
             clock=clock,
         )
+        self.relay_directory = relay_directory = RelayDirectory(
+            lookup=records.lookup, known=pool.known_relays, clock=clock
+        )
         self.client = client = ClientSide(resolver, links, pool, registry, self.spawn, clock)
         self.ops = ControlOps(
             NodeInfo(self.name, identity.public, home.path, clock.wall(), self.listen_addresses),
@@ -172,6 +176,7 @@ class Node:
         trusted.use_allow_lists(owner.allow_lists)
         table.use_circuit_check(router.carries_circuits)
         records.on_node_record(links.peer_moved)
+        pool.use_relay_source(relay_directory)
         links.on_stream(owner.stream_requested)
         links.on_cells(router.cells_received)
         links.on_records(records.received)
@@ -249,6 +254,7 @@ class Node:
                 tg.create_task(self.records.reconcile_loop())
                 tg.create_task(self.remember_loop())
                 tg.create_task(self.pool.maintain_loop())
+                tg.create_task(self.relay_directory.run())
                 tg.create_task(self._ratelog_loop())
                 tg.create_task(
                     onion_key_loop(
