@@ -53,7 +53,6 @@ from vx6.core.dht.routing import Added, RoutingTable
 from vx6.core.dht.values import REASON_FULL, Checked, Held, Outcome, RecordStore
 from vx6.errors import DecodeError
 from vx6.wire import dht as wire
-from vx6.wire.records import decode_record
 
 
 class Purpose(Enum):
@@ -357,7 +356,8 @@ class DhtEndpoint:
             self._events.append(ev.RecordRefused("bad-token", message.target, sender.address))
             return wire.StoreStatus.BAD_TOKEN, "bad-token"
         held_before = self.store.held(message.target)
-        if is_relay_directory_key(message.target) and not self._directory_source_ok(
+        # A relay directory entry is stored only by its relay (core/dht/directory.py).
+        if is_relay_directory_key(message.target) and not store_source_ok(
             message.record, sender.address[0]
         ):
             self.stats["refused:not-from-listed-address"] += 1
@@ -378,16 +378,6 @@ class DhtEndpoint:
         self._report(checked, message.target, message.record, held, sender.address)
         full = checked.reason == REASON_FULL
         return (wire.StoreStatus.FULL if full else wire.StoreStatus.REFUSED), checked.reason
-
-    @staticmethod
-    def _directory_source_ok(raw: bytes, source_host: str) -> bool:
-        """A relay directory entry is stored only by its relay, from an address it lists
-        (core/dht/directory.py): an address nobody holds earns no entry."""
-        try:
-            record = decode_record(raw)
-        except DecodeError:
-            return True  # the record rules refuse it next, with their own reason
-        return store_source_ok(record, source_host)
 
     def _report(
         self, checked: Checked, target: bytes, raw: bytes, held: Held | None, source: Address
