@@ -63,7 +63,39 @@ def test_not_enough_relays_is_a_clear_error() -> None:
     with pytest.raises(StreamFailed) as info:
         plan_route([cand(2, None), cand(3, None)], 3, exclude=set(), rng=random.random)
     assert info.value.code is StreamError.NO_ROUTE
-    assert "3 relays wanted" in str(info.value)
+    assert info.value.detail == "found 2 relays, 3 wanted; start more relays or use --hops 2"
+
+
+def test_no_route_counts_known_usable_and_wanted() -> None:
+    """Issue 11 (e): the message once said "5 wanted, 3 usable among 0 known"."""
+
+    def detail(pool: list[RelayCandidate], hops: int, exclude: set[bytes]) -> str:
+        with pytest.raises(StreamFailed) as info:
+            plan_route(pool, hops, exclude=exclude, rng=random.random)
+        assert info.value.code is StreamError.NO_ROUTE
+        return info.value.detail
+
+    three = [cand(i, None) for i in (2, 3, 4)]
+    assert detail(three, 5, set()) == "found 3 relays, 5 wanted; start more relays or use --hops 3"
+    five = [cand(i, None) for i in range(2, 7)]
+    me, owner = five[0].identity, five[1].identity
+    assert detail(five, 5, {me, owner}) == (
+        "found 5 relays, 3 usable (not this node, the owner or avoided), 5 wanted; "
+        "start more relays or use --hops 3"
+    )
+    no_address = RelayCandidate(bytes([9]) * 32, bytes(32), (), None)
+    assert detail([*three, no_address], 4, set()) == (
+        "found 4 relays, 3 usable (not this node, the owner or avoided), 4 wanted; "
+        "start more relays or use --hops 3"
+    )
+    two_nets = [cand(2, b"n1"), cand(3, b"n1"), cand(4, b"n2"), cand(5, b"n2")]
+    assert detail(two_nets, 3, set()) == (
+        "found 4 relays, 2 in distinct networks, 3 wanted; start more relays or use --hops 2"
+    )
+    assert detail([], 3, set()) == "found 0 relays, 3 wanted; start more relays"
+    assert detail([cand(2, None)], 1, {cand(2, None).identity}) == (
+        "found 1 relay, 0 usable (not this node, the owner or avoided), 1 wanted; start more relays"
+    )
 
 
 def test_one_network_gives_one_relay() -> None:

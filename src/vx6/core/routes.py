@@ -39,6 +39,20 @@ def weight(candidate: RelayCandidate) -> float:
     return up * rtt
 
 
+def no_route(known: int, usable: int, distinct: int, hops: int) -> StreamFailed:
+    """The NO_ROUTE error, counting what route planning had: `known` relays (node records
+    with the relay capability), `usable` of them (not this node, the owner or a relay
+    avoided after a failure, and with an address), `distinct` of those in distinct
+    networks, `hops` wanted; and what to do about it."""
+    parts = [f"found {known} relay{'' if known == 1 else 's'}"]
+    if usable < known:
+        parts.append(f"{usable} usable (not this node, the owner or avoided)")
+    if distinct < usable:
+        parts.append(f"{distinct} in distinct networks")
+    advice = "start more relays" + (f" or use --hops {distinct}" if distinct else "")
+    return StreamFailed(StreamError.NO_ROUTE, f"{', '.join(parts)}, {hops} wanted; {advice}")
+
+
 def plan_route(
     candidates: Sequence[RelayCandidate],
     hops: int,
@@ -47,24 +61,21 @@ def plan_route(
     rng: Callable[[], float],
 ) -> list[RelayCandidate]:
     """`hops` relays for one circuit, in path order; StreamFailed(NO_ROUTE) if the
-    candidates cannot give that many diverse relays."""
-    pool = [c for c in candidates if c.identity not in exclude and c.endpoints]
-    seen: set[bytes] = set()
-    unique = []
-    for c in pool:
-        if c.identity not in seen:
-            seen.add(c.identity)
-            unique.append(c)
+    candidates cannot give that many diverse relays (`no_route` says how many they do)."""
+    known: dict[bytes, RelayCandidate] = {}
+    for c in candidates:
+        known.setdefault(c.identity, c)
+    unique = [c for c in known.values() if c.identity not in exclude and c.endpoints]
+    distinct = sum(1 for c in unique if c.network is None) + len(
+        {c.network for c in unique if c.network is not None}
+    )
+    if distinct < hops:
+        raise no_route(len(known), len(unique), distinct, hops)
     chosen: list[RelayCandidate] = []
     networks: set[bytes] = set()
     while len(chosen) < hops:
         usable = [c for c in unique if c.network is None or c.network not in networks]
-        if not usable:
-            raise StreamFailed(
-                StreamError.NO_ROUTE,
-                f"{hops} relays wanted, {len(chosen)} usable (distinct networks, not the "
-                f"client or the owner) among {len(unique)} known",
-            )
+        assert usable  # each draw uses up one network or one exempt relay: `distinct` holds
         weights = [weight(c) for c in usable]
         point = rng() * sum(weights)
         pick = usable[-1]

@@ -18,7 +18,9 @@ few minutes of a client's connections.
 
 Routes come from the local registry (`relay_candidates`): nodes whose signed node record
 advertises the relay capability and an onion key, weighted by how long we have seen them
-up and by their measured RTT, and kept apart by network (core/routes.py). A build that
+up and by their measured RTT, and kept apart by network (core/routes.py). Relays reach
+the registry by peer sync or from the DHT's relay directory (node/relay_directory.py);
+a route that finds too few asks the directory once more before it gives up. A build that
 fails names the first hop that did not answer (the hop after the last keyed one); that
 node is avoided for `AVOID_SECONDS`, and the build is retried on a fresh route, so a dead
 relay costs the next connection one failed attempt at most, not an error.
@@ -70,6 +72,12 @@ class CircuitBuilder(Protocol):
     async def build(self, owner: HopSpec, relays: list[HopSpec]) -> ClientPath: ...
 
 
+class RelaySource(Protocol):
+    async def on_demand(self) -> None:
+        """Look for more relays now (bounded by the source), into the registry."""
+        ...
+
+
 class CircuitPool:
     def __init__(
         self,
@@ -85,6 +93,7 @@ class CircuitPool:
         rng: Callable[[], float],
     ) -> None:
         self.own_key = own_key
+        self.relay_source: RelaySource | None = None
         self.circuit_lifetime = circuit_lifetime
         self.builder = builder
         self.resolver = resolver
@@ -97,6 +106,10 @@ class CircuitPool:
         self._avoid: dict[bytes, float] = {}
         self._last_asked: dict[PoolKey, float] = {}
         self._rng = rng
+
+    def use_relay_source(self, source: RelaySource) -> None:
+        """Where to look for more relays when a route finds too few (the directory)."""
+        self.relay_source = source
 
     # ------------------------------------------------------------------ handing out
     def takes_new(self, path: ClientPath, now: float) -> bool:
@@ -175,7 +188,7 @@ class CircuitPool:
         exit_spec = await self._owner_spec(owner)
         last: StreamFailed | None = None
         for _ in range(BUILD_ATTEMPTS):
-            relays = self.plan(owner, hops)
+            relays = await self._plan_or_look(owner, hops)
             specs = [HopSpec(r.identity, r.onion_key, r.endpoints) for r in relays]
             try:
                 return await self.builder.build(exit_spec, specs)
@@ -192,6 +205,20 @@ class CircuitPool:
         suspect = path[keyed].identity
         self._avoid[suspect] = self.clock.monotonic() + AVOID_SECONDS
         log.info("avoiding relay %s for a while: %s", fingerprint(suspect), exc.detail)
+
+    async def _plan_or_look(self, owner: bytes, hops: int) -> list[RelayCandidate]:
+        """A route; with too few relays known, after one more look for them."""
+        try:
+            return self.plan(owner, hops)
+        except StreamFailed as exc:
+            if exc.code is not StreamError.NO_ROUTE or self.relay_source is None:
+                raise
+        await self.relay_source.on_demand()
+        return self.plan(owner, hops)
+
+    def known_relays(self) -> int:
+        """Relays route planning could choose from, this node not counted."""
+        return sum(1 for c in self.relay_candidates() if c.identity != self.own_key)
 
     def plan(self, owner: bytes, hops: int) -> list[RelayCandidate]:
         now = self.clock.monotonic()

@@ -25,6 +25,8 @@ from typing import Protocol
 
 from vx6.core.budget import RateBudget
 from vx6.core.dht import events as dht_events
+from vx6.core.dht.directory import select_entries
+from vx6.core.dht.keys import is_relay_directory_key
 from vx6.core.names import NAME_POW_BITS
 from vx6.core.records import check_claim_policy, check_record
 from vx6.core.sync import (
@@ -92,8 +94,12 @@ class RecordHub:
 
     def on_dht_event(self, event: dht_events.Event) -> None:
         if isinstance(event, dht_events.LookupFinished | dht_events.RecordFound):
-            if event.records:
-                self.accept(list(event.records), source="dht")
+            records = list(event.records)
+            if is_relay_directory_key(event.target):
+                # Sybils are cheap: a bounded, network-diverse few per lookup.
+                records = select_entries(records)
+            if records:
+                self.accept(records, source="dht")
         elif isinstance(event, dht_events.ValueStored):
             self.count("dht_values_stored")
         elif isinstance(event, dht_events.RecordRefused):

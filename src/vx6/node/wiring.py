@@ -52,6 +52,7 @@ from vx6.node.peers import BootstrapKeeper, PeerKeeper
 from vx6.node.pool import CircuitPool
 from vx6.node.publisher import NodeKeys, Publisher
 from vx6.node.records import RecordHub
+from vx6.node.relay_directory import RelayDirectory
 from vx6.node.reload import Reloader
 from vx6.node.remembered import remember_contacts, remembered_peers
 from vx6.node.resolver import Resolver
@@ -156,6 +157,9 @@ class Node:
             clock=clock,
             rng=self.uniform,
         )
+        self.relay_directory = relay_directory = RelayDirectory(
+            lookup=records.lookup, known=pool.known_relays, clock=clock
+        )
         self.client = client = ClientSide(resolver, links, pool, registry, self.spawn, clock)
         # SIGHUP and `vx6 reload`: config.toml's services and forwards, flags still winning.
         self.reloader = reloader = Reloader(
@@ -184,6 +188,7 @@ class Node:
         trusted.use_allow_lists(owner.allow_lists)
         table.use_circuit_check(router.carries_circuits)
         records.on_node_record(links.peer_moved)
+        pool.use_relay_source(relay_directory)
         links.on_stream(owner.stream_requested)
         links.on_cells(router.cells_received)
         links.on_records(records.received)
@@ -266,6 +271,7 @@ class Node:
                 tg.create_task(self.records.reconcile_loop())
                 tg.create_task(self.remember_loop())
                 tg.create_task(self.pool.maintain_loop())
+                tg.create_task(self.relay_directory.run())
                 tg.create_task(self._ratelog_loop())
                 tg.create_task(
                     onion_key_loop(

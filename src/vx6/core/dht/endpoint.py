@@ -46,8 +46,9 @@ from vx6.core.budget import SourceLimiter
 from vx6.core.dht import events as ev
 from vx6.core.dht.config import DEFAULT_CONFIG, DhtConfig
 from vx6.core.dht.contacts import Address, Contact, normalize_host, prefix_of
+from vx6.core.dht.directory import sample, store_source_ok
 from vx6.core.dht.guards import PeerTokens, ProvenSources, TokenIssuer
-from vx6.core.dht.keys import Credentials
+from vx6.core.dht.keys import Credentials, is_relay_directory_key
 from vx6.core.dht.routing import Added, RoutingTable
 from vx6.core.dht.values import REASON_FULL, Checked, Held, Outcome, RecordStore
 from vx6.errors import DecodeError
@@ -292,7 +293,10 @@ class DhtEndpoint:
         elif isinstance(message, wire.FindNode | wire.FindValue):
             token = self._tokens.issue(to[0])
             if isinstance(message, wire.FindValue):
-                records = self._fitting(self.store.live(message.target, now))
+                live = self.store.live(message.target, now)
+                if is_relay_directory_key(message.target):
+                    live = sample(live, self._entropy)  # each answer a different few
+                records = self._fitting(live)
                 if records and self._answer_limit is None:
                     self._answer(to, wire.Values(message.txid, me, token, records))
                     return
@@ -352,6 +356,15 @@ class DhtEndpoint:
             self._events.append(ev.RecordRefused("bad-token", message.target, sender.address))
             return wire.StoreStatus.BAD_TOKEN, "bad-token"
         held_before = self.store.held(message.target)
+        # A relay directory entry is stored only by its relay (core/dht/directory.py).
+        if is_relay_directory_key(message.target) and not store_source_ok(
+            message.record, sender.address[0]
+        ):
+            self.stats["refused:not-from-listed-address"] += 1
+            self._events.append(
+                ev.RecordRefused("not-from-listed-address", message.target, sender.address)
+            )
+            return wire.StoreStatus.REFUSED, "not-from-listed-address"
         checked = self.store.offer(message.record, message.target, now)
         if checked.acceptable:
             if checked.outcome is Outcome.NEW and checked.record is not None:

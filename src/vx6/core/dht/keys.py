@@ -5,8 +5,12 @@ DHT keys (256 bits, the same space as node ids):
     node record     node id of the signer (SHA-256("vx6-node-id\\0" + key))
     name claim      SHA-256("vx6-name-key\\0" + name)   (rotations of the name too)
     service record  SHA-256("vx6-service-key\\0" + signer key + service name)
+    relay directory SHA-256("vx6-relays\\0" + bucket u8), bucket = node id[0] % 8:
+                    a node record with the relay capability and an address is stored
+                    here too, so a client that knows no relay can find some
+                    (docs/dht.md "Relay directory")
 
-A stored value must sit under the key computed from its own content ("wrong-key"
+A stored value must sit under a key computed from its own content ("wrong-key"
 otherwise), so nobody can park a record where it does not belong.
 
 `Credentials` bundle what the node core needs from an identity: its public key, a
@@ -22,10 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vx6.crypto.keys import Identity, node_id, verify
-from vx6.wire.records import Kind, NameClaimBody, Record, RotationBody, ServiceBody
+from vx6.wire.records import (
+    Capability,
+    Kind,
+    NameClaimBody,
+    NodeBody,
+    Record,
+    RotationBody,
+    ServiceBody,
+)
 
 NAME_KEY_DOMAIN = b"vx6-name-key\x00"
 SERVICE_KEY_DOMAIN = b"vx6-service-key\x00"
+RELAY_DIRECTORY_DOMAIN = b"vx6-relays\x00"
+RELAY_DIRECTORY_BUCKETS = 8
 
 
 def name_key(name: str) -> bytes:
@@ -34,6 +48,34 @@ def name_key(name: str) -> bytes:
 
 def service_key(owner: bytes, service: str) -> bytes:
     return hashlib.sha256(SERVICE_KEY_DOMAIN + owner + service.encode("ascii")).digest()
+
+
+def relay_directory_key(bucket: int) -> bytes:
+    return hashlib.sha256(RELAY_DIRECTORY_DOMAIN + bytes([bucket])).digest()
+
+
+RELAY_DIRECTORY_KEYS = tuple(relay_directory_key(b) for b in range(RELAY_DIRECTORY_BUCKETS))
+
+
+def is_relay_directory_key(target: bytes) -> bool:
+    return target in RELAY_DIRECTORY_KEYS
+
+
+def relay_bucket(signer: bytes) -> int:
+    """The directory bucket of a relay: fixed by its key, not chosen by it."""
+    return node_id(signer)[0] % RELAY_DIRECTORY_BUCKETS
+
+
+def record_keys(record: Record) -> tuple[bytes, ...]:
+    """Every DHT key `record` may be stored under: its own (`record_key`) first, then,
+    for a relay's node record with an address, its relay directory key."""
+    own = record_key(record)
+    if record.kind != Kind.NODE:
+        return (own,)
+    body = record.parsed_body()
+    if isinstance(body, NodeBody) and body.capabilities & Capability.RELAY and body.addresses:
+        return (own, RELAY_DIRECTORY_KEYS[relay_bucket(record.signer)])
+    return (own,)
 
 
 def record_key(record: Record) -> bytes:

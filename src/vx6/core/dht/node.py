@@ -10,7 +10,8 @@ stale holders, and reports `LookupFinished`.
 
 Owned records: `publish(raw)` holds the record locally (so we answer for it), runs a
 node lookup on its key and STOREs it on the k closest nodes that answered, with the
-tokens they gave us (`PublishFinished` counts the acknowledgements). Housekeeping
+tokens they gave us (`PublishFinished` counts the acknowledgements). A relay's node
+record goes under its relay directory key as well (keys.record_keys), the same way. Housekeeping
 re-publishes every owned record each `republish_interval`, reports `RepublishDue` once
 when a record is within `republish_margin` of its expiry (the owner signs a fresh one
 with a higher sequence number and publishes it), and refreshes, one per pass, the
@@ -26,7 +27,7 @@ from vx6.core.dht import events as ev
 from vx6.core.dht.config import DEFAULT_CONFIG, DhtConfig
 from vx6.core.dht.contacts import Address, Contact
 from vx6.core.dht.endpoint import DhtEndpoint, Pending, Purpose
-from vx6.core.dht.keys import Credentials, record_key
+from vx6.core.dht.keys import Credentials, is_relay_directory_key, record_keys
 from vx6.core.dht.lookup import Lookup
 from vx6.core.dht.values import Outcome, check_value
 from vx6.core.records import RecordSlot, record_slot
@@ -99,21 +100,34 @@ class DhtNode(DhtEndpoint):
         return self._start(target, now, want_value=True, interactive=interactive)
 
     def publish(self, raw: bytes, now: float) -> int:
-        """Hold `raw` (one of our own records) and store it on the k closest nodes to its
-        key, again every `republish_interval`. RecordRejected if it fails the rules."""
+        """Hold `raw` (one of our own records) and store it on the k closest nodes to each
+        of its keys, again every `republish_interval`; return the lookup id of its own
+        key's publish. RecordRejected if it fails the rules."""
         try:
             record = decode_record(raw)
-            target = record_key(record)
+            targets = record_keys(record)
         except (DecodeError, ValueError):
             raise RecordRejected("malformed") from None
-        checked = self.store.offer(raw, target, now)
-        if not checked.acceptable:
-            raise RecordRejected(checked.reason or checked.outcome.value)
         slot = record_slot(record)
-        self._owned[(target, slot)] = _Owned(
-            raw, record.expires, now + self.config.republish_interval
-        )
-        return self._start(target, now, want_value=False, interactive=True, publish=raw)
+        for gone in [key for key in self._owned if key[1] == slot and key[0] not in targets]:
+            del self._owned[gone]  # e.g. a node that stopped relaying leaves the directory
+        lookup_ids = []
+        for i, target in enumerate(targets):
+            checked = self.store.offer(raw, target, now)
+            if not checked.acceptable:
+                if i == 0:
+                    raise RecordRejected(checked.reason or checked.outcome.value)
+                continue  # our own directory key is full here: the other holders decide
+            self._owned[(target, slot)] = _Owned(
+                raw,
+                record.expires,
+                now + self.config.republish_interval,
+                due_reported=i > 0,  # one RepublishDue per record is enough
+            )
+            lookup_ids.append(
+                self._start(target, now, want_value=False, interactive=True, publish=raw)
+            )
+        return lookup_ids[0]
 
     def _start(
         self,
@@ -238,7 +252,8 @@ class DhtNode(DhtEndpoint):
                 self._store_at(contact, token, lookup.target, raw, now, lookup_id)
             if not holders:
                 self._store_settled(lookup_id, None)
-        elif lookup.found:
+        elif lookup.found and not is_relay_directory_key(lookup.target):
+            # (A directory entry is stored only by its relay: directory.store_source_ok.)
             for contact, token, raw in lookup.corrections(self.config.stale_corrections):
                 self.stats["corrections"] += 1
                 self._store_at(contact, token, lookup.target, raw, now, 0)

@@ -2,7 +2,8 @@
 
 Theory of operation: every record that arrives (in a STORE, or in a VALUES answer to one
 of our lookups) goes through `check_value`, which applies the record rules in this
-order, cheapest first: size cap, canonical parse, DHT key matches the target, then
+order, cheapest first: size cap, canonical parse, DHT key matches the target (one of
+`keys.record_keys`: a relay's node record also fits its relay directory key), then
 `vx6.core.records.check_record` (time window, sequence number, signature). The verdict
 says what to do with it:
 
@@ -12,11 +13,13 @@ says what to do with it:
     CONFLICT  a validly signed record with the same sequence number as the one we hold
               but different bytes: the signer equivocated; refused and reported
     REFUSED   fails a rule; `reason` names it (the REASON_* strings of core.records,
-              plus "too-large", "malformed", "wrong-key", "full")
+              plus "too-large", "malformed", "wrong-key", "full", "prefix-full")
 
 `RecordStore` holds the accepted records per DHT key and slot, bounded in total and per
 key; when full it keeps what it has (incumbents that keep refreshing are never pushed
-out by a flood of new keys). Expired records are dropped by `expire`.
+out by a flood of new keys). Under a relay directory key it also keeps at most
+`directory.PER_PREFIX` entries per network (core/dht/directory.py). Expired records are
+dropped by `expire`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from vx6.core.dht.keys import record_key
+from vx6.core.dht.directory import prefix_room
+from vx6.core.dht.keys import is_relay_directory_key, record_keys
 from vx6.core.records import (
     REASON_EXPIRED,
     REASON_STALE_SEQUENCE,
@@ -40,6 +44,7 @@ from vx6.wire.records import MAX_RECORD_SIZE, Record, decode_record
 REASON_MALFORMED = "malformed"
 REASON_WRONG_KEY = "wrong-key"
 REASON_FULL = "full"
+REASON_PREFIX_FULL = "prefix-full"
 REASON_CONFLICT = "same-seq-conflict"
 
 
@@ -84,11 +89,11 @@ def check_value(
         return Checked(Outcome.REFUSED, REASON_TOO_LARGE)
     try:
         record = decode_record(raw)
-        key = record_key(record)
+        keys = record_keys(record)
         slot = record_slot(record)
     except (DecodeError, ValueError):
         return Checked(Outcome.REFUSED, REASON_MALFORMED)
-    if key != target:
+    if target not in keys:
         return Checked(Outcome.REFUSED, REASON_WRONG_KEY, record)
     current = held.get(slot)
     if current is None and not room_for_new_slot:
@@ -138,6 +143,12 @@ class RecordStore:
         checked = check_value(raw, target, now, slots, room_for_new_slot=room)
         if checked.outcome is Outcome.NEW:
             assert checked.record is not None and checked.slot is not None
+            if (
+                checked.slot not in slots
+                and is_relay_directory_key(target)
+                and not prefix_room(checked.record, (h.record for h in slots.values()))
+            ):
+                return Checked(Outcome.REFUSED, REASON_PREFIX_FULL, checked.record, checked.slot)
             self.put(raw, target, checked.record, checked.slot, now)
         elif checked.outcome is Outcome.SAME:
             assert checked.slot is not None
