@@ -62,7 +62,7 @@ STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
     StreamError.UNKNOWN_NAME: "unknown name: no record for this owner in the local registry",
     StreamError.OWNER_UNREACHABLE: "owner unreachable: could not open a link to the owner's node",
     StreamError.KEY_MISMATCH: (
-        "key mismatch: the owner's key differs from the key pinned for this name"
+        "key mismatch: the owner's key differs from the key this name is pinned or bound to"
     ),
     StreamError.NO_ROUTE: "no route: not enough usable relays known for the requested hops",
 }
@@ -95,6 +95,15 @@ class LinkError(VX6Error):
         super().__init__(f"{code.name}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class IdentityMismatch(LinkError):
+    """The peer proved another identity than the one dialled; `presented` is the key it
+    proved (so the dialler can say whom it reached instead)."""
+
+    def __init__(self, presented: bytes, reason: str) -> None:
+        super().__init__(CloseCode.IDENTITY_MISMATCH, reason)
+        self.presented = presented
 
 
 class StreamFailed(VX6Error):

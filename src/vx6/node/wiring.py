@@ -149,7 +149,9 @@ class Node:
             spawn=self.spawn,
             clock=clock,
         )
-        self.client = client = ClientSide(resolver, links, pool, registry, self.spawn, clock)
+        self.client = client = ClientSide(
+            resolver, links, pool, registry, self.spawn, clock, proofs=records
+        )
         self.ops = ControlOps(
             NodeInfo(self.name, identity.public, home.path, clock.wall(), self.listen_addresses),
             links=links,
@@ -175,6 +177,7 @@ class Node:
         links.on_stream(owner.stream_requested)
         links.on_cells(router.cells_received)
         links.on_records(records.received)
+        links.on_identify(publisher.identity_records)
         links.on_closed(lambda link, *_: router.link_closed(link))
         links.on_closed(records.link_closed)
         links.on_paused(router.link_paused)
