@@ -133,6 +133,12 @@ class ClientSide:
             if known is None:
                 _drop_unused(link)
                 name, fp = addr.owner_name, fingerprint(key)
+                degraded = self.registry.health.degraded
+                if degraded is not None:  # its claim may have come and not been kept
+                    raise StreamFailed(
+                        StreamError.UNKNOWN_NAME,
+                        f"cannot keep {name!r}'s claim from {where}: registry {degraded}",
+                    )
                 raise StreamFailed(
                     StreamError.UNKNOWN_NAME,
                     f"{where} answered as {fp} but showed no claim of {name!r}, and none is "
