@@ -92,7 +92,7 @@ STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
     StreamError.UNKNOWN_NAME: "unknown name: no record for this owner in the local registry",
     StreamError.OWNER_UNREACHABLE: "owner unreachable: could not open a link to the owner's node",
     StreamError.KEY_MISMATCH: (
-        "key mismatch: the owner's key differs from the key pinned for this name"
+        "key mismatch: the owner's key differs from the key this name is pinned or bound to"
     ),
     StreamError.NO_ROUTE: "no route: not enough usable relays known for the requested hops",
 }
@@ -166,6 +166,15 @@ class CryptoError(VX6Error):
     """A signature, AEAD tag or handshake check failed, or a crypto primitive was given
     a bad argument. Whose fault depends on the caller: receive paths translate it into a
     RemoteProtocolError (DECRYPT_FAILED, HANDSHAKE_FAILED) or a circuit's DESTROY."""
+
+
+class IdentityMismatch(RemoteProtocolError):
+    """The peer proved another identity than the one dialled; `presented` is the key it
+    proved (so the dialler can say whom it reached instead)."""
+
+    def __init__(self, presented: bytes, reason: str) -> None:
+        super().__init__(CloseCode.IDENTITY_MISMATCH, reason)
+        self.presented = presented
 
 
 class StreamFailed(VX6Error):

@@ -272,8 +272,10 @@ def test_direct_ipv6_mode_without_shared_peer_pins_the_key(
     assert resolved["pinned"] is True
     status = solo.call("status")
     assert status["forwards"][0]["path"] == "direct-ip"
-    # Direct mode makes no discovery traffic: solo received no records at all.
-    assert status["counters"].get("records_accepted", 0) == 0
+    # Direct mode makes no discovery traffic: solo received only alice's own node record
+    # and name claim, which it asked her for on the link (it held no claim of "alice").
+    assert status["counters"].get("records_accepted", 0) == 2
+    assert {r["source"] for r in resolved["records"]} == {f"via {alice.listen}"}
 
 
 def test_direct_ipv6_mode_key_mismatch_for_a_different_owner_at_the_same_address(

@@ -32,7 +32,7 @@ from vx6.core import events as ev
 from vx6.core.link import Link
 from vx6.core.link_config import LinkConfig
 from vx6.core.streams import StreamState
-from vx6.errors import CloseCode, LinkError, StreamError
+from vx6.errors import CloseCode, IdentityMismatch, LinkError, StreamError
 from vx6.wire import frames as fr
 
 
@@ -103,6 +103,16 @@ def test_initiator_refuses_a_peer_that_is_not_the_expected_identity(ik: bool) ->
     assert net.a.closed_with.code == CloseCode.IDENTITY_MISMATCH
     assert not net.a.link.established
     assert net.a.of(ev.LinkEstablished) == []
+
+
+@pytest.mark.parametrize("ik", [False, True], ids=["XX", "IK"])
+def test_an_identity_mismatch_names_the_key_the_peer_proved(ik: bool) -> None:
+    # Direct mode says whom it reached instead ("[::1]:4243 answered as ...").
+    net = make_net(ik=ik, expected_by_a=ID_C.public, handshake=False)
+    net.pump()
+    failure = net.a.link.failure
+    assert isinstance(failure, IdentityMismatch)
+    assert failure.code == CloseCode.IDENTITY_MISMATCH and failure.presented == ID_B.public
 
 
 def test_responder_refuses_an_unexpected_initiator() -> None:

@@ -15,6 +15,7 @@ from vx6.core.records import make_record
 from vx6.crypto.keys import Identity
 from vx6.errors import StreamFailed
 from vx6.net.ports import SYSTEM_CLOCK
+from vx6.node.link_table import TrustedKeys
 from vx6.node.owner import OwnerSide
 from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig
@@ -181,6 +182,22 @@ def test_resolve_is_remembered_and_follows_a_rotation(
     assert client.owner_key(addr).key == NEW.public
     assert reg.get_pin("alice") == NEW.public  # the re-pin still happens
     assert client.owner_key(addr).key == NEW.public
+
+
+def test_unpin_drops_the_remembered_answers(reg: Registry) -> None:
+    # Pinned to OLD while only NEW claims: the pin decides (KEY_MISMATCH), remembered.
+    client, _ = sides(reg)
+    addr = parse_service_address("alice.ssh")
+    store(reg, NEW, NameClaimBody("alice"))
+    reg.set_pin("alice", OLD.public, time.time())
+    with pytest.raises(StreamFailed, match="pinned to"):
+        client.owner_key(addr)
+    trusted = TrustedKeys(reg)
+    assert trusted(OLD.public)  # a pinned owner is trusted by the link table
+    assert reg.remove_pin("alice") is True
+    assert client.owner_key(addr).key == NEW.public  # the pin's answer is gone at once
+    assert not trusted(OLD.public)
+    assert reg.remove_pin("alice") is False
 
 
 def test_resolve_sees_a_new_claim(reg: Registry) -> None:

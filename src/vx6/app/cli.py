@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--count", type=int, default=3)
     sp = cmd("rotate", "hand this node's name to a new key (signed by this key)", True)
     sp.add_argument("to", help="the new owner key (52 characters, from `vx6 id` there)")
+    cmd("pins", "list the owner keys pinned for names (like ssh's known_hosts)", True)
+    sp = cmd("unpin", "forget the key pinned for a name (the next connection pins afresh)", True)
+    sp.add_argument("name", help="the owner name, e.g. alice")
     cmd("stop", "stop the running node")
     cmd("reload", "apply config.toml's service and forward changes (as SIGHUP does)", True)
     sp = cmd("demo", "run a local multi-node network and exercise every mode", True)
@@ -256,7 +259,7 @@ def _control_command(args: argparse.Namespace) -> int:
             allow_remote_target=args.allow_remote_target,
         )
         _validate_expose(args)
-    elif c == "unexpose" or c == "disconnect":
+    elif c in ("unexpose", "disconnect", "unpin"):
         msg["name"] = args.name
     elif c == "connect":
         msg.update(

@@ -131,6 +131,14 @@ def render(command: str, reply: dict[str, Any]) -> str:
         return f"{reply['owner']}: rtt " + " ".join(f"{r} ms" for r in reply["rtt_ms"])
     if command in ("unexpose", "disconnect"):
         return f"removed {reply['removed']}"
+    if command == "pins":
+        rows = [
+            {**p, "pinned": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["pinned_at"]))}
+            for p in reply["pins"]
+        ]
+        return table(rows, ["name", "fingerprint", "pinned", "key"])
+    if command == "unpin":
+        return f"unpinned {reply['removed']} (was {reply['fingerprint']})"
     if command == "rotate":
         return f"{reply['name']} now points to {reply['fingerprint']} ({reply['to']})"
     if command == "stop":

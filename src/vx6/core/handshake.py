@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from vx6.crypto.keys import Identity, StaticKey, check_link_key_proof, link_key_proof
 from vx6.crypto.noise import CipherState, HandshakeState
-from vx6.errors import CloseCode, CryptoError, DecodeError, RemoteProtocolError
+from vx6.errors import CloseCode, CryptoError, DecodeError, IdentityMismatch, RemoteProtocolError
 from vx6.wire.frames import (
     LINK_PROLOGUE,
     PATTERN_IK,
@@ -145,9 +145,7 @@ class LinkHandshake:
         if link is None or not check_link_key_proof(proof.identity, link, proof.link_proof):
             raise CryptoError("peer's identity does not vouch for its link key")
         if self._expected is not None and proof.identity != self._expected:
-            raise RemoteProtocolError(
-                CloseCode.IDENTITY_MISMATCH, "peer is not the node we dialled"
-            )
+            raise IdentityMismatch(proof.identity, "peer is not the node we dialled")
         self._peer_identity = proof.identity
         self._peer_window = proof.window
 

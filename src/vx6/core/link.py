@@ -102,6 +102,7 @@ class Link(StreamOps, CellOps):
         self._waiting_since: float | None = None
         self._control = RateBudget.full(self.config.control_rate, self.config.control_burst, now)
         self.closed = False
+        self.failure: LinkError | None = None  # why input closed the link, kept for the dialler
         self.backlogged = False  # whole messages wait in the input buffer (see receive)
         self.bytes_in = 0
         self.bytes_out = 0
@@ -193,6 +194,7 @@ class Link(StreamOps, CellOps):
                 if self.closed:
                     return
         except RemoteProtocolError as exc:
+            self.failure = exc
             self._fail(exc.code, exc.reason)
             return
         finally:

@@ -300,7 +300,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
                 close_code = CloseCode(code)
             except ValueError:
                 close_code = CloseCode.PROTOCOL_ERROR
-            self.established.set_exception(LinkError(close_code, reason))
+            failure = self.core.failure  # the very error, e.g. IdentityMismatch with its key
+            if failure is None or failure.code != close_code:
+                failure = LinkError(close_code, reason)
+            self.established.set_exception(failure)
             self.established.exception()  # mark retrieved: the dialer may have gone away
         self.closed_future.set_result(None)
         sinks, self.sinks = self.sinks, {}

@@ -110,6 +110,8 @@ class ControlOps:
             "ping": self.ping,
             "stop": self.stop,
             "rotate": self.rotate,
+            "pins": self.pins,
+            "unpin": self.unpin,
             "relays": self.relays,
             "build_circuit": self.build_circuit,
             "reload": self.reload,
@@ -350,6 +352,30 @@ class ControlOps:
         if self._reload is None:
             raise UsageError("this node cannot reload its configuration")
         return dict(await self._reload())
+
+    async def pins(self, _: dict[str, Any]) -> dict[str, Any]:
+        """The names this node's client pinned, like ssh's known_hosts."""
+        return {
+            "pins": [
+                {
+                    "name": name,
+                    "fingerprint": fingerprint(key),
+                    "key": key_to_text(key),
+                    "pinned_at": pinned_at,
+                }
+                for name, key, pinned_at in self.registry.pins()
+            ]
+        }
+
+    async def unpin(self, req: dict[str, Any]) -> dict[str, Any]:
+        check_fields(req, OP_FIELDS["unpin"])
+        name = str(req.get("name", "")).lower()
+        key = self.registry.get_pin(name)
+        # The registry first: a failed write (disk full) raises and the pin stays.
+        if key is None or not self.registry.remove_pin(name):
+            raise UsageError(f"no pin for {name!r}")
+        self.client.forget_pin(name)
+        return {"removed": name, "fingerprint": fingerprint(key)}
 
     async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self._stop)

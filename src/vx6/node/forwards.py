@@ -3,10 +3,17 @@
 Theory of operation. Named direct mode: the owner is found in the local registry (name
 claim -> key, with the claim-and-pin rule of core/names.py), its node record gives its
 addresses (IPv6 first) and link key, and the node dials them in order with Noise IK,
-requiring the peer to prove that identity. Direct mode (`--via`): no lookup at all; the
-link is dialled with XX and the key learnt in the handshake is checked against the pin
-for the name, or pinned if there is none (like ssh's known_hosts). One link per owner is
-reused by every stream; concurrent first connections share one dial.
+requiring the peer to prove that identity. Direct mode (`--via`): no lookup; the link
+goes to exactly that endpoint (an open link to the owner elsewhere is not used instead)
+and the endpoint must prove the key the registry already binds the address to (the pin,
+else the held claim: `Resolver.known_owner`), or the handshake is cut and the stream
+fails with KEY_MISMATCH naming both keys and the endpoint. If the registry knows nothing
+of a bare name, the client asks the endpoint for its own name claim (OPEN_FLAG_IDENTIFY,
+answered before the OPEN, awaited at most PROOF_TIMEOUT); only a valid claim signed by
+the key the endpoint proved lets the name be pinned, and without one the connection is
+refused (a KEY or NAME#FINGERPRINT address still connects: the user chose the key).
+One link per owner (per endpoint in direct mode) is reused by every stream; concurrent
+first connections share one dial.
 
 Every failure becomes a StreamFailed with a distinct code and message: unknown name,
 owner unreachable, key mismatch here; unknown service, not allowed, target refused from
@@ -23,7 +30,14 @@ from typing import Protocol
 
 from vx6.core.names import ServiceAddress, parse_service_address
 from vx6.crypto.keys import fingerprint
-from vx6.errors import CloseCode, LinkError, StreamError, StreamFailed, UsageError
+from vx6.errors import (
+    CloseCode,
+    IdentityMismatch,
+    LinkError,
+    StreamError,
+    StreamFailed,
+    UsageError,
+)
 from vx6.net.addresses import format_endpoint, parse_endpoint
 from vx6.net.carrier import StreamCarrier
 from vx6.net.circuit import ClientPath
@@ -32,14 +46,15 @@ from vx6.net.link import LinkProtocol
 from vx6.net.pipe import StreamPipe
 from vx6.net.ports import Clock, Spawn
 from vx6.node.links import Links
-from vx6.node.resolver import Resolver
+from vx6.node.resolver import Provenance, Resolution, Resolver
 from vx6.store.config import MAX_RELAYS, ForwardConfig
 from vx6.store.registry import Registry
-from vx6.wire.frames import OPEN_FLAG_PROBE
+from vx6.wire.frames import OPEN_FLAG_IDENTIFY, OPEN_FLAG_PROBE
 
 log = logging.getLogger("vx6.client")
 
 PROBE_TIMEOUT = 10.0
+PROOF_TIMEOUT = 5.0  # for a direct-mode endpoint's name claim (it comes before an answer)
 
 
 class CircuitSource(Protocol):
@@ -48,6 +63,13 @@ class CircuitSource(Protocol):
     async def get(self, owner: bytes, hops: int) -> ClientPath: ...
 
     def describe_circuits(self, key: tuple[bytes, int]) -> list[dict[str, object]]: ...
+
+
+class IdentityProofs(Protocol):
+    """Takes the records the peer of a link we dialled sends when asked who it is (the
+    records hub): only that peer's own, only once, into the registry if valid."""
+
+    def expect_identity(self, link: LinkProtocol) -> None: ...
 
 
 class ClientSide:
@@ -59,11 +81,13 @@ class ClientSide:
         registry: Registry,
         spawn: Spawn,
         clock: Clock,
+        proofs: IdentityProofs,
     ) -> None:
         self.resolver = resolver
         self.links = links
         self.pool = pool
         self.registry = registry
+        self.proofs = proofs
         self.spawn = spawn
         self.clock = clock
         self.forwards: dict[str, Forward] = {}
@@ -81,29 +105,83 @@ class ClientSide:
         return link
 
     async def _link_via(self, addr: ServiceAddress, via: tuple[str, int]) -> LinkProtocol:
-        reg = self.registry
-        expected = addr.owner_key or (reg.get_pin(addr.owner_name) if addr.owner_name else None)
-        if expected is not None:
-            link = self.links.open_link(expected)
-            if link is not None:
-                return link
+        """A link to exactly `via` whose key is the one `addr` means (module docstring)."""
+        known = self.resolver.known_owner(addr)
+        expected = known.key if known is not None else None
+        where = format_endpoint(*via)
         try:
             link = await self.links.dial_endpoint(*via, expected)
+        except IdentityMismatch as exc:
+            assert known is not None
+            raise self._mismatch(addr, where, exc.presented, known) from exc
         except LinkError as exc:
-            if exc.code == CloseCode.IDENTITY_MISMATCH:
-                raise StreamFailed(
-                    StreamError.KEY_MISMATCH,
-                    f"{format_endpoint(*via)} is not {fingerprint(expected or b'')}, the key "
-                    f"pinned for {addr.owner_name or 'this address'}",
-                ) from exc
-            raise StreamFailed(
-                StreamError.OWNER_UNREACHABLE, f"{format_endpoint(*via)}: {exc}"
-            ) from exc
+            raise StreamFailed(StreamError.OWNER_UNREACHABLE, f"{where}: {exc}") from exc
         except (OSError, TimeoutError) as exc:
             raise StreamFailed(
-                StreamError.OWNER_UNREACHABLE, f"{format_endpoint(*via)}: {exc or 'timeout'}"
+                StreamError.OWNER_UNREACHABLE, f"{where}: {exc or 'timeout'}"
             ) from exc
+        key = link.peer_identity
+        assert key is not None
+        if addr.fingerprint is not None and fingerprint(key) != addr.fingerprint:
+            _drop_unused(link)
+            raise StreamFailed(
+                StreamError.KEY_MISMATCH,
+                f"{where} answered as {fingerprint(key)}, but {addr} asks for {addr.fingerprint}",
+            )
+        if known is None and addr.fingerprint is None and addr.owner_name is not None:
+            await self._ask_for_claim(link, addr)
+            known = self.resolver.known_owner(addr)
+            if known is None:
+                _drop_unused(link)
+                name, fp = addr.owner_name, fingerprint(key)
+                degraded = self.registry.health.degraded
+                if degraded is not None:  # its claim may have come and not been kept
+                    raise StreamFailed(
+                        StreamError.UNKNOWN_NAME,
+                        f"cannot keep {name!r}'s claim from {where}: registry {degraded}",
+                    )
+                raise StreamFailed(
+                    StreamError.UNKNOWN_NAME,
+                    f"{where} answered as {fp} but showed no claim of {name!r}, and none is "
+                    f"held here; to trust that key, connect to {name}#{fp}.{addr.service}",
+                )
+            if known.key != key:
+                _drop_unused(link)
+                raise self._mismatch(addr, where, key, known)
         return link
+
+    def _mismatch(
+        self, addr: ServiceAddress, where: str, answered: bytes, known: Resolution
+    ) -> StreamFailed:
+        if known.provenance is Provenance.ADDRESS:
+            wanted = f"{addr} is {fingerprint(known.key)}"
+        elif known.provenance is Provenance.PINNED:
+            wanted = f"{addr.owner_name} is pinned to {fingerprint(known.key)}"
+        else:
+            wanted = f"{addr.owner_name} is claimed by {fingerprint(known.key)}"
+        return StreamFailed(
+            StreamError.KEY_MISMATCH, f"{where} answered as {fingerprint(answered)}, but {wanted}"
+        )
+
+    async def _ask_for_claim(self, link: LinkProtocol, addr: ServiceAddress) -> None:
+        """Ask the node at the end of `link` for its own node record and name claim: a
+        probe OPEN of the service asked for, with OPEN_FLAG_IDENTIFY. The records come
+        before the answer to the OPEN (one link, in order), so once the answer is in
+        (or PROOF_TIMEOUT has passed) the registry holds whatever valid claim it showed."""
+        self.proofs.expect_identity(link)
+        pipe = StreamPipe()
+        try:
+            sid = link.open_stream(addr.service, OPEN_FLAG_PROBE | OPEN_FLAG_IDENTIFY, pipe)
+        except LinkError as exc:  # it closed under us
+            raise StreamFailed(StreamError.OWNER_UNREACHABLE, str(exc)) from exc
+        pipe.bind(link, sid)
+        try:
+            async with asyncio.timeout(PROOF_TIMEOUT):
+                await pipe.wait_opened()
+        except (TimeoutError, StreamFailed):
+            pass  # the answer itself does not matter here: what came before it does
+        finally:
+            link.reset(sid)
 
     def _pin(self, addr: ServiceAddress, carrier: StreamCarrier) -> None:
         """Pin the name to the key that `carrier` proved, if nothing is pinned yet: on
@@ -115,7 +193,11 @@ class ClientSide:
         if self.registry.get_pin(name) is None:
             self.registry.set_pin(name, key, self.clock.wall())
             log.info("pinned %s to %s", name, fingerprint(key))
-        self._pinned.add(name)  # pins are replaced, never removed: no need to ask again
+        self._pinned.add(name)  # until `forget_pin`: no need to ask the registry again
+
+    def forget_pin(self, name: str) -> None:
+        """The pin of `name` was removed (`vx6 unpin`): the next success pins it anew."""
+        self._pinned.discard(name)
 
     # ------------------------------------------------------------------ streams
     async def carrier_for(
@@ -281,6 +363,13 @@ class ClientSide:
         retired, self._retired = self._retired, []
         for fwd in retired:
             await fwd.stop()
+
+
+def _drop_unused(link: LinkProtocol) -> None:
+    """Close a direct-mode link that turned out not to be the owner, unless other
+    streams use it (it may be shared with another address's forward)."""
+    if not link.core.streams:
+        link.close(CloseCode.NORMAL, "not the owner asked for")
 
 
 def _split_via(target: str) -> tuple[ServiceAddress, tuple[str, int] | None]:

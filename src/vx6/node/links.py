@@ -15,7 +15,14 @@ record, each checked in the handshake to really be that node; if all fail, the D
 asked for a fresh node record and its new addresses tried. A node whose link died without
 a word (idle timeout) is looked up afresh before the next dial. Concurrent callers share
 one dial. `dial_endpoint` is direct mode (`--via`): one address, the key learnt or checked
-in the handshake.
+in the handshake; a via link is always a link *to that address* (a link to the same key
+elsewhere is not used instead), and it is never closed because the node's record does not
+list the address (the user chose it). Two open links may share a key: `by_key` holds the
+newest, and when it closes another open link of that key takes its place.
+
+A peer that opens a stream with OPEN_FLAG_IDENTIFY (a direct-mode client that holds no
+claim of the name it asked for) is sent this node's own node record and name claim
+first, once per link, so the answer to its OPEN comes after them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from vx6.net.ports import Clock, Count
 from vx6.node.link_table import LinkTable
 from vx6.store.registry import RegistryError
 from vx6.wire.cells import Endpoint
+from vx6.wire.frames import OPEN_FLAG_IDENTIFY
 from vx6.wire.records import NodeBody
 
 log = logging.getLogger("vx6.node")
@@ -48,6 +56,7 @@ StreamHandler = Callable[[LinkProtocol, int, str, int], None]
 CellsHandler = Callable[[LinkProtocol, tuple[bytes | memoryview, ...]], None]
 RecordsHandler = Callable[[LinkProtocol, tuple[bytes, ...]], None]
 PausedHandler = Callable[[LinkProtocol, bool], None]
+IdentityRecords = Callable[[], list[bytes]]
 
 
 class NodeRecords(Protocol):
@@ -101,6 +110,9 @@ class Links:
         self._stream: StreamHandler = _refuse_streams
         self._cells: CellsHandler = _drop_cells
         self._records: RecordsHandler = _drop_records
+        self._identity_records: IdentityRecords = list
+        self._identified: set[LinkProtocol] = set()  # sent our own records once already
+        self._via: set[LinkProtocol] = set()  # dialled to an address the user gave
 
     # ------------------------------------------------------------------ registration
     def on_closed(self, handler: ClosedHandler) -> None:
@@ -117,6 +129,10 @@ class Links:
 
     def on_records(self, handler: RecordsHandler) -> None:
         self._records = handler
+
+    def on_identify(self, records: IdentityRecords) -> None:
+        """Where our own node record and name claim come from (the publisher)."""
+        self._identity_records = records
 
     # ------------------------------------------------------------------ inbound
     def admit(self, sock: socket.socket, source: tuple[str, int]) -> LinkProtocol | None:
@@ -180,14 +196,29 @@ class Links:
             ("node", identity), lambda: self._dial_node(identity, endpoints, for_peer)
         )
 
+    def open_link_at(self, host: str, port: int, identity: bytes | None) -> LinkProtocol | None:
+        """An open link we dialled to exactly host:port (to `identity`, if given)."""
+        for link in self.all:
+            wanted = identity is None or link.peer_identity == identity
+            if link.dialled == (host, port) and link.is_open and wanted:
+                return link
+        return None
+
     async def dial_endpoint(
         self, host: str, port: int, expected_identity: bytes | None
     ) -> LinkProtocol:
-        """Direct mode: a link to this one address, shared by concurrent callers."""
-        return await self.shared_dial(
-            ("via", host, port, expected_identity),
-            lambda: self.dial(host, port, expected_identity=expected_identity),
-        )
+        """Direct mode: a link to this one address (the open one, or a new dial shared
+        by concurrent callers), never a link to the same key elsewhere."""
+        link = self.open_link_at(host, port, expected_identity)
+        if link is not None:
+            return link
+
+        async def dial_via() -> LinkProtocol:
+            link = await self.dial(host, port, expected_identity=expected_identity)
+            self._via.add(link)
+            return link
+
+        return await self.shared_dial(("via", host, port, expected_identity), dial_via)
 
     async def shared_dial(
         self, key: object, make: Callable[[], Awaitable[LinkProtocol]]
@@ -268,6 +299,8 @@ class Links:
         the new address instead of waiting for the idle timeout."""
         current = {(ep.host, ep.port) for ep in body.addresses}
         for link in list(self.all):
+            if link in self._via:
+                continue  # an address the user gave: it may be one the record never lists
             if link.peer_identity == key and link.dialled and link.dialled not in current:
                 log.info(
                     "peer %s moved away from %s; closing that link", fingerprint(key), link.dialled
@@ -291,12 +324,20 @@ class Links:
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         self.table.closed(link)
         self.all.discard(link)
+        self._identified.discard(link)
+        self._via.discard(link)
         if link in self._admitted:
             self._admitted.discard(link)
             for handler in self._closed:
                 handler(link, code, reason, by_peer)
-        if link.peer_identity is not None and self.by_key.get(link.peer_identity) is link:
-            del self.by_key[link.peer_identity]
+        key = link.peer_identity
+        if key is not None and self.by_key.get(key) is link:
+            del self.by_key[key]
+            # Another open link to the same key (a via link and a named one) takes over.
+            for other in self.all:
+                if other.peer_identity == key and other.is_open:
+                    self.by_key[key] = other
+                    break
         if code not in (CloseCode.NORMAL, CloseCode.SHUTDOWN):
             self.count("links_failed")
         if code == CloseCode.IDLE_TIMEOUT and link.peer_identity is not None:
@@ -308,6 +349,10 @@ class Links:
         if link.closed_future.done():
             return
         self.table.touch(link)
+        if flags & OPEN_FLAG_IDENTIFY and link not in self._identified:
+            # Before the OPEN's answer, so the asker has them when it sees the answer.
+            self._identified.add(link)
+            link.send_records(self._identity_records())
         self._stream(link, sid, service, flags)
 
     def cells_received(self, link: LinkProtocol, chunks: tuple[bytes | memoryview, ...]) -> None:

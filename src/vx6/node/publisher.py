@@ -13,6 +13,10 @@ A registry that cannot be written (disk full) does not stop publishing: the reco
 signed with a sequence number above every one used in this process (kept in memory
 too), pushed and stored in the DHT all the same, and the loop publishes everything again
 every UNSAVED_RETRY_EVERY until a copy lands in the registry.
+
+The latest node record and name claim are also kept in memory (`identity_records`): a
+direct-mode client that knows no claim of our name asks for them on its link
+(OPEN_FLAG_IDENTIFY), and the answer must not depend on the disk.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from vx6.wire.records import (
     Body,
     Capability,
     Endpoint,
+    Kind,
     Mode,
     NameClaimBody,
     NodeBody,
@@ -97,6 +102,7 @@ class Publisher:
         self.clock = clock
         self._addresses: tuple[Endpoint, ...] = ()
         self._last_seq = 0  # also in memory: the registry may fail to keep it
+        self._identity: dict[int, tuple[bytes, float]] = {}  # kind -> (raw, expires)
         self.unsaved = False  # a record of ours is missing from the registry
 
     def next_seq(self) -> int:
@@ -124,7 +130,15 @@ class Publisher:
             self.unsaved = True  # republished until it lands; peers and the DHT get it now
         self.records.push([raw])
         self.dht.publish(raw, slot=bytes([rec.kind]) + rec.subject.encode())
+        if rec.kind in (Kind.NODE, Kind.NAME_CLAIM):
+            self._identity[rec.kind] = (raw, rec.expires)
         return raw
+
+    def identity_records(self) -> list[bytes]:
+        """Our latest node record and name claim, unexpired: what proves to a direct-mode
+        client that this key holds our name (see node/links.py)."""
+        now = self.clock.wall()
+        return [raw for raw, expires in self._identity.values() if expires > now]
 
     def _name_pow(self) -> int:
         """The claim's proof of work, solved once per (name, key) and kept."""

@@ -14,6 +14,12 @@ is paused (its write buffer is full), going on when the link resumes or at the n
 reconcile. A registry that cannot be read or written drops what arrives (counted, and
 logged by the registry's health at most once a minute): it never ends the node, and the
 records come again by sync or the DHT once the disk has room.
+
+Only a node that accepted a link starts syncing when records arrive on it (the dialler
+asked). On a link we dialled and did not make a sync neighbour, records are taken only
+when our client asked the peer who it is (`expect_identity`, direct mode): one RECORDS
+frame, only the peer's own node record and name claim, through the same `accept`, and
+passed on to no one; anything else on such a link is dropped and counted.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from vx6.wire.records import Kind, NodeBody, decode_record
 
 log = logging.getLogger("vx6.records")
 
+IDENTITY_RECORDS = 2  # a node record and a name claim: all an identity answer holds
+
 
 class Trust(Protocol):
     def __call__(self, key: bytes) -> bool:
@@ -76,6 +84,7 @@ class RecordHub:
             STRANGER_RECORDS_PER_SECOND, STRANGER_RECORDS_BURST, clock.wall()
         )
         self._node_record_handlers: list[Callable[[bytes, NodeBody], None]] = []
+        self._asked: set[LinkProtocol] = set()  # dialled links whose peer we asked who it is
 
     def on_node_record(self, handler: Callable[[bytes, NodeBody], None]) -> None:
         """Call `handler(key, body)` for every new node record accepted from outside."""
@@ -123,6 +132,11 @@ class RecordHub:
 
     def link_closed(self, link: LinkProtocol, code: int, reason: str, by_peer: bool) -> None:
         self.neighbours.pop(link, None)
+        self._asked.discard(link)
+
+    def expect_identity(self, link: LinkProtocol) -> None:
+        """Our client asked the peer of `link` (a link we dialled) for its own records."""
+        self._asked.add(link)
 
     def link_paused(self, link: LinkProtocol, paused: bool) -> None:
         if not paused:
@@ -187,6 +201,9 @@ class RecordHub:
                 other.send_records(fresh)
 
     def received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        if link not in self.neighbours and link.core.initiator:
+            self._identity_received(link, records)
+            return
         if link not in self.neighbours:
             self.start_sync(link)  # the dialler asked to sync: answer in kind
         key = link.peer_identity
@@ -269,6 +286,29 @@ class RecordHub:
                 if rec.kind == Kind.NODE:
                     self._node_moved(rec.signer, rec.parsed_body())
         return fresh
+
+    def _identity_received(self, link: LinkProtocol, records: tuple[bytes, ...]) -> None:
+        """The answer to `expect_identity`: the peer's own node record and name claim."""
+        key = link.peer_identity
+        if link not in self._asked or key is None:
+            self.count("records_dropped_unasked")
+            RATELOG.info(
+                log,
+                "records-unasked",
+                "dropped %d records from %s: a link we dialled, not syncing",
+                len(records),
+                _source(link),
+            )
+            return
+        self._asked.discard(link)
+        own: list[bytes] = []
+        for raw in records[:IDENTITY_RECORDS]:
+            with contextlib.suppress(DecodeError):
+                rec = decode_record(raw)
+                if rec.signer == key and rec.kind in (Kind.NODE, Kind.NAME_CLAIM):
+                    own.append(raw)
+        self.count("identity_records_received", len(own))
+        self.accept(own, source=f"via {_source(link).removeprefix('peer ')}")
 
     def _node_moved(self, key: bytes, body: object) -> None:
         if isinstance(body, NodeBody):

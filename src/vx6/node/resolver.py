@@ -9,6 +9,10 @@ and the registry asked again. Every answer is a `Resolution` whose `provenance` 
 where the key came from: the address itself, the pin, the DHT, a sync peer, or the
 registry (a record we held already, our own included).
 
+Direct mode (`--via`) asks `known_owner`: the key the registry already binds the address
+to, changing no pin, or None if it knows nothing of the name (no pin, no live claim), so
+the endpoint's key must match what is known, or prove a claim before it is pinned.
+
 Node records (a node's addresses and link key) are read the same way: `node_record` from
 the registry, `fresh_node_record` after asking the DHT. Answers are remembered until the
 registry changes (`RegistryMemo`), since every new stream asks.
@@ -39,7 +43,7 @@ class Provenance(Enum):
     DHT = "dht"  # the claim came from a DHT lookup
     PEER = "peer"  # the claim came from a sync peer
     REGISTRY = "registry"  # held already: our own record, or of unknown origin
-    VIA = "via"  # direct mode: the key the endpoint proved in its handshake
+    VIA = "via"  # direct mode: the claim the endpoint showed when asked (see known_owner)
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,40 @@ class Resolver:
             provenance = Provenance.DHT
         elif sources and sources[0].startswith("peer"):
             provenance = Provenance.PEER
+        elif sources and sources[0].startswith("via"):
+            provenance = Provenance.VIA
         else:
             provenance = Provenance.REGISTRY
         found = Resolution(key, provenance)
         self._known.put(memo_key, found)  # not kept after a re-pin: the registry moved
         return found
+
+    def known_owner(self, addr: ServiceAddress) -> Resolution | None:
+        """The key the registry binds `addr` to, changing nothing: the key of a KEY
+        address, the pin (also when only other keys claim the name now: the pin is what
+        the user trusted), or the claim the rule picks. None if the registry knows
+        nothing that decides: no pin and no live claim, or a fingerprint that no pin or
+        claim has (the endpoint's key is then checked against the fingerprint itself).
+        Raises StreamFailed if the name is ambiguous."""
+        try:
+            return self.owner_key(addr, follow_pin=False)
+        except StreamFailed as exc:
+            name = addr.owner_name
+            if name is None:
+                raise
+            pinned = self.registry.get_pin(name)
+            if exc.code is StreamError.KEY_MISMATCH and pinned is not None:
+                return Resolution(pinned, Provenance.PINNED)
+            if exc.code is not StreamError.UNKNOWN_NAME:
+                raise
+            if addr.fingerprint is not None:
+                return None
+            claims = self.registry.records(
+                kind=int(Kind.NAME_CLAIM), subject=name, now=self.clock.wall()
+            )
+            if pinned is None and not claims:
+                return None
+            raise
 
     async def resolve(self, addr: ServiceAddress) -> Resolution:
         """The registry first; if it knows no claim for the name, the DHT, then the

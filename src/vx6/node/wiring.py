@@ -160,7 +160,9 @@ class Node:
         self.relay_directory = relay_directory = RelayDirectory(
             lookup=records.lookup, known=pool.known_relays, clock=clock
         )
-        self.client = client = ClientSide(resolver, links, pool, registry, self.spawn, clock)
+        self.client = client = ClientSide(
+            resolver, links, pool, registry, self.spawn, clock, proofs=records
+        )
         # SIGHUP and `vx6 reload`: config.toml's services and forwards, flags still winning.
         self.reloader = reloader = Reloader(
             home.config_path, flags, cfg, services=owner, forwards=client
@@ -192,6 +194,7 @@ class Node:
         links.on_stream(owner.stream_requested)
         links.on_cells(router.cells_received)
         links.on_records(records.received)
+        links.on_identify(publisher.identity_records)
         links.on_closed(lambda link, *_: router.link_closed(link))
         links.on_closed(records.link_closed)
         links.on_paused(router.link_paused)

@@ -388,6 +388,15 @@ class Registry:
             )
         self._changes += 1
 
+    def remove_pin(self, name: str) -> bool:
+        """Forget the key pinned for `name` (False if none was): the next successful
+        connection pins it afresh. Moves `generation`, so memos drop what they derived."""
+        with self._write() as conn:
+            removed = conn.execute("DELETE FROM pins WHERE name = ?", (name,)).rowcount > 0
+        if removed:
+            self._changes += 1
+        return removed
+
     def pins(self) -> list[tuple[str, bytes, float]]:
         rows = self._fetchall("SELECT name, key, pinned_at FROM pins ORDER BY name")
         return [(str(name), bytes(key), float(at)) for name, key, at in rows]

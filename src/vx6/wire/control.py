@@ -51,6 +51,7 @@ OP_FIELDS: dict[str, dict[str, str]] = {
     "resolve": {"address": "str"},
     "ping": {"address": "str", "count": "int"},
     "rotate": {"to": "str"},
+    "unpin": {"name": "str"},
     "build_circuit": {"hops": "int", "owner": "str"},
     "nc": {"target": "str", "hops": "int"},
 }

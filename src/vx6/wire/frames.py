@@ -60,6 +60,10 @@ class FrameType(IntEnum):
 
 
 OPEN_FLAG_PROBE = 1  # check service, access and target, then close: used by `vx6 connect`
+# On a link (never on a circuit): before answering, send your own node record and name
+# claim in a RECORDS frame, once per link; how direct mode (`--via`) learns that the key
+# at an endpoint holds the name, when the client knows no claim of it yet.
+OPEN_FLAG_IDENTIFY = 2
 
 
 @dataclass(frozen=True, slots=True)
