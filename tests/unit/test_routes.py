@@ -4,13 +4,14 @@ and RTT, and a request the registry cannot satisfy is a clear NO_ROUTE error."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vx6.core.routes import UPTIME_FULL, RelayCandidate, plan_route, weight
+from vx6.core.routes import UPTIME_FULL, RelayCandidate, families, plan_route, weight
 from vx6.errors import StreamError, StreamFailed
 from vx6.wire.cells import Endpoint
 
@@ -113,3 +114,29 @@ def test_uptime_and_rtt_shift_the_choice() -> None:
     picks = [plan_route([steady, fresh], 1, exclude=set(), rng=rng.random)[0] for _ in range(2000)]
     share = sum(1 for p in picks if p is steady) / len(picks)
     assert 0.85 < share < 1.0  # preferred, yet the other is still sometimes chosen
+
+
+V4 = (Endpoint("198.18.0.9", 4242),)
+V6 = (Endpoint("fd76:7836::9", 4242),)
+
+
+def family_cand(i: int, endpoints: tuple[Endpoint, ...]) -> RelayCandidate:
+    return RelayCandidate(bytes([i]) * 32, bytes(32), endpoints, None)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(0, 3))
+def test_each_hop_can_dial_the_next_and_the_last_the_owner(seed: int, v6: int, v4: int) -> None:
+    """Relays with only IPv4 or only IPv6 addresses, and dual-stack ones: every hop
+    shares an address family with the hop before it, and the last with the owner,
+    whenever the candidates allow it (here they always do: the dual-stack relays and a
+    one-family chain suffice)."""
+    pool = [family_cand(i, V6) for i in range(v6)]
+    pool += [family_cand(10 + i, V4) for i in range(v4)]
+    pool += [family_cand(20 + i, V4 + V6) for i in range(2)]
+    rng = random.Random(seed)
+    for owner in (V6, V4):
+        hops = min(3, v6 + 2) if owner is V6 else min(3, v4 + 2)
+        route = plan_route(pool, hops, exclude=set(), rng=rng.random, owner_endpoints=owner)
+        fams = [families(r.endpoints) for r in route]
+        assert all(a & b for a, b in itertools.pairwise(fams)), fams
+        assert fams[-1] & families(owner), (fams, owner)

@@ -8,6 +8,12 @@ measured of it (how long it has been seen up, its link RTT) and its diversity ke
 a diversity key, each draw weighted by uptime and RTT so that long-lived, close relays
 are preferred without making the choice predictable. Randomness comes in as `rng`
 (uniform floats in [0, 1)), so tests are deterministic.
+
+Each hop must be able to dial the next: a relay with only IPv4 addresses cannot extend
+to one with only IPv6 ones. So each draw after the first prefers relays that share an
+address family with the hop before, and the last draw relays that also share one with
+the owner; only when no candidate does is the preference dropped (the build may then
+fail at that hop, and the pool retries on another route).
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ def weight(candidate: RelayCandidate) -> float:
     return up * rtt
 
 
+def families(endpoints: Sequence[Endpoint]) -> frozenset[int]:
+    """The address families (4, 6) a node's endpoints are in."""
+    return frozenset(6 if ":" in e.host else 4 for e in endpoints)
+
+
 def no_route(known: int, usable: int, distinct: int, hops: int) -> StreamFailed:
     """The NO_ROUTE error, counting what route planning had: `known` relays (node records
     with the relay capability), `usable` of them (not this node, the owner or a relay
@@ -59,6 +70,7 @@ def plan_route(
     *,
     exclude: Collection[bytes],
     rng: Callable[[], float],
+    owner_endpoints: Sequence[Endpoint] = (),
 ) -> list[RelayCandidate]:
     """`hops` relays for one circuit, in path order; StreamFailed(NO_ROUTE) if the
     candidates cannot give that many diverse relays (`no_route` says how many they do)."""
@@ -76,6 +88,7 @@ def plan_route(
     while len(chosen) < hops:
         usable = [c for c in unique if c.network is None or c.network not in networks]
         assert usable  # each draw uses up one network or one exempt relay: `distinct` holds
+        usable = _reachable(usable, chosen, hops, families(owner_endpoints))
         weights = [weight(c) for c in usable]
         point = rng() * sum(weights)
         pick = usable[-1]
@@ -89,3 +102,17 @@ def plan_route(
         if pick.network is not None:
             networks.add(pick.network)
     return chosen
+
+
+def _reachable(
+    usable: list[RelayCandidate], chosen: list[RelayCandidate], hops: int, owner: frozenset[int]
+) -> list[RelayCandidate]:
+    """The candidates the previous hop can dial (and, for the last hop, that can dial the
+    owner), if there are any; else all of them."""
+    wanted = [families(chosen[-1].endpoints)] if chosen else []
+    if len(chosen) == hops - 1 and owner:
+        wanted.append(owner)
+    narrowed = usable
+    for fam in wanted:
+        narrowed = [c for c in narrowed if families(c.endpoints) & fam] or narrowed
+    return narrowed

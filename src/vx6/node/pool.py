@@ -188,7 +188,7 @@ class CircuitPool:
         exit_spec = await self._owner_spec(owner)
         last: StreamFailed | None = None
         for _ in range(BUILD_ATTEMPTS):
-            relays = await self._plan_or_look(owner, hops)
+            relays = await self._plan_or_look(owner, hops, exit_spec.endpoints)
             specs = [HopSpec(r.identity, r.onion_key, r.endpoints) for r in relays]
             try:
                 return await self.builder.build(exit_spec, specs)
@@ -206,25 +206,35 @@ class CircuitPool:
         self._avoid[suspect] = self.clock.monotonic() + AVOID_SECONDS
         log.info("avoiding relay %s for a while: %s", fingerprint(suspect), exc.detail)
 
-    async def _plan_or_look(self, owner: bytes, hops: int) -> list[RelayCandidate]:
+    async def _plan_or_look(
+        self, owner: bytes, hops: int, owner_endpoints: Sequence[Endpoint]
+    ) -> list[RelayCandidate]:
         """A route; with too few relays known, after one more look for them."""
         try:
-            return self.plan(owner, hops)
+            return self.plan(owner, hops, owner_endpoints)
         except StreamFailed as exc:
             if exc.code is not StreamError.NO_ROUTE or self.relay_source is None:
                 raise
         await self.relay_source.on_demand()
-        return self.plan(owner, hops)
+        return self.plan(owner, hops, owner_endpoints)
 
     def known_relays(self) -> int:
         """Relays route planning could choose from, this node not counted."""
         return sum(1 for c in self.relay_candidates() if c.identity != self.own_key)
 
-    def plan(self, owner: bytes, hops: int) -> list[RelayCandidate]:
+    def plan(
+        self, owner: bytes, hops: int, owner_endpoints: Sequence[Endpoint] = ()
+    ) -> list[RelayCandidate]:
         now = self.clock.monotonic()
         self._avoid = {k: t for k, t in self._avoid.items() if t > now}
         exclude = {self.own_key, owner, *self._avoid}
-        return plan_route(self.relay_candidates(), hops, exclude=exclude, rng=self._rng)
+        return plan_route(
+            self.relay_candidates(),
+            hops,
+            exclude=exclude,
+            rng=self._rng,
+            owner_endpoints=owner_endpoints,
+        )
 
     def relay_candidates(self) -> list[RelayCandidate]:
         reg = self.registry
