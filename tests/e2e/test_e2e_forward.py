@@ -338,3 +338,20 @@ def test_restarted_owner_keeps_key_name_and_service(trio: Trio, echo_server: TCP
 
     wait_for(echoes, 20, "bob's forward to reach the restarted owner", interval=0.1)
     assert bob.call("resolve", address=f"{rita_name}.{service}")["key"] == before["key"]
+
+
+def test_a_forward_says_where_its_owner_key_came_from(trio: Trio, echo_server: TCPServer) -> None:
+    """`vx6 connect` reports the resolution's provenance: a sync peer's claim the first
+    time, the pin after it, and `via` for direct mode."""
+    net, alice, bob = trio.net, trio.alice, trio.bob
+    service = expose(alice, echo_server.address, public=True)
+    first = bob.call("connect", service=f"alice.{service}", local="0", name=unique("p1"))
+    assert first["setup"]["owner"] == alice.call("id")["fingerprint"]
+    assert first["setup"]["provenance"] in ("peer", "pinned"), first["setup"]
+    again = bob.call("connect", service=f"alice.{service}", local="0", name=unique("p2"))
+    assert again["setup"]["provenance"] == "pinned", again["setup"]
+    solo = net.start(unique("solo"))
+    direct = solo.call(
+        "connect", service=f"alice.{service}", local="0", via=alice.listen, name=unique("p3")
+    )
+    assert direct["setup"]["provenance"] == "via", direct["setup"]

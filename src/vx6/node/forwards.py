@@ -242,8 +242,15 @@ class ClientSide:
         finally:
             carrier.reset(sid)
         assert carrier.peer_identity is not None
+        if via is not None:
+            found = Resolution(carrier.peer_identity, Provenance.VIA)
+        else:
+            try:
+                found = self.resolver.owner_key(addr, follow_pin=False)  # remembered: cheap
+            except StreamFailed:  # the registry moved since the dial: say only who answered
+                found = Resolution(carrier.peer_identity, Provenance.REGISTRY)
         return {
-            "owner": fingerprint(carrier.peer_identity),
+            **found.describe(),
             "setup_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 
