@@ -35,14 +35,11 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> Awaitable[None]:
-        return asyncio.sleep(seconds)
+    # The C functions themselves, not methods wrapping them: the link reads the clock on
+    # every read, and a Python frame there costs more than the clock.
+    monotonic = staticmethod(time.monotonic)
+    wall = staticmethod(time.time)
+    sleep = staticmethod(asyncio.sleep)
 
 
 SYSTEM_CLOCK = SystemClock()
