@@ -140,23 +140,23 @@ async def allow_nudge(t: Target, p: dict[str, Any]) -> dict[str, Any]:
     stats: Counter[str] = Counter()
     budget = Budget(p["seconds"])
 
-    async def one_link() -> LinkProtocol | None:
-        link = await open_link(t, stats, timeout=min(5.0, budget.left() + 0.1))
+    async def refused_opens(link: LinkProtocol) -> None:
         opened = 0
-        while link is not None and link.is_open and opened < p["opens"] and not budget.over:
+        while link.is_open and opened < p["opens"] and not budget.over:
             for _ in range(min(max(1, p["rate"] // 10), p["opens"] - opened)):
                 link.open_stream(t.services["nudge"], 0, CodeSink(stats))
                 opened += 1
                 stats["opens"] += 1
             await asyncio.sleep(min(0.1, budget.left()))
-        return link
 
-    links = await bounded_gather([one_link() for _ in range(p["links"])], 16)
+    dials = [open_link(t, stats, timeout=min(5.0, budget.left() + 0.1)) for _ in range(p["links"])]
+    links = [x for x in await bounded_gather(dials, 16) if isinstance(x, LinkProtocol)]
+    await asyncio.gather(*(refused_opens(link) for link in links), return_exceptions=True)
     deadline = time.monotonic() + ANSWER_WAIT
     answered = ("streams_refused", "streams_opened", "streams_reset")
     while sum(stats[k] for k in answered) < stats["opens"] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)  # bounded wait for the last answers
-    close_all([link for link in links if isinstance(link, LinkProtocol)])
+    close_all(list(links))
     return dict(stats)
 
 
