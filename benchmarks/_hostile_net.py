@@ -9,8 +9,9 @@ on 127.0.0.1 for the honest side (bob, alice and the handshaker), so a limit per
 address can tell them apart on loopback; its DHT socket is on 127.0.0.1. It exposes
 `echo` (bob only), `priv` (bob only: strangers are refused), `nudge` (bob and the name
 `nobody-yet`, which no node claims: strangers are refused and nudge its DHT chase),
-`pub` (public, the fast holder) and `slow` (public, the slow holder). Bob forwards a local port to
-`victim.echo` directly, or through a one-relay circuit (the victim) to `alice.echo`.
+`pub` (public, the fast holder) and `slow` (public, the slow holder). Bob forwards a
+local port to `victim.echo` directly, or through a one-relay circuit (the victim) to
+`alice.echo`.
 
 `Sampler` reads the victim's /proc every `SAMPLE_EVERY` seconds in a thread: VmRSS,
 VmHWM (reset at the start of the window), open fds, and whether it still runs;

@@ -1,7 +1,7 @@
 """The hostile suite: every attack of the hardening issue at full size (or small with
 --quick) against a real node on loopback, beside an honest client, in one table.
 
-    python benchmarks/bench_hostile.py               # full size, about 10-12 minutes
+    python benchmarks/bench_hostile.py               # full size, about 11-13 minutes
     python benchmarks/bench_hostile.py --quick       # CI size, about 1.5 minutes
     python benchmarks/bench_hostile.py --only loop-stall,fd-streams --json --no-fail
 
