@@ -257,11 +257,12 @@ def main() -> None:
     if sys.argv[1:2] != ["attack"] or len(sys.argv) != 4:
         sys.exit("usage: _attack_kit.py hold INTERVAL | attack NAME JSON")
     import _attacks
+    import _attacks_discovery
     import _attacks_more
 
     raise_nofile()
     name, spec = sys.argv[2], json.loads(sys.argv[3])
-    table = {**_attacks.ATTACKS, **_attacks_more.ATTACKS}
+    table = {**_attacks.ATTACKS, **_attacks_more.ATTACKS, **_attacks_discovery.ATTACKS}
     started = time.monotonic()
     achieved: dict[str, Any] = asyncio.run(
         _run(table[name], Target(spec["target"]), spec["params"])

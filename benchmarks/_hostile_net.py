@@ -7,9 +7,11 @@ in their own processes (an echo for the honest probes, a holder that accepts at 
 and one that is slow to accept). The victim listens on [::1] for the link attackers and
 on 127.0.0.1 for the honest side (bob, alice and the handshaker), so a limit per source
 address can tell them apart on loopback; its DHT socket is on 127.0.0.1. It exposes
-`echo` (bob only), `priv` (bob only: strangers are refused), `pub` (public, the fast
-holder) and `slow` (public, the slow holder). Bob forwards a local port to
-`victim.echo` directly, or through a one-relay circuit (the victim) to `alice.echo`.
+`echo` (bob only), `priv` (bob only: strangers are refused), `nudge` (bob and the name
+`nobody-yet`, which no node claims: strangers are refused and nudge its DHT chase),
+`pub` (public, the fast holder) and `slow` (public, the slow holder). Bob forwards a
+local port to `victim.echo` directly, or through a one-relay circuit (the victim) to
+`alice.echo`.
 
 `Sampler` reads the victim's /proc every `SAMPLE_EVERY` seconds in a thread: VmRSS,
 VmHWM (reset at the start of the window), open fds, and whether it still runs;
@@ -38,6 +40,7 @@ SAMPLE_EVERY = 0.15
 SETUP_TIMEOUT = 30.0
 KIT = Path(__file__).resolve().parent / "_attack_kit.py"
 SLOW_ACCEPT_INTERVAL = 0.02  # the slow target takes one connection per 20 ms
+NUDGE_ALLOW = ["bob", "nobody-yet"]  # a name no node claims: unresolved all along
 
 
 def log(message: str) -> None:
@@ -167,6 +170,7 @@ class HostileNet:
         v, bob = self.victim, self.bob
         v.call("expose", name="echo", target=f"127.0.0.1:{echo[1]}", allow=["bob"])
         v.call("expose", name="priv", target=f"127.0.0.1:{echo[1]}", allow=["bob"])
+        v.call("expose", name="nudge", target=f"127.0.0.1:{echo[1]}", allow=NUDGE_ALLOW)
         v.call("expose", name="pub", target=f"127.0.0.1:{fast_port}", public=True)
         v.call("expose", name="slow", target=f"127.0.0.1:{slow_port}", public=True)
         if self.alice is not None:
@@ -214,7 +218,7 @@ class HostileNet:
         host, port = parse_endpoint(self.attack_listen)
         dht_host, dht_port = parse_endpoint(self.honest_listen)
         onion = StaticKey((v.home / "onion.key").read_bytes()).public.hex()
-        services = {s: s for s in ("echo", "priv", "pub", "slow")}
+        services = {s: s for s in ("echo", "priv", "nudge", "pub", "slow")}
         return {
             "host": host,
             "port": port,

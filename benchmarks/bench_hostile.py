@@ -1,7 +1,7 @@
 """The hostile suite: every attack of the hardening issue at full size (or small with
 --quick) against a real node on loopback, beside an honest client, in one table.
 
-    python benchmarks/bench_hostile.py               # full size, about 10-12 minutes
+    python benchmarks/bench_hostile.py               # full size, about 11-13 minutes
     python benchmarks/bench_hostile.py --quick       # CI size, about 1.5 minutes
     python benchmarks/bench_hostile.py --only loop-stall,fd-streams --json --no-fail
 
@@ -33,6 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import _setup  # noqa: F401  (makes vx6 importable from a bare checkout)
+from _hostile_checks import (
+    status_checks,
+    status_figures,
+    status_note,
+    status_snapshot,
+    wants_status,
+)
 from _hostile_net import (
     KIT,
     HostileNet,
@@ -115,6 +122,12 @@ ATTACKS = [
     Attack(16, "unknown-cells", "CELLS for circuits that do not exist",
            {"links": 1, "max_cells": 20000, "seconds": 4},
            {"links": 3, "max_cells": 400000, "seconds": 30}),
+    Attack(17, "relay-directory-flood", "relay records from fresh keys STOREd as directory",
+           {"records": 160, "unlisted": 30, "sources": 8, "probes": 40, "seconds": 4},
+           {"records": 4000, "unlisted": 1000, "sources": 16, "probes": 60, "seconds": 30}),
+    Attack(18, "allow-nudge", "refused streams nudging an unresolved allow name",
+           {"links": 8, "opens": 200, "rate": 40, "seconds": 3},
+           {"links": 50, "opens": 1200, "rate": 40, "seconds": 30}),
 ]  # fmt: skip
 
 
@@ -167,6 +180,8 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
         fds_before = fd_count(pid) or 0
         log_offset = log_size(victim.log_path)
         registry_before = hn.registry_bytes()
+        reads_status = wants_status(attack.name)
+        status_before = status_snapshot(victim) if reads_status else None
         sampler = Sampler(pid)
         sampler.start()
         started = time.monotonic()
@@ -199,6 +214,9 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
             "achieved": achieved,
             "honest": honest_result,
         }
+        if reads_status:
+            after = status_snapshot(victim) if row["victim_alive"] else None
+            row["victim_status"] = status_figures(attack.name, status_before, after)
         if attack.name == "registry-flood" and row["victim_alive"]:
             reply = victim.try_call("status")
             row["registry_records"] = reply.get("records") if reply.get("ok") else None
@@ -230,6 +248,8 @@ def judge(row: dict[str, Any], quick: bool) -> dict[str, bool]:
     if row["attack"] == "dht-amplification":
         worst = row["achieved"].get("amplification_worst")
         checks["amplification"] = worst is not None and worst <= TARGETS["amplification"]
+    if "victim_status" in row:
+        checks.update(status_checks(row))
     return checks
 
 
@@ -248,8 +268,16 @@ def note(row: dict[str, Any]) -> str:
         "fd-streams": ("streams_opened", "streams_refused"),
         "stream-setup": ("opens", "streams_opened"),
         "unknown-cells": ("cells_sent", "closed_by_victim"),
+        "relay-directory-flood": (
+            "listed_sent",
+            "listed_stored",
+            "unlisted_sent",
+            "honest_relay_seen_after",
+        ),
+        "allow-nudge": ("opens", "refused_NOT_ALLOWED"),
     }.get(row["attack"], ("closed_by_victim",))
     parts += [f"{k} {a[k]}" for k in picks if k in a]
+    parts += status_note(row)
     if "registry_records" in row:
         parts.append(f"registry {row['registry_records']} records")
     if row["registry_growth_bytes"] > 1 << 20:

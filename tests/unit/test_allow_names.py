@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from kit.clock import FakeClock
+from vx6.core.dht.keys import name_key
 from vx6.core.names import validate_allow_entry
 from vx6.core.records import make_record
 from vx6.crypto.keys import Identity, fingerprint, key_to_text
@@ -193,5 +194,36 @@ def test_a_refused_stream_nudges_the_chase_but_is_refused(reg: Registry) -> None
         assert link.rejected == [StreamError.NOT_ALLOWED] * 2
         assert counted.count("allow_names_nudged") == 1  # once per window
         assert counted.count("streams_refused_not_allowed") == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_chase_lookups_are_counted_apart(reg: Registry) -> None:
+    """`allow_names_lookups` counts the chaser's DHT lookups alone (the hostile suite's
+    allow-nudge row bounds them; `dht_lookups` also counts relay directory rounds)."""
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        tasks: list[asyncio.Task[None]] = []
+        owner = owner_side(reg, clock, lambda coro: tasks.append(asyncio.ensure_future(coro)))
+        counted: list[str] = []
+        owner.count = lambda what, n=1: counted.append(what)
+        looked: list[bytes] = []
+
+        async def lookup(target: bytes) -> bool:
+            looked.append(target)
+            return False
+
+        owner.resolver.lookup = lookup
+        owner.services["ssh"] = ServiceConfig("ssh", "127.0.0.1", 22, allow=("bob",))
+        owner.chaser.want()
+        async with asyncio.timeout(BOUND):
+            while not looked:
+                await asyncio.sleep(0)  # bounded polling: the chase's first lookup
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert looked == [name_key("bob")]
+        assert counted.count("allow_names_lookups") == 1
 
     asyncio.run(scenario())

@@ -21,7 +21,7 @@ from typing import cast
 
 from vx6.core.dht import events as ev
 from vx6.core.dht.contacts import Address
-from vx6.core.dht.keys import credentials_for
+from vx6.core.dht.keys import RELAY_DIRECTORY_KEYS, credentials_for
 from vx6.core.dht.node import DhtNode
 from vx6.crypto.keys import Identity
 from vx6.errors import ListenError, RemoteProtocolError
@@ -265,6 +265,8 @@ class DhtService(asyncio.DatagramProtocol):
         return {
             "table_size": len(self.node.table),
             "records_held": len(self.node.store),
+            # Entries held under each relay directory key (each at most max_slots_per_target).
+            "relay_directory_held": [len(self.node.store.held(k)) for k in RELAY_DIRECTORY_KEYS],
             "active_lookups": self.node.active_lookups,
             "last_successful_lookup": self.last_lookup_ok,
             "stats": stats,

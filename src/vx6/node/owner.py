@@ -96,7 +96,13 @@ class OwnerSide:
         self._entries: RegistryMemo[tuple[str, tuple[str, ...]], tuple[AllowEntry, ...]] = (
             RegistryMemo(registry)
         )
-        self.chaser = AllowNameChaser(resolver.lookup, self.unresolved_names, spawn, clock)
+        self.chaser = AllowNameChaser(self._chase_lookup, self.unresolved_names, spawn, clock)
+
+    async def _chase_lookup(self, target: bytes) -> bool:
+        """A DHT lookup of the chaser, counted apart (`allow_names_lookups`): what a
+        stranger's refused streams can cause is bounded by the nudge rate."""
+        self.count("allow_names_lookups")
+        return await self.resolver.lookup(target)
 
     def load_services(self, configured: Mapping[str, ServiceConfig]) -> None:
         """The services exposed earlier (kept in the registry), then config.toml's."""
