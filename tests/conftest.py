@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if folder in FOLDERS:
             item.add_marker(getattr(pytest.mark, folder))
         module = getattr(item, "module", None)  # doctest items have none
-        if module is not None and module.__name__ in SLOW_MODULES:
+        if folder in ("netns", "bench") or (module is not None and module.__name__ in SLOW_MODULES):
             item.add_marker(pytest.mark.slow)
 
 
