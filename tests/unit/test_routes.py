@@ -140,3 +140,13 @@ def test_each_hop_can_dial_the_next_and_the_last_the_owner(seed: int, v6: int, v
         fams = [families(r.endpoints) for r in route]
         assert all(a & b for a, b in itertools.pairwise(fams)), fams
         assert fams[-1] & families(owner), (fams, owner)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_the_first_hop_shares_a_family_with_this_node(seed: int) -> None:
+    """An IPv6-only client never starts its circuit at an IPv4-only relay while an
+    IPv6 one is there (it could not dial it: 'Network is unreachable')."""
+    pool = [family_cand(1, V4), family_cand(2, V6), family_cand(3, V6), family_cand(4, V4 + V6)]
+    rng = random.Random(seed)
+    route = plan_route(pool, 3, exclude=set(), rng=rng.random, owner_endpoints=V6, own_endpoints=V6)
+    assert families(route[0].endpoints) & families(V6)

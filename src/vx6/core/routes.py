@@ -9,11 +9,12 @@ a diversity key, each draw weighted by uptime and RTT so that long-lived, close 
 are preferred without making the choice predictable. Randomness comes in as `rng`
 (uniform floats in [0, 1)), so tests are deterministic.
 
-Each hop must be able to dial the next: a relay with only IPv4 addresses cannot extend
-to one with only IPv6 ones. So each draw after the first prefers relays that share an
-address family with the hop before, and the last draw relays that also share one with
-the owner; only when no candidate does is the preference dropped (the build may then
-fail at that hop, and the pool retries on another route).
+Each hop must be able to dial the next, and this node the first: a relay with only
+IPv4 addresses cannot extend to one with only IPv6 ones. So the first draw prefers
+relays that share an address family with this node, each later draw relays that share
+one with the hop before, and the last draw relays that also share one with the owner;
+only when no candidate does is the preference dropped (the build may then fail at that
+hop, and the pool retries on another route).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def plan_route(
     exclude: Collection[bytes],
     rng: Callable[[], float],
     owner_endpoints: Sequence[Endpoint] = (),
+    own_endpoints: Sequence[Endpoint] = (),
 ) -> list[RelayCandidate]:
     """`hops` relays for one circuit, in path order; StreamFailed(NO_ROUTE) if the
     candidates cannot give that many diverse relays (`no_route` says how many they do)."""
@@ -88,7 +90,9 @@ def plan_route(
     while len(chosen) < hops:
         usable = [c for c in unique if c.network is None or c.network not in networks]
         assert usable  # each draw uses up one network or one exempt relay: `distinct` holds
-        usable = _reachable(usable, chosen, hops, families(owner_endpoints))
+        usable = _reachable(
+            usable, chosen, hops, families(owner_endpoints), families(own_endpoints)
+        )
         weights = [weight(c) for c in usable]
         point = rng() * sum(weights)
         pick = usable[-1]
@@ -105,11 +109,15 @@ def plan_route(
 
 
 def _reachable(
-    usable: list[RelayCandidate], chosen: list[RelayCandidate], hops: int, owner: frozenset[int]
+    usable: list[RelayCandidate],
+    chosen: list[RelayCandidate],
+    hops: int,
+    owner: frozenset[int],
+    own: frozenset[int],
 ) -> list[RelayCandidate]:
-    """The candidates the previous hop can dial (and, for the last hop, that can dial the
-    owner), if there are any; else all of them."""
-    wanted = [families(chosen[-1].endpoints)] if chosen else []
+    """The candidates the previous hop (for the first, this node) can dial, and for the
+    last hop that can dial the owner, if there are any; else all of them."""
+    wanted = [families(chosen[-1].endpoints)] if chosen else [own] if own else []
     if len(chosen) == hops - 1 and owner:
         wanted.append(owner)
     narrowed = usable

@@ -91,8 +91,10 @@ class CircuitPool:
         spawn: Spawn,
         clock: Clock,
         rng: Callable[[], float],
+        own_endpoints: Callable[[], Sequence[HostPort]] = tuple,
     ) -> None:
         self.own_key = own_key
+        self.own_endpoints = own_endpoints  # what this node publishes: its families
         self.relay_source: RelaySource | None = None
         self.circuit_lifetime = circuit_lifetime
         self.builder = builder
@@ -234,6 +236,7 @@ class CircuitPool:
             exclude=exclude,
             rng=self._rng,
             owner_endpoints=owner_endpoints,
+            own_endpoints=hop_endpoints(self.own_endpoints()),
         )
 
     def relay_candidates(self) -> list[RelayCandidate]:

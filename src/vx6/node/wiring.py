@@ -156,6 +156,7 @@ class Node:
             spawn=self.spawn,
             clock=clock,
             rng=self.uniform,
+            own_endpoints=publisher.advertised,
         )
         self.relay_directory = relay_directory = RelayDirectory(
             lookup=records.lookup, known=pool.known_relays, clock=clock
