@@ -72,6 +72,11 @@ class StreamError(IntEnum):
     OWNER_UNREACHABLE = 101
     KEY_MISMATCH = 102
     NO_ROUTE = 103  # not enough relays known to build the requested path
+    # Hidden services (docs/hidden.md section 8), client side:
+    NO_DESCRIPTOR = 104  # no valid descriptor under either replica key
+    NOT_AUTHORIZED = 105  # an allow-list descriptor without an entry for this client
+    INTROS_UNREACHABLE = 106  # every intro failed to build or refused the introduction
+    RENDEZVOUS_FAILED = 107  # every rendezvous candidate failed or never joined
 
 
 STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
@@ -95,6 +100,18 @@ STREAM_ERROR_MESSAGES: dict[StreamError, str] = {
         "key mismatch: the owner's key differs from the key this name is pinned or bound to"
     ),
     StreamError.NO_ROUTE: "no route: not enough usable relays known for the requested hops",
+    StreamError.NO_DESCRIPTOR: (
+        "no descriptor for this alias: the DHT holds no valid descriptor (is the service running?)"
+    ),
+    StreamError.NOT_AUTHORIZED: (
+        "not authorized: the hidden service's allow-list does not include this node's key"
+    ),
+    StreamError.INTROS_UNREACHABLE: (
+        "every intro unreachable: no introduction point of the hidden service answered"
+    ),
+    StreamError.RENDEZVOUS_FAILED: (
+        "rendezvous failed: the hidden service did not join any rendezvous point in time"
+    ),
 }
 
 

@@ -65,6 +65,17 @@ GOLDEN_RELAY_MESSAGES: list[tuple[c.RelayMessage, int, str]] = [
     (c.RelayMessage(c.RelayCommand.RESET, 2, b"\x06"), 8, "09 00000002 0001 06"),
     (c.RelayMessage(c.RelayCommand.AUTH, 0, b"\x01"), 8, "0a 00000000 0001 01"),
     (c.RelayMessage(c.RelayCommand.KEEPALIVE, 0, b""), 8, "0b 00000000 0000 00"),
+    # Hidden services: the envelope only; each command's data has golden bytes in
+    # tests/unit/test_hidden_wire.py.
+    (c.RelayMessage(c.RelayCommand.ESTABLISH_INTRO, 0, b"\x01"), 8, "0c 00000000 0001 01"),
+    (c.RelayMessage(c.RelayCommand.INTRO_ESTABLISHED, 0, b""), 7, "0d 00000000 0000"),
+    (c.RelayMessage(c.RelayCommand.INTRODUCE1, 0, b"\x02"), 8, "0e 00000000 0001 02"),
+    (c.RelayMessage(c.RelayCommand.INTRODUCE2, 0, b"\x02"), 8, "0f 00000000 0001 02"),
+    (c.RelayMessage(c.RelayCommand.INTRODUCE_ACK, 0, b"\x00"), 8, "10 00000000 0001 00"),
+    (c.RelayMessage(c.RelayCommand.ESTABLISH_RENDEZVOUS, 0, b"\x03"), 8, "11 00000000 0001 03"),
+    (c.RelayMessage(c.RelayCommand.RENDEZVOUS_ESTABLISHED, 0, b""), 7, "12 00000000 0000"),
+    (c.RelayMessage(c.RelayCommand.RENDEZVOUS1, 0, b"\x04"), 8, "13 00000000 0001 04"),
+    (c.RelayMessage(c.RelayCommand.RENDEZVOUS2, 0, b"\x05"), 8, "14 00000000 0001 05"),
 ]
 
 

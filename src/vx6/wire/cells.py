@@ -69,6 +69,16 @@ class RelayCommand(IntEnum):
     # sees a cell, so an idle client circuit is not expired or evicted as idle; the exit
     # drops it (docs/circuits.md, "Idle circuits").
     KEEPALIVE = 11
+    # Hidden services (docs/hidden.md section 4), all circuit-level (stream 0).
+    ESTABLISH_INTRO = 12  # service -> intro point
+    INTRO_ESTABLISHED = 13  # intro point -> service
+    INTRODUCE1 = 14  # client -> intro point
+    INTRODUCE2 = 15  # intro point -> service
+    INTRODUCE_ACK = 16  # intro point -> client
+    ESTABLISH_RENDEZVOUS = 17  # client -> rendezvous point
+    RENDEZVOUS_ESTABLISHED = 18  # rendezvous point -> client
+    RENDEZVOUS1 = 19  # service -> rendezvous point
+    RENDEZVOUS2 = 20  # rendezvous point -> client
 
 
 def destroy_reason(code: int) -> DestroyReason:
