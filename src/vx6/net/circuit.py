@@ -12,6 +12,11 @@ node's router (`submit`), and dispatches the stream events.
   owner. Once built it proves the client's identity to the exit (AUTH) before any stream
   message, so the exit can apply the service's allow-list; the relays see only
   ciphertext.
+  Circuits to an introduction or rendezvous point are built without AUTH (the relay
+  must not learn who the client is) and hand the hidden-service commands that come back
+  on stream 0 to `on_control`. After a rendezvous both ends' circuits are *joined*
+  (`join`): the end-to-end layer is the last hop, and the service's end accepts the
+  streams the client opens (`accepts_streams`).
 * `ExitCircuit` is the owner's end of one circuit, kept by the router beside its
   `RelayCore`, which holds the circuit's crypto. Its `peer_identity` is the client key
   proven by AUTH, or None for an anonymous client (public services only).
@@ -33,6 +38,7 @@ from vx6.core.circuit.events import CircuitEvent
 from vx6.core.circuit.relay import RelayCore
 from vx6.core.circuit.session import CircuitStreams
 from vx6.crypto.keys import Identity, check_circuit_auth_proof, circuit_auth_proof, fingerprint
+from vx6.crypto.onion import HopCrypto
 from vx6.errors import CloseCode, DecodeError, DestroyReason, LinkError, StreamError
 from vx6.net.carrier import StreamSink, dispatch_stream_event
 from vx6.net.link import LinkProtocol
@@ -48,6 +54,11 @@ from vx6.wire.cells import (
 log = logging.getLogger("vx6.circuit")
 
 Submit = Callable[[list[CircuitEvent]], None]
+# A hidden-service command on stream 0 of a circuit this node built: (command, data).
+ControlHandler = Callable[[int, bytes], None]
+
+# The relay commands of hidden services (docs/hidden.md section 4): never stream messages.
+HIDDEN_COMMANDS = frozenset(range(RelayCommand.ESTABLISH_INTRO, RelayCommand.RENDEZVOUS2 + 1))
 
 
 class CircuitCarrier:
@@ -205,9 +216,20 @@ class ClientPath(CircuitCarrier):
         relays: tuple[bytes, ...],
         identity: Identity,
         clock: Callable[[], float] | None = None,
+        authenticate: bool = True,
+        on_control: ControlHandler | None = None,
+        accepts_streams: Callable[[ClientPath, int, str, int], None] | None = None,
     ) -> None:
+        """`authenticate`: send AUTH (the client's identity) to the last hop once built;
+        never to an intro or rendezvous point. `on_control`: where hidden-service
+        commands on stream 0 go. `accepts_streams`: this end answers streams (the
+        service's end of a rendezvous) and hands each request there."""
+        initiator = accepts_streams is None
         super().__init__(
-            CircuitStreams(initiator=True, max_data=core.max_data), link, core.circuit_id, submit
+            CircuitStreams(initiator=initiator, max_data=core.max_data),
+            link,
+            core.circuit_id,
+            submit,
         )
         if clock is not None:
             self.clock = clock
@@ -215,20 +237,54 @@ class ClientPath(CircuitCarrier):
         self.owner = owner
         self.relays = relays
         self._identity = identity
+        self._authenticate = authenticate
+        self._on_control = on_control
+        self._accepts_streams = accepts_streams
+        self.peer: bytes | None = None  # the service's end: the client key it proved, if any
+        self.on_closed: Callable[[str], None] | None = None  # a role's interest in the end
         self.built: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started = asyncio.get_running_loop().time()
         self.build_seconds: float | None = None
 
     @property
     def peer_identity(self) -> bytes | None:
-        return self.owner
+        return self.owner if self._accepts_streams is None else self.peer
 
     @property
     def is_open(self) -> bool:
-        return not self.closed and self.core.state is ClientState.OPEN
+        return not self.closed and self.core.state in (ClientState.OPEN, ClientState.JOINED)
+
+    def _message(self, message: RelayMessageFields) -> None:
+        if message.command in HIDDEN_COMMANDS:
+            if self._on_control is None:
+                self.session.fail(f"relay command {message.command} on a plain circuit")
+            else:
+                self._on_control(message.command, bytes(message.data))
+        else:
+            self.session.message_received(message)
+
+    def _stream_requested(self, sid: int, service: str, flags: int) -> None:
+        if self._accepts_streams is None:
+            super()._stream_requested(sid, service, flags)
+            return
+        self.streams_total += 1
+        self._accepts_streams(self, sid, service, flags)
+
+    def send_control(self, command: int, data: bytes) -> None:
+        """A hidden-service command to the last hop (stream 0)."""
+        if self.closed or self.core.state is not ClientState.OPEN:
+            return
+        self._submit(self.core.send(command, 0, data))
+
+    def join(self, e2e: HopCrypto) -> None:
+        """The rendezvous joined this circuit to the other end's: from now on the
+        end-to-end layer is the last hop, and stream data is cut to what it carries."""
+        self._submit(self.core.join(e2e))
+        self.session.max_data = self.core.max_data
+        self._pump()
 
     def _transmit(self, message: RelayMessage) -> list[CircuitEvent]:
-        if self.core.state is not ClientState.OPEN:
+        if self.core.state not in (ClientState.OPEN, ClientState.JOINED):
             return []
         return self.core.send(message.command, message.stream_id, message.data)
 
@@ -237,17 +293,21 @@ class ClientPath(CircuitCarrier):
 
     def circuit_built(self) -> None:
         """Every hop is keyed: authenticate to the exit, then streams may flow."""
-        binding = self.core.exit_binding
-        proof = circuit_auth_proof(self._identity, self.owner, binding)
-        auth = encode_auth(self._identity.public, proof)
-        self._submit(self.core.send(RelayCommand.AUTH, 0, auth))
+        if self._authenticate:
+            binding = self.core.exit_binding
+            proof = circuit_auth_proof(self._identity, self.owner, binding)
+            auth = encode_auth(self._identity.public, proof)
+            self._submit(self.core.send(RelayCommand.AUTH, 0, auth))
         self.build_seconds = asyncio.get_running_loop().time() - self.started
         if not self.built.done():
             self.built.set_result(None)
         self._pump()
 
     def circuit_closed(self, reason: str) -> None:
+        was_closed = self.closed
         super().circuit_closed(reason)
+        if not was_closed and self.on_closed is not None:
+            self.on_closed(reason)
         if not self.built.done():
             self.built.set_exception(LinkError(CloseCode.NORMAL, reason))
             self.built.exception()  # retrieved: the builder may have gone away

@@ -23,6 +23,13 @@ client circuits this node builds (`ClientPath`):
   budget), and the circuits whose first hop is that link pause their streams.
 * A link that closes takes its circuits with it: DESTROY(LINK_LOST) goes the other way
   and local streams are reset with CIRCUIT_LOST; one summary line says how many.
+* Hidden services: a circuit that ends here and carries an intro-point or
+  rendezvous-point command (ESTABLISH_INTRO, INTRODUCE1, ESTABLISH_RENDEZVOUS,
+  RENDEZVOUS1) goes to the hidden relay role registered with `use_hidden_relay`
+  instead of becoming an exit, with the circuit's binding and its source; that role
+  answers through `send_on`, `destroy` and `join`, and hears of every circuit that ends
+  (`circuit_closed`). Client circuits to intro and rendezvous points are built without
+  AUTH (`build(..., authenticate=False)`).
 * The timer (idle expiry, keepalives), the log discipline of destroys and the closing
   of a link that sends too many cells for unknown circuits are in circuit_upkeep.py.
 """
@@ -50,10 +57,11 @@ from vx6.core.dht.contacts import prefix_of
 from vx6.crypto.keys import Identity, StaticKey, fingerprint
 from vx6.errors import CloseCode, DecodeError, DestroyReason, StreamError, StreamFailed, VX6Error
 from vx6.net.carrier import StreamCarrier
-from vx6.net.circuit import ClientPath, ExitCircuit
+from vx6.net.circuit import ClientPath, ControlHandler, ExitCircuit
 from vx6.net.link import LinkProtocol
 from vx6.net.ports import Clock, Count, LinkSource, Random, Spawn
 from vx6.net.ratelog import RATELOG
+from vx6.net.router_hidden import HIDDEN_RELAY_COMMANDS, HiddenRelay, RouterHidden
 from vx6.net.router_upkeep import RouterUpkeep
 from vx6.wire.cells import (
     CELL_SIZE,
@@ -65,7 +73,6 @@ from vx6.wire.cells import (
 # Who decides about a stream that arrives on a circuit ending here (the owner side):
 # (carrier, stream id, service, flags).
 StreamHandler = Callable[[StreamCarrier, int, str, int], None]
-
 
 log = logging.getLogger("vx6.circuits")
 
@@ -82,7 +89,7 @@ class BuildFailed(StreamFailed):
         self.hops_keyed = hops_keyed
 
 
-class CircuitRouter(RouterUpkeep):
+class CircuitRouter(RouterUpkeep, RouterHidden):
     def __init__(
         self,
         identity: Identity,
@@ -120,6 +127,7 @@ class CircuitRouter(RouterUpkeep):
         self.cells_out = 0
         self._timer: asyncio.TimerHandle | None = None
         self._summarising = False  # per-circuit destroy lines off: one summary instead
+        self._hidden: HiddenRelay | None = None
 
     # ------------------------------------------------------------------ links
     def link_id(self, link: LinkProtocol) -> int:
@@ -272,6 +280,9 @@ class CircuitRouter(RouterUpkeep):
         carrier: ClientPath | ExitCircuit | None = self.clients.get(key)
         if carrier is None:
             carrier = self.exits.get(key)
+        if carrier is None and event.command in HIDDEN_RELAY_COMMANDS:
+            self._hidden_messages(key, batch)
+            return
         if carrier is None:
             link = self._links.get(event.link)
             if link is None:
@@ -296,6 +307,8 @@ class CircuitRouter(RouterUpkeep):
         self._queued.pop(key, None)
         path = self.clients.pop(key, None)
         exit_ = self.exits.pop(key, None)
+        if path is None and exit_ is None and self._hidden is not None:
+            self._hidden.circuit_closed(key, event.reason)
         if path is not None:
             self.core.release_id(*key)
             path.circuit_closed(reason)
@@ -367,8 +380,17 @@ class CircuitRouter(RouterUpkeep):
             self.process(events)
 
     # ------------------------------------------------------------------ client circuits
-    async def build(self, owner: HopSpec, relays: list[HopSpec]) -> ClientPath:
-        """Build a circuit through `relays` to the owner; StreamFailed if it fails."""
+    async def build(
+        self,
+        owner: HopSpec,
+        relays: list[HopSpec],
+        *,
+        authenticate: bool = True,
+        on_control: ControlHandler | None = None,
+        accepts_streams: Callable[[ClientPath, int, str, int], None] | None = None,
+    ) -> ClientPath:
+        """Build a circuit through `relays` to the owner (or an intro or rendezvous
+        point: `authenticate=False`, see ClientPath); StreamFailed if it fails."""
         path = [*relays, owner]
         first = path[0]
         try:
@@ -387,6 +409,9 @@ class CircuitRouter(RouterUpkeep):
             relays=tuple(r.identity for r in relays),
             identity=self.identity,
             clock=self.clock.monotonic,
+            authenticate=authenticate,
+            on_control=on_control,
+            accepts_streams=accepts_streams,
         )
         self.clients[(lid, circuit_id)] = carrier
         self.process(core.start())

@@ -1,0 +1,383 @@
+"""The service side of one hidden service: intros, descriptors, rendezvous, streams.
+
+Theory of operation. `HiddenServiceCore` (core/hidden/service.py) decides everything:
+which intros to build through which guard, when to publish which descriptor revision,
+which introductions to answer. This role carries its actions out and feeds it what
+happened:
+
+* BuildIntro: a circuit (guard first, the intro relay last) built without AUTH, then
+  ESTABLISH_INTRO signed by the intro's own auth key over the circuit binding it shares
+  with the intro relay; INTRO_ESTABLISHED makes the intro usable, the circuit's end
+  makes it failed (a first hop that never answered blames the guard).
+* INTRODUCE2 on an intro circuit: opened with the intro's enc key (under the
+  subcredential of the current period, or of its neighbour near a period change), the
+  client's key proof checked, then handed to the core, which refuses replays, reused
+  cookies, strangers and builds over the cap.
+* BuildRendezvous: a circuit to the client's rendezvous point (guard first, middles from
+  the service's half), RENDEZVOUS1 with the handshake reply, and the end-to-end layer
+  joined on: the client's streams then arrive here (`accepts_streams`) and go to the
+  service's target through the node's owner streams (one budget for every service).
+* PublishDescriptor: the descriptor sealed for each period that needs one, signed by
+  that period's blinded key, stored on both replicas, then fetched back: only a
+  descriptor read back from the DHT makes the service *reachable*.
+
+All timing comes from the core's `next_deadline`, on the node's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from vx6.core.circuit.client import HopSpec
+from vx6.core.hidden.alias import encode_alias
+from vx6.core.hidden.descriptor import (
+    DESCRIPTOR_LIFETIME,
+    publish_periods,
+    seal_descriptor_body,
+    time_period,
+)
+from vx6.core.hidden.service import (
+    BuildIntro,
+    BuildRendezvous,
+    CloseIntro,
+    GuardsChanged,
+    HiddenServiceCore,
+    PublishDescriptor,
+)
+from vx6.core.records import make_record
+from vx6.core.routes import RelayCandidate
+from vx6.crypto.hidden import AliasKey
+from vx6.crypto.hidden_desc import e2e_crypto, hs_ntor_service, open_introduce, subcredential
+from vx6.crypto.keys import Identity, StaticKey, verify
+from vx6.errors import CryptoError, DecodeError, DestroyReason, StreamFailed, VX6Error
+from vx6.net.circuit import ClientPath
+from vx6.net.ports import Clock, Count, Random, Spawn
+from vx6.net.ratelog import RATELOG
+from vx6.node.owner_streams import OwnerStreams
+from vx6.store.config import HiddenServiceConfig, ServiceConfig
+from vx6.wire.cells import RelayCommand
+from vx6.wire.hidden import (
+    EstablishIntro,
+    Rendezvous1,
+    client_proof_signed_bytes,
+    decode_introduce1,
+    decode_introduce_plaintext,
+    encode_establish_intro,
+    encode_rendezvous1,
+    establish_intro_signed_bytes,
+)
+from vx6.wire.hidden_desc import InnerPlaintext, IntroEntry
+from vx6.wire.records import Kind
+from vx6.wire.streams import OPEN_FLAG_PROBE
+
+log = logging.getLogger("vx6.hidden")
+
+TARGET_CONNECT_TIMEOUT = 10.0
+
+
+class Builder(Protocol):
+    async def build(
+        self,
+        owner: HopSpec,
+        relays: list[HopSpec],
+        *,
+        authenticate: bool = True,
+        on_control: Callable[[int, bytes], None] | None = None,
+        accepts_streams: Callable[[ClientPath, int, str, int], None] | None = None,
+    ) -> ClientPath: ...
+
+
+class Relays(Protocol):
+    def relay_candidates(self) -> list[RelayCandidate]: ...
+
+
+class Descriptors(Protocol):
+    async def publish(self, record_raw: bytes) -> int: ...
+
+    async def fetch(self, blinded_key: bytes) -> list[object]: ...
+
+
+def hop(candidate: RelayCandidate) -> HopSpec:
+    return HopSpec(candidate.identity, candidate.onion_key, candidate.endpoints)
+
+
+class _Intro:
+    """One intro as this role holds it: its keys, relay and circuit."""
+
+    def __init__(self, action: BuildIntro) -> None:
+        self.id = action.intro_id
+        self.relay = action.path[-1]
+        self.auth = Identity(action.auth_seed)
+        self.enc = StaticKey(action.enc_seed)
+        self.path: ClientPath | None = None
+
+
+class HiddenServiceHost:
+    def __init__(
+        self,
+        config: HiddenServiceConfig,
+        core: HiddenServiceCore,
+        alias_seed: bytes,
+        allowed: Callable[[], frozenset[bytes]],
+        *,
+        builder: Builder,
+        relays: Relays,
+        descriptors: Descriptors,
+        streams: OwnerStreams,
+        save_guards: Callable[[object], None],
+        clock: Clock,
+        random: Random,
+        spawn: Spawn,
+        count: Count,
+    ) -> None:
+        self.config = config
+        self.core = core
+        self.alias_key = AliasKey(alias_seed)
+        self.alias = encode_alias(self.alias_key.public)
+        self._allowed = allowed
+        self._builder = builder
+        self._relays = relays
+        self._descriptors = descriptors
+        self._streams = streams
+        self._save_guards = save_guards
+        self._clock = clock
+        self._random = random
+        self._spawn = spawn
+        self._count = count
+        self._intros: dict[int, _Intro] = {}
+        self._joined: set[ClientPath] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._target = ServiceConfig(
+            config.name, config.target_host, config.target_port, public=True
+        )
+        self.closed = False
+
+    # ------------------------------------------------------------------ driving the core
+    def start(self) -> None:
+        self._carry_out(self.core.start(self._clock.monotonic(), self._relays.relay_candidates()))
+
+    def _carry_out(self, actions: Sequence[object]) -> None:
+        if self.closed:
+            return
+        for action in actions:
+            if isinstance(action, BuildIntro):
+                intro = self._intros[action.intro_id] = _Intro(action)
+                self._spawn(self._build_intro(intro, action.path))
+            elif isinstance(action, CloseIntro):
+                gone = self._intros.pop(action.intro_id, None)
+                if gone is not None and gone.path is not None:
+                    gone.path.close(DestroyReason.NONE)
+            elif isinstance(action, PublishDescriptor):
+                self._spawn(self._publish(action.revision, action.intros))
+            elif isinstance(action, BuildRendezvous):
+                self._spawn(self._rendezvous(action))
+            elif isinstance(action, GuardsChanged):
+                self._save_guards(action.state)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.core.next_deadline()
+        if deadline is None or self.closed:
+            return
+        delay = max(0.0, deadline - self._clock.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.core.relays_known(self._relays.relay_candidates(), self._clock.monotonic())
+        self._carry_out(self.core.timer(self._clock.monotonic()))
+
+    # ------------------------------------------------------------------ intros
+    async def _build_intro(self, intro: _Intro, path: Sequence[RelayCandidate]) -> None:
+        def control(command: int, data: bytes) -> None:
+            self._intro_control(intro, command, data)
+
+        try:
+            circuit = await self._builder.build(
+                hop(path[-1]), [hop(r) for r in path[:-1]], authenticate=False, on_control=control
+            )
+        except StreamFailed as exc:
+            first_hop = getattr(exc, "hops_keyed", 1) == 0
+            self._intro_failed(intro, f"build failed: {exc}", first_hop)
+            return
+        if intro.id not in self._intros:
+            circuit.close(DestroyReason.NONE)  # retired while it was being built
+            return
+        intro.path = circuit
+        circuit.on_closed = lambda reason: self._intro_failed(intro, reason, False)
+        rate, burst = self.config.intro_rate, self.config.intro_burst
+        signed = establish_intro_signed_bytes(
+            circuit.core.exit_binding, intro.auth.public, rate, burst
+        )
+        message = EstablishIntro(intro.auth.public, rate, burst, intro.auth.sign(signed))
+        circuit.send_control(RelayCommand.ESTABLISH_INTRO, encode_establish_intro(message))
+
+    def _intro_failed(self, intro: _Intro, reason: str, first_hop: bool) -> None:
+        if self._intros.get(intro.id) is not intro:
+            return
+        log.info("%s: intro %d failed: %s", self.config.name, intro.id, reason)
+        now = self._clock.monotonic()
+        self._carry_out(self.core.intro_failed(intro.id, now, first_hop_failed=first_hop))
+
+    def _intro_control(self, intro: _Intro, command: int, data: bytes) -> None:
+        now = self._clock.monotonic()
+        if command == RelayCommand.INTRO_ESTABLISHED:
+            self._carry_out(self.core.intro_established(intro.id, now))
+        elif command == RelayCommand.INTRODUCE2:
+            self._introduction(intro, data)
+        else:
+            self._count("hidden_unexpected_commands")
+
+    def _introduction(self, intro: _Intro, data: bytes) -> None:
+        try:
+            message = decode_introduce1(data)
+            plaintext = None
+            for sub in self._subcredentials():
+                try:
+                    plaintext = open_introduce(
+                        intro.enc, intro.auth.public, message.client_key, message.ciphertext, sub
+                    )
+                    break
+                except CryptoError:
+                    continue
+            if plaintext is None:
+                raise CryptoError("the introduction does not open")
+            fields = decode_introduce_plaintext(plaintext)
+        except (DecodeError, CryptoError) as exc:
+            self._count("hidden_introductions_malformed")
+            RATELOG.warning(
+                log, "hidden-bad-introduction", "%s: bad introduction: %s", self.config.name, exc
+            )
+            return
+        proof_ok = False
+        client = fields.client_identity
+        if client is not None and fields.client_signature is not None:
+            signed = client_proof_signed_bytes(intro.auth.public, message.client_key, fields.cookie)
+            proof_ok = verify(client, signed, fields.client_signature)
+        rendezvous = RelayCandidate(
+            fields.rendezvous_identity, fields.rendezvous_onion_key, fields.endpoints, None
+        )
+        now = self._clock.monotonic()
+        self._carry_out(
+            self.core.introduction(
+                intro.id,
+                message.client_key,
+                fields.cookie,
+                client if proof_ok else None,
+                proof_ok or client is None,
+                now,
+                rendezvous=rendezvous,
+            )
+        )
+
+    def _subcredentials(self) -> list[bytes]:
+        wall = self._clock.wall()
+        out = []
+        for period in publish_periods(wall, include_previous=True):
+            blinded = self.alias_key.blinded(period)
+            out.append(subcredential(self.alias_key.public, blinded.public))
+        return out
+
+    # ------------------------------------------------------------------ rendezvous
+    async def _rendezvous(self, action: BuildRendezvous) -> None:
+        intro = self._intros.get(action.intro_id)
+        ok = False
+        try:
+            if intro is None:
+                return
+            circuit = await self._builder.build(
+                hop(action.path[-1]),
+                [hop(r) for r in action.path[:-1]],
+                authenticate=False,
+                accepts_streams=self._stream_requested,
+            )
+            reply, material = hs_ntor_service(
+                intro.auth.public, intro.enc, action.x, self._random(32)
+            )
+            circuit.send_control(
+                RelayCommand.RENDEZVOUS1, encode_rendezvous1(Rendezvous1(action.cookie, reply))
+            )
+            circuit.join(e2e_crypto(material, client=False))
+            circuit.peer = action.client
+            self._joined.add(circuit)
+            circuit.on_closed = lambda _reason: self._joined.discard(circuit)
+            ok = True
+        except (VX6Error, OSError) as exc:
+            log.info("%s: rendezvous build failed: %s", self.config.name, exc)
+        finally:
+            now = self._clock.monotonic()
+            self._carry_out(self.core.rendezvous_done(action.build_id, ok, now))
+
+    def _stream_requested(self, path: ClientPath, sid: int, service: str, flags: int) -> None:
+        self._count("hidden_streams")
+        probe = bool(flags & OPEN_FLAG_PROBE)
+        self._streams.open(path, sid, self._target, probe, TARGET_CONNECT_TIMEOUT)
+
+    # ------------------------------------------------------------------ descriptors
+    async def _publish(self, revision: int, intro_ids: Sequence[int]) -> None:
+        intros = [self._intros[i] for i in intro_ids if i in self._intros]
+        if not intros:
+            return
+        contents = InnerPlaintext(
+            tuple(IntroEntry(i.relay.identity, i.auth.public, i.enc.public) for i in intros),
+            proof_required=not self.config.public,
+        )
+        clients = sorted(self._allowed()) if not self.config.public else []
+        wall = self._clock.wall()
+        stored_total = 0
+        blinded_keys = []
+        for period in publish_periods(wall):
+            blinded = self.alias_key.blinded(period)
+            body = seal_descriptor_body(
+                self.alias_key, period, revision, contents, clients, self._random
+            )
+            raw = make_record(
+                blinded,
+                Kind.HIDDEN_DESCRIPTOR,
+                revision,
+                int(wall),
+                int(wall) + DESCRIPTOR_LIFETIME,
+                body,
+            )
+            stored_total += await self._descriptors.publish(raw)
+            blinded_keys.append(blinded.public)
+        now = self._clock.monotonic()
+        self._carry_out(self.core.descriptor_published(revision, stored_total, now))
+        # Reachable only once the DHT gives the descriptor back to a lookup.
+        current = self.alias_key.blinded(time_period(wall)).public
+        for record in await self._descriptors.fetch(current):
+            if getattr(record, "seq", -1) >= revision:
+                self._carry_out(
+                    self.core.descriptor_fetched_back(revision, self._clock.monotonic())
+                )
+                break
+
+    # ------------------------------------------------------------------ the rest
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.config.name,
+            "alias": self.alias,
+            "profile": self.config.profile,
+            "target": f"{self.config.target_host}:{self.config.target_port}",
+            "access": "public" if self.config.public else "allow-list",
+            "joined_paths": len(self._joined),
+            **self.core.describe(),
+        }
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for intro in self._intros.values():
+            if intro.path is not None:
+                intro.path.close(DestroyReason.NONE)
+        for path in list(self._joined):
+            path.close(DestroyReason.NONE)
+        self._intros.clear()
+        self._joined.clear()
