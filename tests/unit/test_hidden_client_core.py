@@ -20,14 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from vx6.core.hidden.client import (
+from vx6.core.hidden.client import AttemptState, RendezvousAttempt
+from vx6.core.hidden.client_actions import (
     INTRODUCE_RATE_LIMITED,
     INTRODUCE_SENT_ON,
     INTRODUCE_UNKNOWN_INTRO,
-    AttemptState,
-    RendezvousAttempt,
-)
-from vx6.core.hidden.client_actions import (
     AttemptLimits,
     BuildIntroCircuit,
     BuildRendezvousCircuit,
@@ -269,7 +266,11 @@ def test_the_grind_fallback_is_counted() -> None:
     assert attempt.counts["cookie_grind_fallbacks"] == 1
 
 
-def check_paths(attempt: RendezvousAttempt, actions: list[ClientAction]) -> None:
+def check_paths(
+    attempt: RendezvousAttempt, actions: list[ClientAction], rp: bytes | None = None
+) -> bytes | None:
+    """The path rules for every build in `actions`; `rp`: the RP of the candidate in
+    flight before them. Returns the RP in flight after them."""
     intro_ids = {t.relay.identity for t in attempt.intros}
     for action in actions:
         if not isinstance(action, BuildRendezvousCircuit | BuildIntroCircuit):
@@ -282,11 +283,12 @@ def check_paths(attempt: RendezvousAttempt, actions: list[ClientAction]) -> None
             assert ids[-1] not in intro_ids
             assert all(relay_half(action.cookie, i) == CLIENT_HALF for i in ids[:-1])
             assert len(ids) == attempt.profile.side_relays + 1
+            rp = ids[-1]
         else:
             assert ids[-1] == attempt.intros[action.intro].relay.identity
             assert len(ids) == attempt.profile.intro_relays + 1
-            assert attempt._rendezvous is not None
-            assert attempt._rendezvous.path[-1].identity not in ids  # the RP only once
+            assert rp is not None and rp not in ids  # the RP only on its own path, last
+    return rp
 
 
 @settings(max_examples=150, deadline=None)
@@ -318,13 +320,13 @@ def test_client_side_relays_are_in_the_client_half_and_paths_keep_the_rules(
         assert actions[-1].code in (StreamError.NO_ROUTE, StreamError.INTROS_UNREACHABLE)
         return
     assert attempt.counts["cookie_grind_fallbacks"] == 0
-    check_paths(attempt, actions)
+    rp = check_paths(attempt, actions)
     rps = {a.path[-1].identity for a in actions if isinstance(a, BuildRendezvousCircuit)}
     while attempt.state is AttemptState.RUNNING:  # every candidate fails: all keep the rules
         rv = attempt._rendezvous
         assert rv is not None
         actions = attempt.circuit_failed(rv.step, T0 + 1)
-        check_paths(attempt, actions)
+        rp = check_paths(attempt, actions, rp)
         rps |= {a.path[-1].identity for a in actions if isinstance(a, BuildRendezvousCircuit)}
     assert len(rps) == len(attempt._rendezvous_points)  # distinct RPs
 
@@ -338,6 +340,7 @@ class RandomInputs(RuleBasedStateMachine):
         self.now = T0
         self.attempt: RendezvousAttempt | None = None
         self.ended = False
+        self.rp: bytes | None = None
 
     @rule(
         profile=st.sampled_from(PathProfile),
@@ -353,7 +356,9 @@ class RandomInputs(RuleBasedStateMachine):
         assert self.attempt is not None
         if self.ended:
             assert actions == []
-        check_paths(self.attempt, [a for a in actions if not self.ended])
+        self.rp = check_paths(self.attempt, actions, self.rp)
+        if self.now >= T0 + self.attempt.limits.deadline:  # any input past it ends it
+            assert self.attempt.state is not AttemptState.RUNNING
         ends = [a for a in actions if isinstance(a, Joined | Failed)]
         assert len(ends) <= 1
         if ends:
@@ -458,6 +463,30 @@ def test_inputs_for_unknown_or_dropped_steps_are_ignored_and_counted() -> None:
     assert attempt.rendezvous2(rv.step, T0 + 2) == []  # the dropped candidate's circuit
     assert attempt.counts["ignored_unknown_step"] == 1
     assert attempt.counts["ignored_stale_step"] == 2
+
+
+def test_an_input_past_the_overall_deadline_ends_the_attempt_without_a_timer() -> None:
+    attempt = make()
+    rv, intro = started(attempt)
+    established(attempt, rv.step, T0 + 1)
+    attempt.intro_circuit_ready(intro.step, T0 + 1)
+    attempt.introduce_ack(intro.step, INTRODUCE_SENT_ON, T0 + 2)
+    late = attempt.rendezvous2(rv.step, T0 + 45)  # the adapter's timer did not fire
+    assert late[0] == CloseCircuit(rv.step, "rendezvous_failed")
+    assert late[-1] == Failed(StreamError.RENDEZVOUS_FAILED, "no join within 45 s")
+    assert attempt.rendezvous2(rv.step, T0 + 46) == []
+
+
+def test_a_rendezvous2_after_the_join_timeout_is_too_late_even_before_the_timer() -> None:
+    attempt = make()
+    rv, intro = started(attempt)
+    established(attempt, rv.step, T0 + 1)
+    attempt.intro_circuit_ready(intro.step, T0 + 1)
+    attempt.introduce_ack(intro.step, INTRODUCE_SENT_ON, T0 + 2)
+    late = attempt.rendezvous2(rv.step, T0 + 12)
+    assert CandidateFailed(0, "timed out while AWAITING_JOIN") in late
+    assert not any(isinstance(a, Joined) for a in late)
+    assert attempt.describe()["candidate"] == 2
 
 
 def test_a_message_out_of_turn_is_the_relays_protocol_error() -> None:

@@ -25,7 +25,10 @@ Each leg is a table of (state, input) -> state. A known circuit's input that its
 state does not allow is the relay's protocol error: the leg fails as if the circuit
 had been destroyed. Inputs for step ids this attempt never issued, for circuits it
 already dropped, or after the end are ignored and counted: they are races, not errors.
-Time is `now` on every input; `timer(now)` fires what `next_deadline()` announced.
+Time is `now` on every input; `timer(now)` fires what `next_deadline()` announced, and
+every input fires the timers already due before it is handled (client_legs.timers_first),
+so the outcome does not depend on how late the adapter's timer runs: a RENDEZVOUS2 after
+the join timeout is too late, and any input past the overall deadline ends the attempt.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 
 from vx6.core.hidden.client_actions import (
+    INTRODUCE_SENT_ON,
     AttemptLimits,
     BuildIntroCircuit,
     BuildRendezvousCircuit,
@@ -60,6 +64,7 @@ from vx6.core.hidden.client_legs import (
     advance,
     leg_timings,
     next_attempt_state,
+    timers_first,
 )
 from vx6.core.hidden.client_paths import (
     choose_rendezvous_points,
@@ -72,10 +77,6 @@ from vx6.core.hidden.profiles import PathProfile
 from vx6.core.routes import RelayCandidate
 from vx6.errors import StreamError, StreamFailed, UsageError
 from vx6.wire.cells import Endpoint
-
-INTRODUCE_SENT_ON = 0  # INTRODUCE_ACK statuses (docs/hidden.md section 4)
-INTRODUCE_UNKNOWN_INTRO = 1
-INTRODUCE_RATE_LIMITED = 2
 
 _AI, _LI = AttemptInput, LegInput
 
@@ -135,6 +136,7 @@ class RendezvousAttempt:
         self._state = next_attempt_state(self._state, _AI.START)
         return self._next_candidate(now, first=True)
 
+    @timers_first
     def rendezvous_circuit_ready(self, step: int, now: float) -> list[ClientAction]:
         leg = self._leg(step, self._rendezvous)
         if leg is None:
@@ -144,6 +146,7 @@ class RendezvousAttempt:
         leg.deadline = now + self.limits.reply_timeout
         return [SendEstablishRendezvous(step, self._cookie)]
 
+    @timers_first
     def rendezvous_established(self, step: int, now: float) -> list[ClientAction]:
         leg = self._leg(step, self._rendezvous)
         if leg is None:
@@ -153,6 +156,7 @@ class RendezvousAttempt:
         leg.deadline = now + self.limits.cookie_lifetime
         return self._maybe_introduce(now)
 
+    @timers_first
     def intro_circuit_ready(self, step: int, now: float) -> list[ClientAction]:
         leg = self._leg(step, self._intro)
         if leg is None:
@@ -162,6 +166,7 @@ class RendezvousAttempt:
         leg.deadline = math.inf  # it waits for the rendezvous leg, which has its own timer
         return self._maybe_introduce(now)
 
+    @timers_first
     def introduce_ack(self, step: int, status: int, now: float) -> list[ClientAction]:
         leg = self._leg(step, self._intro)
         if leg is None:
@@ -183,6 +188,7 @@ class RendezvousAttempt:
         )
         return [CloseCircuit(leg.step, "introduced")]
 
+    @timers_first
     def rendezvous2(self, step: int, now: float) -> list[ClientAction]:
         leg = self._leg(step, self._rendezvous)
         if leg is None:
@@ -193,16 +199,17 @@ class RendezvousAttempt:
         self._ended = now
         return [Joined(step, self._intro_index)]
 
+    @timers_first
     def circuit_failed(self, step: int, now: float) -> list[ClientAction]:
-        if (leg := self._leg(step, self._rendezvous)) is not None:
-            state = leg.state.name
-            leg.state = Leg.DROPPED  # gone already: nothing to close
+        rendezvous = self._rendezvous is not None and self._rendezvous.step == step
+        leg = self._leg(step, self._rendezvous if rendezvous else self._intro)
+        if leg is None:
+            return []
+        state = leg.state.name
+        leg.state = Leg.DROPPED  # gone already: nothing to close
+        if rendezvous:
             return self._drop_candidate(f"circuit destroyed while {state}", now)
-        if (leg := self._leg(step, self._intro)) is not None:
-            state = leg.state.name
-            leg.state = Leg.DROPPED
-            return self._drop_intro(f"circuit destroyed while {state}", now, close=False)
-        return []
+        return self._drop_intro(f"circuit destroyed while {state}", now, close=False)
 
     def timer(self, now: float) -> list[ClientAction]:
         if self._state is not AttemptState.RUNNING:

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from vx6.core.routes import RelayCandidate
 from vx6.errors import StreamError, StreamFailed
 
+INTRODUCE_SENT_ON = 0  # INTRODUCE_ACK statuses (docs/hidden.md section 4)
+INTRODUCE_UNKNOWN_INTRO = 1
+INTRODUCE_RATE_LIMITED = 2
+
 
 @dataclass(frozen=True, slots=True)
 class IntroTarget:

@@ -1,19 +1,23 @@
 """The state tables of a hidden-service connection attempt (client.py).
 
-The attempt as a whole is NEW -> RUNNING -> JOINED or FAILED. Each rendezvous candidate
-runs two legs, each a circuit with its own table of (state, input) -> state: the
-rendezvous leg (BUILDING -> ESTABLISHING -> ESTABLISHED -> INTRODUCING -> AWAITING_JOIN
--> DONE) and the intro leg (BUILDING -> READY -> INTRODUCING -> DONE). An input a leg's
-state does not allow is refused here (`advance` says False, counted as a protocol
-error) and the caller drops the leg.
+Theory of operation. The attempt as a whole is NEW -> RUNNING -> JOINED or FAILED.
+Each rendezvous candidate runs two legs, each a circuit with its own table of
+(state, input) -> state: the rendezvous leg (BUILDING -> ESTABLISHING -> ESTABLISHED
+-> INTRODUCING -> AWAITING_JOIN -> DONE) and the intro leg (BUILDING -> READY ->
+INTRODUCING -> DONE). An input a leg's state does not allow is refused here (`advance`
+says False, counted as a protocol error) and the caller drops the leg.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import auto
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+from vx6.core.hidden.client_actions import ClientAction
 from vx6.core.routes import RelayCandidate
 from vx6.core.states import TableEnum
 
@@ -136,3 +140,30 @@ def leg_timings(rendezvous: LegCircuit | None, intro: LegCircuit | None) -> dict
         for name, (leg, a, b) in spans.items()
         if leg is not None and a in leg.marks and b in leg.marks
     }
+
+
+class Timed(Protocol):
+    def next_deadline(self) -> float | None: ...
+
+    def timer(self, now: float) -> list[ClientAction]: ...
+
+
+_T = TypeVar("_T", bound=Timed)
+_P = ParamSpec("_P")
+
+
+def timers_first(
+    method: Callable[Concatenate[_T, _P], list[ClientAction]],
+) -> Callable[Concatenate[_T, _P], list[ClientAction]]:
+    """An input (its last argument is `now`) fires the timers that are due first, however
+    late the adapter's own timer is: nothing joins after its timeout."""
+
+    @functools.wraps(method)
+    def run(machine: _T, /, *args: _P.args, **kwargs: _P.kwargs) -> list[ClientAction]:
+        now = kwargs.get("now", args[-1] if args else None)
+        assert isinstance(now, int | float)  # every input says when it happened
+        deadline = machine.next_deadline()
+        due = machine.timer(now) if deadline is not None and now >= deadline else []
+        return due + method(machine, *args, **kwargs)
+
+    return run
