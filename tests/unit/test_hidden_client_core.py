@@ -12,7 +12,6 @@ too few relays is NO_ROUTE; random inputs never raise and always end by the dead
 from __future__ import annotations
 
 import random as stdlib_random
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -46,7 +45,6 @@ from vx6.errors import StreamError, StreamFailed
 from vx6.wire.cells import Endpoint
 
 T0 = 1000.0
-OUTCOMES: Counter[str] = Counter()  # how the stateful runs ended (printed with -s)
 
 
 def relay(i: int, network: bytes | None = b"") -> RelayCandidate:
@@ -430,7 +428,6 @@ class RandomInputs(RuleBasedStateMachine):
             self.feed(self.attempt.timer(self.now))
             deadline = self.attempt.next_deadline()
         assert self.attempt.state in (AttemptState.JOINED, AttemptState.FAILED)
-        OUTCOMES[self.attempt.state.name] += 1
 
 
 TestRandomInputs = RandomInputs.TestCase
