@@ -66,13 +66,7 @@ from vx6.core.hidden.client_legs import (
     next_attempt_state,
     timers_first,
 )
-from vx6.core.hidden.client_paths import (
-    choose_rendezvous_points,
-    hidden_no_route,
-    plan_intro_path,
-    plan_rendezvous_side,
-    uniform,
-)
+from vx6.core.hidden.client_paths import AttemptPaths
 from vx6.core.hidden.profiles import PathProfile
 from vx6.core.routes import RelayCandidate
 from vx6.errors import StreamError, StreamFailed, UsageError
@@ -102,10 +96,15 @@ class RendezvousAttempt:
         self.relays = tuple(relays)
         self.limits = limits or AttemptLimits()
         self.counts: Counter[str] = Counter()
-        self._random = random
-        self._rng = uniform(random)
-        self._exclude = frozenset(exclude)
-        self._own_endpoints = tuple(own_endpoints)
+        self._paths = AttemptPaths(
+            profile,
+            [t.relay for t in self.intros],
+            relays,
+            random,
+            grind_tries=self.limits.grind_tries,
+            exclude=exclude,
+            own_endpoints=own_endpoints,
+        )
         self._state = AttemptState.NEW
         self._rendezvous_points: list[RelayCandidate] = []
         self._candidate = -1
@@ -124,15 +123,10 @@ class RendezvousAttempt:
         if self._state is not AttemptState.NEW:
             raise UsageError("a rendezvous attempt starts once")
         self._started = now
-        intro_ids = {t.relay.identity for t in self.intros}
-        self._rendezvous_points = choose_rendezvous_points(
-            self.relays,
-            self.limits.candidates,
-            exclude=self._exclude | intro_ids,
-            rng=self._rng,
-        )
+        self._rendezvous_points = self._paths.rendezvous_points(self.limits.candidates)
         if not self._rendezvous_points:
-            return self._fail(_AI.NO_ROUTE, StreamError.NO_ROUTE, self._no_route().detail, now)
+            detail = self._paths.no_route().detail
+            return self._fail(_AI.NO_ROUTE, StreamError.NO_ROUTE, detail, now)
         self._state = next_attempt_state(self._state, _AI.START)
         return self._next_candidate(now, first=True)
 
@@ -276,27 +270,15 @@ class RendezvousAttempt:
         """Start the next candidate; `first`: at the start, where no candidate having a
         route means too few relays (NO_ROUTE) rather than a failed rendezvous."""
         out: list[ClientAction] = []
-        hops = self.profile.side_relays
-        intro_ids = {t.relay.identity for t in self.intros}
         while self._candidate + 1 < len(self._rendezvous_points):
             self._candidate += 1
             rp = self._rendezvous_points[self._candidate]
             other_rps = {r.identity for r in self._rendezvous_points} - {rp.identity}
             try:
-                side = plan_rendezvous_side(
-                    self.relays,
-                    hops,
-                    rp,
-                    exclude=self._exclude | intro_ids,
-                    prefer_not=other_rps,
-                    rng=self._rng,
-                    random=self._random,
-                    max_tries=self.limits.grind_tries,
-                    own_endpoints=self._own_endpoints,
-                )
+                side = self._paths.side(rp, other_rps)
             except StreamFailed:
                 if first and self._candidate + 1 == len(self._rendezvous_points):
-                    detail = self._no_route().detail
+                    detail = self._paths.no_route().detail
                     return out + self._fail(_AI.NO_ROUTE, StreamError.NO_ROUTE, detail, now)
                 self.counts["candidate_failed_no_route"] += 1
                 out.append(CandidateFailed(self._candidate, "no route to this rendezvous point"))
@@ -330,20 +312,12 @@ class RendezvousAttempt:
         rendezvous = self._rendezvous
         assert rendezvous is not None
         out: list[ClientAction] = []
-        for index, target in enumerate(self.intros):
+        avoid = {r.identity for r in (*rendezvous.path, *self._rendezvous_points)}
+        for index in range(len(self.intros)):
             if index in self._dead_intros:
                 continue
             try:
-                path = plan_intro_path(
-                    self.relays,
-                    self.profile.intro_relays,
-                    target.relay,
-                    rendezvous.path[-1],
-                    exclude=self._exclude,
-                    prefer_not={r.identity for r in (*rendezvous.path, *self._rendezvous_points)},
-                    rng=self._rng,
-                    own_endpoints=self._own_endpoints,
-                )
+                path = self._paths.intro_path(index, rendezvous.path[-1], avoid)
             except StreamFailed:
                 self._dead_intros[index] = "no route"
                 self.counts["intro_no_route"] += 1
@@ -431,6 +405,3 @@ class RendezvousAttempt:
         self._state = next_attempt_state(self._state, event)
         self._ended = now
         return [*out, Failed(code, detail)]
-
-    def _no_route(self) -> StreamFailed:
-        return hidden_no_route(self.profile.value, self.profile.side_relays, len(self.relays))

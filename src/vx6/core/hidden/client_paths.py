@@ -21,7 +21,8 @@ and, per introduction, an intro circuit (relays before the intro point).
   RP, so with enough relays an RP is on no path of the attempt but its own, last.
 
 Randomness comes in as `random(n) -> n bytes`; `uniform` turns it into the floats in
-[0, 1) that `plan_route` draws with.
+[0, 1) that `plan_route` draws with. `AttemptPaths` binds the functions to one attempt's
+relays, intros, exclusions and randomness.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from vx6.core.hidden.paths import CLIENT_HALF, relay_half
+from vx6.core.hidden.profiles import PathProfile
 from vx6.core.routes import RelayCandidate, plan_route
 from vx6.errors import StreamError, StreamFailed
 from vx6.wire.cells import Endpoint
@@ -169,3 +171,61 @@ def hidden_no_route(profile_name: str, hops: int, found: int) -> StreamFailed:
         f"{found} relays known; start more relays"
         + (" or use the fast profile" if profile_name != "fast" else ""),
     )
+
+
+class AttemptPaths:
+    """The path planning of one attempt: what it needs to know, said once."""
+
+    def __init__(
+        self,
+        profile: PathProfile,
+        intros: Sequence[RelayCandidate],
+        relays: Sequence[RelayCandidate],
+        random: Callable[[int], bytes],
+        *,
+        grind_tries: int,
+        exclude: Collection[bytes],
+        own_endpoints: Sequence[Endpoint],
+    ) -> None:
+        self.profile = profile
+        self.relays = tuple(relays)
+        self._intros = tuple(intros)
+        self._random = random
+        self._rng = uniform(random)
+        self._grind_tries = grind_tries
+        self._exclude = frozenset(exclude)
+        self._not_intros = self._exclude | {r.identity for r in intros}
+        self._own_endpoints = tuple(own_endpoints)
+
+    def rendezvous_points(self, count: int) -> list[RelayCandidate]:
+        return choose_rendezvous_points(self.relays, count, exclude=self._not_intros, rng=self._rng)
+
+    def side(self, rendezvous: RelayCandidate, other_rps: Collection[bytes]) -> RendezvousSide:
+        return plan_rendezvous_side(
+            self.relays,
+            self.profile.side_relays,
+            rendezvous,
+            exclude=self._not_intros,
+            prefer_not=other_rps,
+            rng=self._rng,
+            random=self._random,
+            max_tries=self._grind_tries,
+            own_endpoints=self._own_endpoints,
+        )
+
+    def intro_path(
+        self, intro: int, rendezvous: RelayCandidate, prefer_not: Collection[bytes]
+    ) -> tuple[RelayCandidate, ...]:
+        return plan_intro_path(
+            self.relays,
+            self.profile.intro_relays,
+            self._intros[intro],
+            rendezvous,
+            exclude=self._exclude,
+            prefer_not=prefer_not,
+            rng=self._rng,
+            own_endpoints=self._own_endpoints,
+        )
+
+    def no_route(self) -> StreamFailed:
+        return hidden_no_route(self.profile.value, self.profile.side_relays, len(self.relays))
