@@ -21,41 +21,26 @@ on the same home stops there with `NodeRunning`, naming the first one's pid. The
 drops a flock when its process dies, so the file a killed node leaves blocks nobody;
 it is never deleted (unlinking a lock file races with the next node taking it).
 
-Hidden services (docs/hidden.md 1, 6): `HOME/hidden/NAME/` (0700) holds the service's
-alias key `alias.key` (made once, like identity.key) and its `state.json`
-(vx6/store/hidden_state.py), written the same atomic way. Removing a hidden service
-deletes both: its alias is gone for good.
+Hidden services' alias keys and state files: vx6/store/hidden_home.py (mixed in).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import sys
-import time
 from pathlib import Path
 
 from vx6.core.circuit.onion_schedule import ONION_KEY_LIFETIME, OnionKeyAction, onion_key_step
-from vx6.core.names import validate_label
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import UsageError, VX6Error
-from vx6.store.hidden_state import (
-    MAX_STATE_BYTES,
-    HiddenState,
-    HiddenStateError,
-    decode_state,
-    encode_state,
-)
+from vx6.errors import UsageError
+from vx6.store.hidden_home import HiddenServiceFiles
+from vx6.store.home_errors import HomeError as HomeError  # callers catch it from here
 
 log = logging.getLogger("vx6.home")
 
 KEY_LEN = 32
-
-
-class HomeError(VX6Error):
-    """The home directory or a key file in it is unsafe or unusable."""
 
 
 class NodeRunning(HomeError):
@@ -128,7 +113,7 @@ def check_parents(path: Path) -> None:
             )
 
 
-class Home:
+class Home(HiddenServiceFiles):
     def __init__(self, path: Path | None = None) -> None:
         given = (path or default_home()).expanduser()
         self.given = given if given.is_absolute() else Path.cwd() / given
@@ -386,91 +371,3 @@ class Home:
         if old is not None:
             keys.append(StaticKey(old))
         return keys, step.due
-
-    # ---------------------------------------------------------- hidden services
-
-    def _hidden_dir(self, name: str, create: bool) -> Path:
-        folder = self.path / "hidden" / validate_label(name, "hidden service name")
-        if create:
-            self.ensure()
-            for path in (folder.parent, folder):
-                path.mkdir(mode=0o700, exist_ok=True)
-                st = os.lstat(path)
-                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                    raise HomeError(f"unsafe directory {path}: not a directory of this user")
-                if stat.S_IMODE(st.st_mode) != 0o700:
-                    os.chmod(path, 0o700)
-        return folder
-
-    def hidden_alias_seed(self, name: str) -> bytes:
-        """The alias key seed of hidden service `name`, made on first use."""
-        try:
-            file = self._hidden_dir(name, create=True) / "alias.key"
-            raw = self._read_key(file)
-            if raw is None:
-                raw = os.urandom(KEY_LEN)
-                self._write_key(file, raw)
-        except OSError as exc:
-            raise HomeError(f"cannot use the alias key of {name}: {exc.strerror or exc}") from exc
-        return raw
-
-    def hidden_alias_exists(self, name: str) -> bool:
-        return (self._hidden_dir(name, create=False) / "alias.key").exists()
-
-    def hidden_state(self, name: str) -> HiddenState:
-        """The saved state of hidden service `name`; a fresh one if there is none. A
-        malformed file is moved aside to `state.json.bad` (logged) and a fresh one used."""
-        file = self._hidden_dir(name, create=False) / "state.json"
-        try:
-            fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
-            return HiddenState()
-        except OSError as exc:
-            raise HomeError(f"cannot read {file}: {exc.strerror or exc}") from exc
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                raise HomeError(f"unsafe state file {file}: not a regular file of this user")
-            raw = os.read(fd, MAX_STATE_BYTES + 1)
-        finally:
-            os.close(fd)
-        try:
-            return decode_state(raw)
-        except HiddenStateError as exc:
-            aside = file.with_name("state.json.bad")
-            try:
-                os.replace(file, aside)
-            except OSError as move_exc:
-                raise HomeError(
-                    f"{file} is damaged ({exc}) and cannot be moved aside"
-                ) from move_exc
-            log.warning(
-                "hidden service %s: state file %s is damaged (%s); moved to %s, starting afresh",
-                name,
-                file,
-                exc,
-                aside.name,
-            )
-            return HiddenState()
-
-    def save_hidden_state(self, name: str, state: HiddenState) -> None:
-        file = self._hidden_dir(name, create=True) / "state.json"
-        try:
-            self._write_key(file, encode_state(state))
-        except OSError as exc:
-            raise HomeError(f"cannot write {file}: {exc.strerror or exc}") from exc
-
-    def remove_hidden(self, name: str) -> bool:
-        """Delete hidden service `name`'s key and state (False if it had none): its alias
-        can never be used again."""
-        folder = self._hidden_dir(name, create=False)
-        if not folder.exists():
-            return False
-        try:
-            # A unique name first, so a crash never leaves half a service under its name.
-            doomed = folder.with_name(f".{folder.name}.removed-{time.time_ns()}")
-            os.replace(folder, doomed)
-            shutil.rmtree(doomed)
-        except OSError as exc:
-            raise HomeError(f"cannot remove {folder}: {exc.strerror or exc}") from exc
-        return True
