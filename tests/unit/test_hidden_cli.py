@@ -11,10 +11,21 @@ import tomllib
 from pathlib import Path
 
 from kit.cli import run_vx6
+from vx6.app import hidden_args
+from vx6.core.hidden import target as core_target
 from vx6.core.hidden.alias import ALIAS_LEN, parse_alias
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
+
+
+def test_the_parsers_constants_agree_with_core() -> None:
+    assert hidden_args.PROFILES == core_target.PROFILES
+    assert hidden_args.DEFAULT_PROFILE == core_target.DEFAULT_PROFILE
+    assert (hidden_args.INTRO_RATE, hidden_args.INTRO_BURST) == (
+        core_target.INTRO_RATE,
+        core_target.INTRO_BURST,
+    )
 
 
 def create(home: Path, *argv: str) -> str:

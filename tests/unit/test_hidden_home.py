@@ -180,6 +180,24 @@ def test_petnames_in_the_registry(tmp_path: Path) -> None:
         assert reg.remove_petname("web") and not reg.remove_petname("web")
 
 
+def test_a_registry_from_before_petnames_gains_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vx6.store import schema
+
+    path = tmp_path / "r.sqlite"
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        with Registry(path) as reg:
+            assert reg.schema_version == 1
+            reg.set_meta("name", "alice")
+    with Registry(path) as reg:
+        assert reg.schema_version == len(schema.MIGRATIONS) >= 2
+        assert reg.get_meta("name") == "alice"
+        reg.set_petname("web", bytes(32), limit=1)
+        assert reg.petnames() == [("web", bytes(32))]
+
+
 def test_petnames_are_labels_never_aliases() -> None:
     alias = encode_alias(Identity(bytes(32)).public)
     assert validate_petname("My-Web") == "my-web"

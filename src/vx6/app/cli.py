@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="the owner name, e.g. alice")
     cmd("stop", "stop the running node")
     cmd("reload", "apply config.toml's service and forward changes (as SIGHUP does)", True)
-    from vx6.app.hidden_cli import add_parser as add_hidden_parser
+    from vx6.app.hidden_args import add_parser as add_hidden_parser
 
     add_hidden_parser(sub)
     sp = cmd("demo", "run a local multi-node network and exercise every mode", True)
@@ -306,6 +306,8 @@ def _validate_expose(args: argparse.Namespace) -> None:
 
 def _check_client_target(args: argparse.Namespace) -> None:
     """An alias or petname is parsed (its error is the answer) but not reachable yet."""
+    if "." in args.service:  # a service address (parse_target agrees): no hidden code
+        return
     from vx6.app.hidden_cli import check_client_target
 
     check_client_target(_home(args), args.service)

@@ -45,7 +45,9 @@ class AliasTarget:
 
 def validate_petname(text: str) -> str:
     """A petname in canonical form: a label, never an alias, never dotted."""
-    if looks_like_alias(text) or "." in text:
+    if looks_like_alias(text):
+        raise UsageError("a petname must not be an alias: it names one (the second argument)")
+    if "." in text:
         raise UsageError(f"petname {text[:60]!r} must be a label (a-z, 0-9, '-'; no dot)")
     return validate_label(text, "petname")
 
