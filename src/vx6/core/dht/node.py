@@ -103,6 +103,11 @@ class DhtNode(DhtEndpoint):
         """Hold `raw` (one of our own records) and store it on the k closest nodes to each
         of its keys, again every `republish_interval`; return the lookup id of its own
         key's publish. RecordRejected if it fails the rules."""
+        return self.publish_under_each_key(raw, now)[0]
+
+    def publish_under_each_key(self, raw: bytes, now: float) -> tuple[int, ...]:
+        """`publish`, returning the lookup id of every key's publish (each ends in one
+        `PublishFinished`), its own key's first."""
         try:
             record = decode_record(raw)
             targets = record_keys(record)
@@ -111,7 +116,7 @@ class DhtNode(DhtEndpoint):
         slot = record_slot(record)
         for gone in [key for key in self._owned if key[1] == slot and key[0] not in targets]:
             del self._owned[gone]  # e.g. a node that stopped relaying leaves the directory
-        lookup_ids = []
+        lookup_ids: list[int] = []
         for i, target in enumerate(targets):
             checked = self.store.offer(raw, target, now)
             if not checked.acceptable:
@@ -127,7 +132,7 @@ class DhtNode(DhtEndpoint):
             lookup_ids.append(
                 self._start(target, now, want_value=False, interactive=True, publish=raw)
             )
-        return lookup_ids[0]
+        return tuple(lookup_ids)
 
     def _start(
         self,
