@@ -5,8 +5,10 @@ so IPv4 peers arrive as IPv4-mapped addresses and are sent to the same way) and 
 `DhtNode`. Every datagram goes into the core with the wall clock (records carry wall
 clock times); after every call into the core the service sends what the core queued,
 hands events to waiting lookups and to the node's `on_event`, and keeps one timer armed
-at the core's next deadline. `lookup()` and `publish()` turn the core's lookup ids into
-awaitables.
+at the core's next deadline. `lookup()` turns the core's lookup ids into awaitables;
+`publish()` hands a record over and returns at once, `store()` waits for the STOREs
+under each of the record's keys and says how many holders acknowledged (what a hidden
+service needs to know of its descriptor, node/hidden_dht.py).
 """
 
 from __future__ import annotations

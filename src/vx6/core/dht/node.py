@@ -11,7 +11,9 @@ stale holders, and reports `LookupFinished`.
 Owned records: `publish(raw)` holds the record locally (so we answer for it), runs a
 node lookup on its key and STOREs it on the k closest nodes that answered, with the
 tokens they gave us (`PublishFinished` counts the acknowledgements). A relay's node
-record goes under its relay directory key as well (keys.record_keys), the same way. Housekeeping
+record goes under its relay directory key as well (keys.record_keys), the same way, and a
+hidden-service descriptor under both its replica keys (`publish_under_each_key` returns
+every lookup id, so its caller can count the STOREs of both). Housekeeping
 re-publishes every owned record each `republish_interval`, reports `RepublishDue` once
 when a record is within `republish_margin` of its expiry (the owner signs a fresh one
 with a higher sequence number and publishes it), and refreshes, one per pass, the
