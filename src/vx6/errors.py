@@ -185,6 +185,11 @@ class CryptoError(VX6Error):
     RemoteProtocolError (DECRYPT_FAILED, HANDSHAKE_FAILED) or a circuit's DESTROY."""
 
 
+class NotAuthorized(VX6Error):
+    """A hidden service's allow-list descriptor holds no entry for this client's key
+    (docs/hidden.md section 3); the client reports StreamError.NOT_AUTHORIZED."""
+
+
 class IdentityMismatch(RemoteProtocolError):
     """The peer proved another identity than the one dialled; `presented` is the key it
     proved (so the dialler can say whom it reached instead)."""

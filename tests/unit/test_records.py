@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from vx6.core.records import (
     MAX_CLOCK_SKEW,
+    MAX_DESCRIPTOR_LIFETIME,
     MAX_LIFETIME,
     check_record,
     make_record,
@@ -24,6 +25,7 @@ from vx6.crypto.keys import Identity, verify
 from vx6.crypto.records import sign_record, verify_record
 from vx6.errors import DecodeError, RecordRejected
 from vx6.wire.records import (
+    DESCRIPTOR_BODY_SIZE,
     HEADER_LEN,
     MAX_BODY_SIZE,
     MAX_RECORD_SIZE,
@@ -31,6 +33,7 @@ from vx6.wire.records import (
     Body,
     Capability,
     Endpoint,
+    HiddenDescriptorBody,
     Kind,
     Mode,
     NameClaimBody,
@@ -68,6 +71,8 @@ def golden_body(vector: dict[str, Any]) -> Body:
         return NameClaimBody(fields["name"], fields["pow_nonce"])
     if kind == Kind.ROTATION:
         return RotationBody(fields["name"], bytes.fromhex(fields["new_key"]))
+    if kind == Kind.HIDDEN_DESCRIPTOR:
+        return HiddenDescriptorBody(bytes.fromhex(fields["blob"]))
     return ServiceBody(fields["service"], fields["modes"], fields["public"])
 
 
@@ -139,7 +144,13 @@ def test_subject_per_kind() -> None:
     subjects = {
         v["kind"]: decode_record(bytes.fromhex(v["record_hex"])).subject for v in GOLDEN["vectors"]
     }
-    assert subjects == {"NODE": "", "NAME_CLAIM": "alice", "SERVICE": "ssh", "ROTATION": "alice"}
+    assert subjects == {
+        "NODE": "",
+        "NAME_CLAIM": "alice",
+        "SERVICE": "ssh",
+        "ROTATION": "alice",
+        "HIDDEN_DESCRIPTOR": "",
+    }
     record = decode_record(bytes.fromhex(GOLDEN["vectors"][1]["record_hex"]))
     assert record_slot(record) == (Kind.NAME_CLAIM, ALICE.public, "alice")
 
@@ -170,8 +181,12 @@ service_bodies = st.builds(
     ServiceBody, labels, st.integers(min_value=0, max_value=255), st.booleans()
 )
 rotation_bodies = st.builds(RotationBody, labels, keys32)
+descriptor_bodies = st.builds(
+    HiddenDescriptorBody,
+    st.binary(min_size=DESCRIPTOR_BODY_SIZE, max_size=DESCRIPTOR_BODY_SIZE),
+)
 bodies: st.SearchStrategy[Body] = st.one_of(
-    node_bodies, claim_bodies, service_bodies, rotation_bodies
+    node_bodies, claim_bodies, service_bodies, rotation_bodies, descriptor_bodies
 )
 
 
@@ -193,8 +208,10 @@ def records(draw: st.DrawFn) -> Record:
 def signed_raw(draw: st.DrawFn) -> bytes:
     """A record that check_record accepts at NOW with nothing held."""
     body = draw(bodies)
-    issued = draw(st.integers(min_value=NOW - DAY, max_value=NOW))
-    lifetime = draw(st.integers(min_value=NOW - issued + 1, max_value=MAX_LIFETIME))
+    descriptor = isinstance(body, HiddenDescriptorBody)
+    longest = MAX_DESCRIPTOR_LIFETIME if descriptor else MAX_LIFETIME
+    issued = draw(st.integers(min_value=NOW - (3600 if descriptor else DAY), max_value=NOW))
+    lifetime = draw(st.integers(min_value=NOW - issued + 1, max_value=longest))
     record = sign_record(
         ALICE, kind_of_body(body), draw(u64), issued, issued + lifetime, encode_body(body)
     )
@@ -312,7 +329,8 @@ def patched(raw: bytes, offset: int, value: bytes) -> bytes:
     [
         (0, b"VX6X", "magic"),
         (4, b"\x02", "version"),
-        (5, b"\x04", "kind"),  # reserved for hidden-service descriptors
+        (5, b"\x04", "descriptor body"),  # a NODE body read as a descriptor
+        (5, b"\x06", "kind"),
         (5, b"\x00", "kind"),
         (5, b"\x02", "label"),  # a NODE body read as a NAME_CLAIM
     ],

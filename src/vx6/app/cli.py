@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     cmd("services", "list this node's services", True)
     sp = cmd("connect", "forward a local port to a service", True)
-    sp.add_argument("service", help="OWNER.SERVICE, e.g. alice.ssh")
+    sp.add_argument("service", help="OWNER.SERVICE (e.g. alice.ssh), an alias or a petname")
     sp.add_argument("--local", required=True, metavar="[ADDR:]PORT", help="local port (0: any)")
     sp.add_argument("--via", metavar="ADDR:PORT", help="owner's endpoint: direct mode, no lookup")
     sp.add_argument("--name", help="name of the forward (default: the service address)")
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="forward name or local port")
     cmd("forwards", "list forwards", True)
     sp = cmd("nc", "pipe stdin/stdout to a service (ssh ProxyCommand)")
-    sp.add_argument("service", help="OWNER.SERVICE")
+    sp.add_argument("service", help="OWNER.SERVICE, an alias or a petname")
     sp.add_argument("--via", metavar="ADDR:PORT", help="owner's endpoint: direct mode")
     sp.add_argument("--hops", type=int, default=0, metavar="N", help="through N relays (1-5)")
     cmd("status", "show the node's state", True)
@@ -133,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="the owner name, e.g. alice")
     cmd("stop", "stop the running node")
     cmd("reload", "apply config.toml's service and forward changes (as SIGHUP does)", True)
+    from vx6.app.hidden_args import add_parser as add_hidden_parser
+
+    add_hidden_parser(sub)
     sp = cmd("demo", "run a local multi-node network and exercise every mode", True)
     sp.add_argument("--mib", type=int, default=64, help="MiB moved per throughput row")
     sp = cmd("unit", "print (or install) a systemd user unit that runs this node")
@@ -177,6 +180,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _unit(args)
     if command == "nc":
         return _nc(args)
+    if command == "hidden":
+        from vx6.app.hidden_cli import run as run_hidden
+
+        return run_hidden(args)
     return _control_command(args)
 
 
@@ -262,6 +269,7 @@ def _control_command(args: argparse.Namespace) -> int:
     elif c in ("unexpose", "disconnect", "unpin"):
         msg["name"] = args.name
     elif c == "connect":
+        _check_client_target(args)
         msg.update(
             service=args.service,
             local=args.local,
@@ -296,6 +304,15 @@ def _validate_expose(args: argparse.Namespace) -> None:
         raise UsageError("a private service needs --allow KEY_OR_NAME (or --public)")
 
 
+def _check_client_target(args: argparse.Namespace) -> None:
+    """An alias or petname is parsed (its error is the answer) but not reachable yet."""
+    if "." in args.service:  # a service address (parse_target agrees): no hidden code
+        return
+    from vx6.app.hidden_cli import check_client_target
+
+    check_client_target(_home(args), args.service)
+
+
 def _validate_connect(args: argparse.Namespace) -> None:
     from vx6.store.config import forward_config
 
@@ -315,6 +332,7 @@ def _nc(args: argparse.Namespace) -> int:
     from vx6.store.config import MAX_RELAYS
     from vx6.wire.control import decode_message, encode_message
 
+    _check_client_target(args)
     parse_service_address(args.service)
     if args.via:
         from vx6.net.addresses import parse_endpoint

@@ -6,7 +6,8 @@ A record is accepted only if, in this order (cheapest checks first, the signatur
 2. the envelope and its body parse canonically for the record's kind;
 3. its signer is the key the caller expected, if the caller named one;
 4. it is inside its time window: issued <= now + MAX_CLOCK_SKEW, expires > now,
-   expires > issued, and expires - issued <= MAX_LIFETIME;
+   expires > issued, and expires - issued <= MAX_LIFETIME (MAX_DESCRIPTOR_LIFETIME for
+   a hidden-service descriptor: a storer keeps one no longer than a few hours);
 5. its sequence number is higher than the one the caller holds for the same
    (kind, signer, subject) slot, so a replayed older record is refused;
 6. its Ed25519 signature verifies.
@@ -18,8 +19,7 @@ machine-friendly reason (the REASON_* constants below).
 from __future__ import annotations
 
 from vx6.core.names import name_pow_ok
-from vx6.crypto.keys import Identity
-from vx6.crypto.records import sign_record, verify_record
+from vx6.crypto.records import Signer, sign_record, verify_record
 from vx6.errors import RecordRejected
 from vx6.wire.records import (
     MAX_RECORD_SIZE,
@@ -35,6 +35,7 @@ from vx6.wire.records import (
 
 MAX_CLOCK_SKEW = 300
 MAX_LIFETIME = 7 * 86400
+MAX_DESCRIPTOR_LIFETIME = 6 * 3600  # docs/hidden.md section 3 (services use 3 h)
 
 REASON_TOO_LARGE = "too-large"
 REASON_WRONG_SIGNER = "wrong-signer"
@@ -45,6 +46,7 @@ REASON_LIFETIME_TOO_LONG = "lifetime-too-long"
 REASON_STALE_SEQUENCE = "stale-sequence"
 REASON_BAD_SIGNATURE = "bad-signature"
 REASON_WEAK_WORK = "weak-proof-of-work"
+REASON_DESCRIPTOR_LIFETIME = "descriptor-lifetime"
 
 RecordSlot = tuple[Kind, bytes, str]
 
@@ -75,6 +77,11 @@ def check_record(
         raise RecordRejected(REASON_BAD_LIFETIME)
     if record.expires - record.issued > MAX_LIFETIME:
         raise RecordRejected(REASON_LIFETIME_TOO_LONG)
+    if (
+        record.kind == Kind.HIDDEN_DESCRIPTOR
+        and record.expires - record.issued > MAX_DESCRIPTOR_LIFETIME
+    ):
+        raise RecordRejected(REASON_DESCRIPTOR_LIFETIME)
     if held_seq is not None and record.seq <= held_seq:
         raise RecordRejected(REASON_STALE_SEQUENCE)
     if not verify_record(record):
@@ -83,16 +90,17 @@ def check_record(
 
 
 def make_record(
-    identity: Identity, body: Body, seq: int, now: float, lifetime: int
+    signer: Signer, body: Body, seq: int, now: float, lifetime: int
 ) -> tuple[Record, bytes]:
-    """Sign `body` as `identity`, valid from `now` for `lifetime` seconds; return the
-    record and its encoding. ValueError if the lifetime or a field is out of range."""
-    if not 0 < lifetime <= MAX_LIFETIME:
-        raise ValueError(f"lifetime must be 1..{MAX_LIFETIME} seconds, got {lifetime}")
+    """Sign `body` as `signer` (an `Identity`, or a blinded key for a descriptor), valid
+    from `now` for `lifetime` seconds; return the record and its encoding. ValueError if
+    the lifetime or a field is out of range."""
+    kind = kind_of_body(body)
+    longest = MAX_DESCRIPTOR_LIFETIME if kind == Kind.HIDDEN_DESCRIPTOR else MAX_LIFETIME
+    if not 0 < lifetime <= longest:
+        raise ValueError(f"lifetime must be 1..{longest} seconds, got {lifetime}")
     issued = int(now)
-    record = sign_record(
-        identity, kind_of_body(body), seq, issued, issued + lifetime, encode_body(body)
-    )
+    record = sign_record(signer, kind, seq, issued, issued + lifetime, encode_body(body))
     return record, encode_record(record)
 
 

@@ -25,6 +25,10 @@ of its last dump); one that only found the shared budget spent waits for a later
 reconcile (`Neighbour.dump_wanted`). A granted dump is sent in batches of DUMP_BATCH
 records; `Neighbour.dump_left` and `dump_after` say where it stands while the link is
 paused.
+
+Not every record kind is synced: a hidden-service descriptor lives on its DHT replicas
+alone (docs/hidden.md section 3), so `synced_kind` keeps it out of the registry, and
+so out of every dump, push and reconcile (`synced_only` filters a push too).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vx6.core.budget import RateBudget
+from vx6.errors import DecodeError
+from vx6.wire.records import Kind, decode_record
 
 RECORDS_PER_SECOND = 200.0
 RECORDS_BURST = 4000.0
@@ -47,6 +53,27 @@ MAX_DUMP_KEYS = 4096  # peer keys remembered for DUMP_INTERVAL
 # record, so at most ~6 % of a core at the full rate.
 STRANGER_RECORDS_PER_SECOND = 400.0
 STRANGER_RECORDS_BURST = 2000.0  # one neighbour's full dump fits
+
+
+SYNCED_KINDS = frozenset({Kind.NODE, Kind.NAME_CLAIM, Kind.SERVICE, Kind.ROTATION})
+
+
+def synced_kind(kind: int) -> bool:
+    """Do records of `kind` spread between sync neighbours (and live in the registry)?"""
+    return kind in SYNCED_KINDS
+
+
+def synced_only(records: list[bytes]) -> list[bytes]:
+    """The records of `records` that sync may carry, in order (malformed ones dropped)."""
+    kept = []
+    for raw in records:
+        try:
+            kind = decode_record(raw).kind
+        except DecodeError:
+            continue
+        if synced_kind(kind):
+            kept.append(raw)
+    return kept
 
 
 @dataclass

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from vx6.crypto.keys import Identity, verify
+from typing import Protocol
+
+from vx6.crypto.keys import verify
 from vx6.wire.records import Kind, Record, signing_bytes
 
 
+class Signer(Protocol):
+    """Whatever signs a record: a node's `Identity`, or a hidden service's blinded key
+    for one period (crypto/hidden.py), which signs with plain Ed25519 under `public`."""
+
+    @property
+    def public(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
 def sign_record(
-    identity: Identity, kind: Kind, seq: int, issued: int, expires: int, body: bytes
+    signer: Signer, kind: Kind, seq: int, issued: int, expires: int, body: bytes
 ) -> Record:
-    """Sign a record as `identity`; ValueError if a field has no canonical encoding."""
-    message = signing_bytes(kind, identity.public, seq, issued, expires, body)
-    return Record(kind, identity.public, seq, issued, expires, body, identity.sign(message))
+    """Sign a record as `signer`; ValueError if a field has no canonical encoding."""
+    public = signer.public
+    message = signing_bytes(kind, public, seq, issued, expires, body)
+    return Record(kind, public, seq, issued, expires, body, signer.sign(message))
 
 
 def verify_record(record: Record) -> bool:

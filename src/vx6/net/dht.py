@@ -5,8 +5,10 @@ so IPv4 peers arrive as IPv4-mapped addresses and are sent to the same way) and 
 `DhtNode`. Every datagram goes into the core with the wall clock (records carry wall
 clock times); after every call into the core the service sends what the core queued,
 hands events to waiting lookups and to the node's `on_event`, and keeps one timer armed
-at the core's next deadline. `lookup()` and `publish()` turn the core's lookup ids into
-awaitables.
+at the core's next deadline. `lookup()` turns the core's lookup ids into awaitables;
+`publish()` hands a record over and returns at once, `store()` waits for the STOREs
+under each of the record's keys and says how many holders acknowledged (what a hidden
+service needs to know of its descriptor, node/hidden_dht.py).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from vx6.core.dht.contacts import Address
 from vx6.core.dht.keys import RELAY_DIRECTORY_KEYS, credentials_for
 from vx6.core.dht.node import DhtNode
 from vx6.crypto.keys import Identity
-from vx6.errors import ListenError, RemoteProtocolError
+from vx6.errors import DecodeError, ListenError, RecordRejected, RemoteProtocolError
 from vx6.net.addresses import format_endpoint
 from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.ratelog import RATELOG
+from vx6.wire.records import decode_record
 
 log = logging.getLogger("vx6.dht")
 
@@ -61,6 +64,7 @@ class DhtService(asyncio.DatagramProtocol):
         self.mapped = False  # a dual-stack IPv6 socket: IPv4 peers as ::ffff:a.b.c.d
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future[ev.Event]] = {}
+        self._stores: dict[int, asyncio.Future[ev.PublishFinished]] = {}
         self.last_lookup_ok: float | None = None
         self._reported_at = 0.0
         self._report_handle: asyncio.TimerHandle | None = None
@@ -156,6 +160,9 @@ class DhtService(asyncio.DatagramProtocol):
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()
+        for stored in self._stores.values():
+            if not stored.done():
+                stored.cancel()
 
     # ------------------------------------------------------------------ pumping
     def _pump(self) -> None:
@@ -165,6 +172,10 @@ class DhtService(asyncio.DatagramProtocol):
                 fut = self._waiters.get(event.lookup_id)
                 if fut is not None and not fut.done():
                     fut.set_result(event)
+            if isinstance(event, ev.PublishFinished):
+                stored = self._stores.get(event.lookup_id)
+                if stored is not None and not stored.done():
+                    stored.set_result(event)
                 if isinstance(event, ev.LookupFinished) and event.found:
                     self.last_lookup_ok = self._now()
             try:
@@ -259,6 +270,38 @@ class DhtService(asyncio.DatagramProtocol):
         except Exception as exc:  # our own record should always pass: say so if not
             log.warning("DHT publish refused our own record: %s", exc)
         self._pump()
+
+    async def store(self, raw: bytes, *, timeout: float = LOOKUP_TIMEOUT) -> int:
+        """Publish `raw` under each of its keys (as `publish`) and wait for the STOREs:
+        how many holders acknowledged, over all keys (what was known at `timeout`; 0 if
+        our own node refused it)."""
+        now = self._now()
+        try:
+            record = decode_record(raw)
+            lookup_ids = self.node.publish_under_each_key(raw, now)
+        except (DecodeError, RecordRejected) as exc:  # our own record should pass: say so
+            log.warning("DHT store refused our own record: %s", exc)
+            return 0
+        # Re-stored after joining like `publish`'s, one per (kind, signer); expired ones go.
+        for slot, held in list(self._own.items()):
+            if slot[:1] == bytes([record.kind]) and decode_record(held).expires <= now:
+                del self._own[slot]
+        self._own[bytes([record.kind]) + record.signer] = raw
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in lookup_ids]
+        self._stores.update(zip(lookup_ids, futures, strict=True))
+        self._pump()
+        stored = 0
+        try:
+            async with asyncio.timeout(timeout):
+                for fut in futures:
+                    stored += (await fut).stored
+        except TimeoutError:
+            pass  # the STOREs go on in the background; report what settled in time
+        finally:
+            for lookup_id in lookup_ids:
+                self._stores.pop(lookup_id, None)
+        return stored
 
     def health(self) -> dict[str, object]:
         stats = dict(self.node.stats)

@@ -8,6 +8,10 @@ on to the other sync neighbours within their budgets (`core/sync.py`), and a new
 record of a peer we dialled closes links to addresses it no longer publishes. Sync
 neighbours also get a full dump when the link comes up and a periodic reconcile.
 
+Hidden-service descriptors are not synced (core/sync.py `synced_kind`): `accept`
+drops them, counted, whether a neighbour sent them or a DHT lookup found them, so they
+never enter the registry, and `push` filters them out of what it is given.
+
 Bounds: a full dump goes to one peer key at most once a minute and to all together at a
 bounded rate (`core/sync.DumpLimiter`); it is sent in batches and stops while the link
 is paused (its write buffer is full), going on when the link resumes or at the next
@@ -44,6 +48,8 @@ from vx6.core.sync import (
     SYNC_DUMP_LIMIT,
     DumpLimiter,
     Neighbour,
+    synced_kind,
+    synced_only,
 )
 from vx6.crypto.keys import fingerprint
 from vx6.errors import DecodeError, RecordRejected
@@ -196,6 +202,9 @@ class RecordHub:
     def push(self, fresh: list[bytes], skip: LinkProtocol | None = None) -> None:
         """Pass newly accepted records on to the sync neighbours, within their budgets."""
         now = self.clock.wall()
+        fresh = synced_only(fresh)
+        if not fresh:
+            return
         for other, neighbour in list(self.neighbours.items()):
             if other is not skip and neighbour.may_push(len(fresh), now):
                 other.send_records(fresh)
@@ -257,6 +266,11 @@ class RecordHub:
         for i, raw in enumerate(records):
             try:
                 rec = decode_record(raw)
+                if not synced_kind(rec.kind):
+                    # A descriptor: its DHT replicas hold it, the registry never does
+                    # (so no dump, push or reconcile carries it; core/sync.py).
+                    self.count(f"records_not_synced_{rec.kind.name.lower()}")
+                    continue
                 subject = rec.subject
                 held = registry.held_seq(rec.kind, rec.signer, subject)
                 rec = check_record(raw, now, held)

@@ -15,6 +15,9 @@ applies only the difference:
 * forwards: an added one starts; a removed one stops listening, and its live
   connections go on until they end (closed at node shutdown like any other); a changed
   one is removed that way and started again with its new settings.
+* hidden services (`[hidden.NAME]`): the diff is reported ("hidden services +web") and
+  kept as the running configuration; the role that acts on it comes with the service
+  side (docs/hidden.md, "CLI and config").
 * every other setting (listen, peers, name, relay, limits...) is only read at start: a
   change is logged as needing a restart and the running value is kept.
 
@@ -42,7 +45,7 @@ from vx6.store.config import ForwardConfig, NodeConfig, ServiceConfig, load_conf
 log = logging.getLogger("vx6.reload")
 
 # What a reload applies; every other NodeConfig field is read once, at start.
-RUNTIME_FIELDS = frozenset({"services", "forwards"})
+RUNTIME_FIELDS = frozenset({"services", "forwards", "hidden"})
 RESTART_FIELDS = tuple(
     f.name for f in dataclasses.fields(NodeConfig) if f.name not in RUNTIME_FIELDS
 )
@@ -71,15 +74,17 @@ class TableDiff:
 class ConfigDiff:
     services: TableDiff = TableDiff()
     forwards: TableDiff = TableDiff()
+    hidden: TableDiff = TableDiff()
     restart_needed: tuple[str, ...] = ()  # settings that differ but apply only at start
 
     def summary(self) -> str:
-        """`services +web -old ~ssh; forwards +db`, or `no changes`."""
-        parts = [
-            f"{what} {table.summary()}"
-            for what, table in (("services", self.services), ("forwards", self.forwards))
-            if table
-        ]
+        """`services +web -old ~ssh; forwards +db; hidden services +blog`, or `no changes`."""
+        tables = (
+            ("services", self.services),
+            ("forwards", self.forwards),
+            ("hidden services", self.hidden),
+        )
+        parts = [f"{what} {table.summary()}" for what, table in tables if table]
         return "; ".join(parts) or "no changes"
 
     def as_dict(self) -> dict[str, object]:
@@ -87,6 +92,7 @@ class ConfigDiff:
             "changes": self.summary(),
             "services": dataclasses.asdict(self.services),
             "forwards": dataclasses.asdict(self.forwards),
+            "hidden": dataclasses.asdict(self.hidden),
             "restart_needed": list(self.restart_needed),
         }
 
@@ -103,14 +109,17 @@ def diff_config(old: NodeConfig, new: NodeConfig) -> ConfigDiff:
     return ConfigDiff(
         services=diff_table(old.services, new.services),
         forwards=diff_table(old.forwards, new.forwards),
+        hidden=diff_table(old.hidden, new.hidden),
         restart_needed=tuple(f for f in RESTART_FIELDS if getattr(old, f) != getattr(new, f)),
     )
 
 
 def running_after(old: NodeConfig, new: NodeConfig) -> NodeConfig:
-    """What the node runs after a reload: the new services and forwards, the rest as it
-    was at start."""
-    return dataclasses.replace(old, services=dict(new.services), forwards=dict(new.forwards))
+    """What the node runs after a reload: the new services, forwards and hidden services,
+    the rest as it was at start."""
+    return dataclasses.replace(
+        old, services=dict(new.services), forwards=dict(new.forwards), hidden=dict(new.hidden)
+    )
 
 
 class ConfiguredServices(Protocol):

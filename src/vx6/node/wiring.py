@@ -59,6 +59,7 @@ from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig, load_config
 from vx6.store.home import Home
 from vx6.store.registry import Registry, RegistryWriteError
+from vx6.wire.records import Kind, decode_record
 
 log = logging.getLogger("vx6.node")
 
@@ -220,7 +221,9 @@ class Node:
 
     def _dht_event(self, event: dht_events.Event) -> None:
         if isinstance(event, dht_events.RepublishDue):
-            self.publisher.publish_all()
+            # A descriptor's service signs its next revision on its own timer.
+            if decode_record(event.record).kind != Kind.HIDDEN_DESCRIPTOR:
+                self.publisher.publish_all()
         else:
             self.records.on_dht_event(event)
 

@@ -27,6 +27,10 @@ Example:
     # hops = 3                     # relay proxy mode: through 3 relays (1..5)
     # relay_fallback = 2           # direct, but through 2 relays if the owner is unreachable
 
+    [hidden.web]                   # a hidden service, reached by its alias (docs/hidden.md)
+    target = "127.0.0.1:8080"      # see vx6/store/hidden_config.py for every key
+    public = true
+
     [owner_limits]                 # bounds on streams to this node's services (defaults)
     # streams = 4096               # open at once, node-wide
     # streams_per_key = 256        # open at once per client key (or anonymous circuit)
@@ -52,7 +56,8 @@ Example:
 
 Command-line flags win over the file; services exposed with `vx6 expose` are kept in the
 registry and merge with those declared here (the file wins on a name clash). SIGHUP (or
-`vx6 reload`) applies changed services and forwards to a running node (vx6/node/reload.py).
+`vx6 reload`) applies changed services and forwards to a running node (and reports
+changed hidden services) (vx6/node/reload.py).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from vx6.core.names import parse_service_address, validate_allow_entry, validate
 from vx6.errors import UsageError
 from vx6.net.addresses import is_loopback, parse_endpoint
 from vx6.store.bounds import RegistryLimits
+from vx6.store.hidden_config import HiddenServiceConfig, parse_hidden_tables
 
 DEFAULT_PORT = 4242
 MAX_RELAYS = 5  # relays on one circuit; the exit makes the sixth hop (docs/circuits.md)
@@ -137,6 +143,7 @@ class NodeConfig:
     advertise: list[tuple[str, int]] = field(default_factory=list)
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
+    hidden: dict[str, HiddenServiceConfig] = field(default_factory=dict)
     relay: bool = False
     circuit_lifetime: float = CIRCUIT_LIFETIME
     owner_limits: OwnerLimits = field(default_factory=OwnerLimits)
@@ -157,6 +164,7 @@ class NodeConfig:
             advertise=cli.advertise or self.advertise,
             services=dict(self.services),
             forwards=dict(self.forwards),
+            hidden=dict(self.hidden),  # the file only
             relay=cli.relay or self.relay,
             circuit_lifetime=self.circuit_lifetime,  # the file only: no flag
             owner_limits=self.owner_limits,  # the file only
@@ -399,4 +407,6 @@ def load_config(path: Path) -> NodeConfig:
             hops=_int(fwd.get("hops", 0), f"forwards.{name}.hops"),
             relay_fallback=_int(fwd.get("relay_fallback", 0), f"forwards.{name}.relay_fallback"),
         )
+    cfg.hidden = parse_hidden_tables(data.get("hidden", {}), path)
+    cfg.hidden = parse_hidden_tables(data.get("hidden", {}), path)
     return cfg

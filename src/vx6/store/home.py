@@ -20,6 +20,8 @@ owner's pid) before the node binds, opens the registry or joins the DHT; a secon
 on the same home stops there with `NodeRunning`, naming the first one's pid. The kernel
 drops a flock when its process dies, so the file a killed node leaves blocks nobody;
 it is never deleted (unlinking a lock file races with the next node taking it).
+
+Hidden services' alias keys and state files: vx6/store/hidden_home.py (mixed in).
 """
 
 from __future__ import annotations
@@ -32,15 +34,13 @@ from pathlib import Path
 
 from vx6.core.circuit.onion_schedule import ONION_KEY_LIFETIME, OnionKeyAction, onion_key_step
 from vx6.crypto.keys import Identity, StaticKey
-from vx6.errors import UsageError, VX6Error
+from vx6.errors import UsageError
+from vx6.store.hidden_home import HiddenServiceFiles
+from vx6.store.home_errors import HomeError as HomeError  # callers catch it from here
 
 log = logging.getLogger("vx6.home")
 
 KEY_LEN = 32
-
-
-class HomeError(VX6Error):
-    """The home directory or a key file in it is unsafe or unusable."""
 
 
 class NodeRunning(HomeError):
@@ -113,7 +113,7 @@ def check_parents(path: Path) -> None:
             )
 
 
-class Home:
+class Home(HiddenServiceFiles):
     def __init__(self, path: Path | None = None) -> None:
         given = (path or default_home()).expanduser()
         self.given = given if given.is_absolute() else Path.cwd() / given
@@ -294,11 +294,19 @@ class Home:
         finally:
             os.close(fd)
         os.replace(tmp, file)
-        dir_fd = os.open(self.path, os.O_RDONLY)
+        dir_fd = os.open(file.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the rename itself survives a crash
         finally:
             os.close(dir_fd)
+
+    def write_config(self, text: str) -> None:
+        """Replace config.toml atomically (0600: it holds allow lists)."""
+        self.ensure()
+        try:
+            self._write_key(self.config_path, text.encode())
+        except OSError as exc:
+            raise HomeError(f"cannot write {self.config_path}: {exc.strerror or exc}") from exc
 
     def _load_or_create(self, name: str) -> bytes:
         self.ensure()

@@ -401,6 +401,32 @@ class Registry:
         rows = self._fetchall("SELECT name, key, pinned_at FROM pins ORDER BY name")
         return [(str(name), bytes(key), float(at)) for name, key, at in rows]
 
+    # ----------------------------------------------------------------- petnames
+
+    def set_petname(self, name: str, alias_key: bytes, limit: int) -> None:
+        """Name an alias key (replacing what `name` named); RegistryError if `limit`
+        petnames exist already and `name` is not one of them."""
+        with self._write() as conn:
+            held = conn.execute("SELECT count(*) FROM petnames WHERE name <> ?", (name,))
+            if held.fetchone()[0] >= limit:
+                raise RegistryError(f"{limit} petnames already: remove one first")
+            conn.execute(
+                "INSERT OR REPLACE INTO petnames (name, alias_key) VALUES (?, ?)",
+                (name, bytes(alias_key)),
+            )
+
+    def get_petname(self, name: str) -> bytes | None:
+        row = self._fetchone("SELECT alias_key FROM petnames WHERE name = ?", (name,))
+        return None if row is None else bytes(row[0])
+
+    def remove_petname(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM petnames WHERE name = ?", (name,)).rowcount > 0
+
+    def petnames(self) -> list[tuple[str, bytes]]:
+        rows = self._fetchall("SELECT name, alias_key FROM petnames ORDER BY name")
+        return [(str(name), bytes(key)) for name, key in rows]
+
     # ----------------------------------------------------------------- services
 
     def put_service(self, svc: LocalService) -> None:

@@ -85,6 +85,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             allow_json TEXT NOT NULL, public INTEGER NOT NULL,
             allow_remote_target INTEGER NOT NULL) WITHOUT ROWID""",
     ),
+    (  # 2: petnames, the user's own names for hidden-service aliases (docs/hidden.md 1)
+        """CREATE TABLE petnames (
+            name TEXT PRIMARY KEY CHECK (name <> ''),
+            alias_key BLOB NOT NULL CHECK (length(alias_key) = 32)) WITHOUT ROWID""",
+    ),
 )
 
 

@@ -1,7 +1,7 @@
 """Signed records: one envelope for every kind, one canonical binary encoding.
 
-Every record (node, name claim, service) travels in the same envelope, all integers
-big-endian:
+Every record (node, name claim, service, rotation, hidden-service descriptor) travels in
+the same envelope, all integers big-endian:
 
     magic "VX6R" | version u8 | kind u8 | signer 32 | seq u64 | issued u64 | expires u64
     | body length u16 | body | signature 64
@@ -14,6 +14,10 @@ Bodies, by kind:
                 endpoint = family u8 (4 or 6) | address 4 or 16 | port u16
     NAME_CLAIM  name (label) | pow nonce u64
     SERVICE     service (label) | modes u8 | public u8 (0 or 1)
+    HIDDEN_DESCRIPTOR  exactly DESCRIPTOR_BODY_SIZE (896) opaque bytes, so the record is
+                exactly MAX_RECORD_SIZE; signed by the period's blinded key (docs/hidden.md
+                section 3); only crypto/hidden_desc.py reads inside
+    ROTATION    name (label) | new key 32
     label = length u8 (1..32) | ASCII bytes matching LABEL_PATTERN
 
 There is exactly one encoding of each value, so `encode(decode(b)) == b` for every
@@ -55,6 +59,8 @@ _HEADER = struct.Struct(">4sBB32sQQQH")
 HEADER_LEN = _HEADER.size
 MIN_RECORD_SIZE = HEADER_LEN + SIGNATURE_LEN
 MAX_BODY_SIZE = MAX_RECORD_SIZE - MIN_RECORD_SIZE
+# Every descriptor fills a record exactly, so its size says nothing about what it holds.
+DESCRIPTOR_BODY_SIZE = MAX_BODY_SIZE
 
 LABEL_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?"
 _LABEL = re.compile(LABEL_PATTERN)
@@ -68,7 +74,7 @@ class Kind(IntEnum):
     NODE = 1
     NAME_CLAIM = 2
     SERVICE = 3
-    # 4 is reserved for hidden-service descriptors.
+    HIDDEN_DESCRIPTOR = 4  # signed by a hidden service's blinded key (docs/hidden.md)
     ROTATION = 5  # "my name moves to this new key", signed by the old key
 
 
@@ -137,7 +143,14 @@ class RotationBody:
     new_key: bytes
 
 
-Body = NodeBody | NameClaimBody | ServiceBody | RotationBody
+@dataclass(frozen=True)
+class HiddenDescriptorBody:
+    """The opaque body of a hidden-service descriptor: `salt 16 | outer ciphertext`."""
+
+    blob: bytes
+
+
+Body = NodeBody | NameClaimBody | ServiceBody | RotationBody | HiddenDescriptorBody
 
 
 @dataclass(frozen=True)
@@ -156,8 +169,9 @@ class Record:
 
     @property
     def subject(self) -> str:
-        """What the record is about within its signer's records: "" for a node record,
-        the claimed name for a name claim, the service name for a service record."""
+        """What the record is about within its signer's records: "" for a node record
+        and a descriptor (one per blinded key), the claimed name for a name claim and a
+        rotation, the service name for a service record."""
         body = self.parsed_body()
         if isinstance(body, NameClaimBody):
             return body.name
@@ -177,6 +191,8 @@ def kind_of_body(body: Body) -> Kind:
         return Kind.SERVICE
     if isinstance(body, RotationBody):
         return Kind.ROTATION
+    if isinstance(body, HiddenDescriptorBody):
+        return Kind.HIDDEN_DESCRIPTOR
     raise TypeError(f"not a record body: {body!r}")
 
 
@@ -222,6 +238,10 @@ def encode_body(body: Body) -> bytes:
         if len(body.new_key) != SIGNER_LEN:
             raise ValueError("new_key is a 32-byte Ed25519 public key")
         return _pack_label(body.name, "name") + bytes(body.new_key)
+    if isinstance(body, HiddenDescriptorBody):
+        if len(body.blob) != DESCRIPTOR_BODY_SIZE:
+            raise ValueError(f"a descriptor body is exactly {DESCRIPTOR_BODY_SIZE} bytes")
+        return bytes(body.blob)
     raise TypeError(f"not a record body: {body!r}")
 
 
@@ -343,4 +363,10 @@ def decode_body(kind: Kind, data: bytes) -> Body:
         new_key = reader.take(SIGNER_LEN)
         reader.finish()
         return RotationBody(name, new_key)
+    if kind == Kind.HIDDEN_DESCRIPTOR:
+        if len(data) != DESCRIPTOR_BODY_SIZE:
+            raise DecodeError(
+                f"descriptor body of {len(data)} bytes, not exactly {DESCRIPTOR_BODY_SIZE}"
+            )
+        return HiddenDescriptorBody(bytes(data))
     raise DecodeError(f"unknown record kind {kind!r}")

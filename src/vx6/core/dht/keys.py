@@ -9,6 +9,8 @@ DHT keys (256 bits, the same space as node ids):
                     a node record with the relay capability and an address is stored
                     here too, so a client that knows no relay can find some
                     (docs/dht.md "Relay directory")
+    hidden-service  SHA-256("vx6-hidden-key\0" + blinded key + replica u8), replica 0
+    descriptor      and 1: two replica sets of k nodes each (docs/hidden.md section 3)
 
 A stored value must sit under a key computed from its own content ("wrong-key"
 otherwise), so nobody can park a record where it does not belong.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from vx6.crypto.keys import Identity, node_id, verify
 from vx6.wire.records import (
     Capability,
+    HiddenDescriptorBody,
     Kind,
     NameClaimBody,
     NodeBody,
@@ -40,6 +43,8 @@ NAME_KEY_DOMAIN = b"vx6-name-key\x00"
 SERVICE_KEY_DOMAIN = b"vx6-service-key\x00"
 RELAY_DIRECTORY_DOMAIN = b"vx6-relays\x00"
 RELAY_DIRECTORY_BUCKETS = 8
+HIDDEN_KEY_DOMAIN = b"vx6-hidden-key\x00"
+HIDDEN_REPLICAS = 2
 
 
 def name_key(name: str) -> bytes:
@@ -48,6 +53,18 @@ def name_key(name: str) -> bytes:
 
 def service_key(owner: bytes, service: str) -> bytes:
     return hashlib.sha256(SERVICE_KEY_DOMAIN + owner + service.encode("ascii")).digest()
+
+
+def hidden_descriptor_key(blinded: bytes, replica: int) -> bytes:
+    """Where replica `replica` (0 or 1) of the descriptors signed by `blinded` lives."""
+    if not 0 <= replica < HIDDEN_REPLICAS:
+        raise ValueError(f"replica must be 0..{HIDDEN_REPLICAS - 1}, got {replica}")
+    return hashlib.sha256(HIDDEN_KEY_DOMAIN + bytes(blinded) + bytes([replica])).digest()
+
+
+def hidden_descriptor_keys(blinded: bytes) -> tuple[bytes, ...]:
+    """Both replica keys of `blinded`, replica 0 first."""
+    return tuple(hidden_descriptor_key(blinded, r) for r in range(HIDDEN_REPLICAS))
 
 
 def relay_directory_key(bucket: int) -> bytes:
@@ -68,7 +85,11 @@ def relay_bucket(signer: bytes) -> int:
 
 def record_keys(record: Record) -> tuple[bytes, ...]:
     """Every DHT key `record` may be stored under: its own (`record_key`) first, then,
-    for a relay's node record with an address, its relay directory key."""
+    for a relay's node record with an address, its relay directory key, and for a
+    descriptor its second replica key."""
+    if record.kind == Kind.HIDDEN_DESCRIPTOR:
+        record.parsed_body()  # DecodeError for a body of the wrong size
+        return hidden_descriptor_keys(record.signer)
     own = record_key(record)
     if record.kind != Kind.NODE:
         return (own,)
@@ -88,6 +109,8 @@ def record_key(record: Record) -> bytes:
         return name_key(body.name)
     if isinstance(body, ServiceBody):
         return service_key(record.signer, body.service)
+    if isinstance(body, HiddenDescriptorBody):
+        return hidden_descriptor_key(record.signer, 0)
     raise ValueError(f"no DHT key for record kind {record.kind!r}")
 
 

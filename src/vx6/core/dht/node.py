@@ -11,7 +11,9 @@ stale holders, and reports `LookupFinished`.
 Owned records: `publish(raw)` holds the record locally (so we answer for it), runs a
 node lookup on its key and STOREs it on the k closest nodes that answered, with the
 tokens they gave us (`PublishFinished` counts the acknowledgements). A relay's node
-record goes under its relay directory key as well (keys.record_keys), the same way. Housekeeping
+record goes under its relay directory key as well (keys.record_keys), the same way, and a
+hidden-service descriptor under both its replica keys (`publish_under_each_key` returns
+every lookup id, so its caller can count the STOREs of both). Housekeeping
 re-publishes every owned record each `republish_interval`, reports `RepublishDue` once
 when a record is within `republish_margin` of its expiry (the owner signs a fresh one
 with a higher sequence number and publishes it), and refreshes, one per pass, the
@@ -103,6 +105,11 @@ class DhtNode(DhtEndpoint):
         """Hold `raw` (one of our own records) and store it on the k closest nodes to each
         of its keys, again every `republish_interval`; return the lookup id of its own
         key's publish. RecordRejected if it fails the rules."""
+        return self.publish_under_each_key(raw, now)[0]
+
+    def publish_under_each_key(self, raw: bytes, now: float) -> tuple[int, ...]:
+        """`publish`, returning the lookup id of every key's publish (each ends in one
+        `PublishFinished`), its own key's first."""
         try:
             record = decode_record(raw)
             targets = record_keys(record)
@@ -111,7 +118,7 @@ class DhtNode(DhtEndpoint):
         slot = record_slot(record)
         for gone in [key for key in self._owned if key[1] == slot and key[0] not in targets]:
             del self._owned[gone]  # e.g. a node that stopped relaying leaves the directory
-        lookup_ids = []
+        lookup_ids: list[int] = []
         for i, target in enumerate(targets):
             checked = self.store.offer(raw, target, now)
             if not checked.acceptable:
@@ -127,7 +134,7 @@ class DhtNode(DhtEndpoint):
             lookup_ids.append(
                 self._start(target, now, want_value=False, interactive=True, publish=raw)
             )
-        return lookup_ids[0]
+        return tuple(lookup_ids)
 
     def _start(
         self,

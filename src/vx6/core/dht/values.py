@@ -3,7 +3,8 @@
 Theory of operation: every record that arrives (in a STORE, or in a VALUES answer to one
 of our lookups) goes through `check_value`, which applies the record rules in this
 order, cheapest first: size cap, canonical parse, DHT key matches the target (one of
-`keys.record_keys`: a relay's node record also fits its relay directory key), then
+`keys.record_keys`: a relay's node record also fits its relay directory key, a
+hidden-service descriptor either of its two replica keys), then
 `vx6.core.records.check_record` (time window, sequence number, signature). The verdict
 says what to do with it:
 
