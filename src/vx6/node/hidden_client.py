@@ -39,24 +39,23 @@ from vx6.core.hidden.client import (
     CandidateFailed,
     CloseCircuit,
     Failed,
+    IntroFailed,
     IntroTarget,
     Joined,
-    Profile,
     RendezvousAttempt,
     SendEstablishRendezvous,
     SendIntroduce,
 )
+from vx6.core.hidden.profiles import PathProfile
 from vx6.core.hidden.descriptor import blinded_key_for, open_descriptor_body, time_period
 from vx6.core.routes import RelayCandidate
-from vx6.crypto.hidden import ed25519_seed_to_x25519_private
 from vx6.crypto.hidden_desc import (
     e2e_crypto,
     hs_ntor_client_finish,
-    hs_ntor_client_start,
     seal_introduce,
     subcredential,
 )
-from vx6.crypto.keys import Identity
+from vx6.crypto.keys import Identity, StaticKey
 from vx6.errors import (
     CryptoError,
     DecodeError,
@@ -123,11 +122,12 @@ class _Cached:
 
 @dataclass
 class _Step:
-    """The circuits and secrets of one attempt, by the core's ids."""
+    """The circuits and secrets of one attempt, by the core's step ids."""
 
     circuits: dict[int, ClientPath] = field(default_factory=dict)
-    x_private: dict[int, bytes] = field(default_factory=dict)
-    pending: dict[int, object] = field(default_factory=dict)  # ntor states by rendezvous id
+    cookies: dict[int, bytes] = field(default_factory=dict)  # rendezvous step -> cookie
+    # cookie -> (the intro it was introduced through, x): finishes the handshake
+    introduced: dict[bytes, tuple[IntroTarget, bytes]] = field(default_factory=dict)
 
 
 class HiddenClient:
@@ -145,7 +145,7 @@ class HiddenClient:
         count: Count,
     ) -> None:
         self._identity = identity
-        self._x25519 = ed25519_seed_to_x25519_private(identity_seed)
+        self._seed = identity_seed
         self._builder = builder
         self._relays = relays
         self._descriptors = descriptors
@@ -154,11 +154,11 @@ class HiddenClient:
         self._spawn = spawn
         self._count = count
         self._cache: dict[bytes, _Cached] = {}
-        self.paths: dict[tuple[bytes, Profile], list[ClientPath]] = {}
+        self.paths: dict[tuple[bytes, PathProfile], list[ClientPath]] = {}
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ paths
-    async def path_for(self, alias_key: bytes, profile: Profile) -> ClientPath:
+    async def path_for(self, alias_key: bytes, profile: PathProfile) -> ClientPath:
         key = (alias_key, profile)
         live = [p for p in self.paths.get(key, []) if p.is_open]
         self.paths[key] = live
@@ -169,7 +169,7 @@ class HiddenClient:
         self.paths.setdefault(key, []).append(path)
         return path
 
-    async def connect(self, alias_key: bytes, profile: Profile) -> ClientPath:
+    async def connect(self, alias_key: bytes, profile: PathProfile) -> ClientPath:
         started = time.perf_counter()
         cached = await self._descriptor(alias_key)
         self.timings["lookup_ms"] = (time.perf_counter() - started) * 1e3
@@ -178,7 +178,13 @@ class HiddenClient:
             raise StreamFailed(
                 StreamError.INTROS_UNREACHABLE, "no intro relay of the descriptor is known"
             )
-        attempt = RendezvousAttempt(profile, intros, self._relays.relay_candidates(), self._random)
+        attempt = RendezvousAttempt(
+            profile,
+            intros,
+            self._relays.relay_candidates(),
+            self._random,
+            exclude=(self._identity.public,),
+        )
         try:
             async with asyncio.timeout(ATTEMPT_DEADLINE):
                 return await self._run(attempt, cached)
@@ -199,7 +205,7 @@ class HiddenClient:
         for record in records:  # newest revision first
             try:
                 contents = open_descriptor_body(
-                    record.body, alias_key, period, record.seq, self._x25519
+                    record.body, alias_key, period, record.seq, self._seed
                 )
             except NotAuthorized:
                 raise StreamFailed(
@@ -240,25 +246,30 @@ class HiddenClient:
                 if isinstance(action, BuildRendezvousCircuit | BuildIntroCircuit):
                     self._spawn(build(action))
                 elif isinstance(action, SendEstablishRendezvous):
-                    circuit = step.circuits.get(action.id)
+                    circuit = step.circuits.get(action.step)
                     if circuit is not None:
                         data = encode_establish_rendezvous(EstablishRendezvous(action.cookie))
                         circuit.send_control(RelayCommand.ESTABLISH_RENDEZVOUS, data)
                 elif isinstance(action, SendIntroduce):
                     introduce(action)
                 elif isinstance(action, CloseCircuit):
-                    gone = step.circuits.pop(action.id, None)
+                    gone = step.circuits.pop(action.step, None)
                     if gone is not None and not done.done():
                         gone.close(DestroyReason.NONE)
                 elif isinstance(action, CandidateFailed):
-                    log.warning("rendezvous candidate %d failed: %s", action.index, action.reason)
+                    log.warning(
+                        "rendezvous candidate %d failed: %s", action.index + 1, action.reason
+                    )
                     self._count("hidden_rendezvous_candidates_failed")
+                elif isinstance(action, IntroFailed):
+                    log.info("intro %d failed: %s", action.intro + 1, action.reason)
+                    self._count("hidden_intros_failed")
                 elif isinstance(action, Joined):
-                    joined = step.circuits.pop(action.id, None)
+                    joined = step.circuits.pop(action.step, None)
                     if joined is not None and not done.done():
                         done.set_result(joined)
                 elif isinstance(action, Failed) and not done.done():
-                    done.set_exception(StreamFailed(action.code, action.detail))
+                    done.set_exception(action.error())
             if timer is not None:
                 timer.cancel()
             deadline = attempt.next_deadline()
@@ -270,7 +281,10 @@ class HiddenClient:
 
         async def build(action: BuildRendezvousCircuit | BuildIntroCircuit) -> None:
             def control(command: int, data: bytes) -> None:
-                on_control(action.id, command, data)
+                on_control(action.step, command, data)
+
+            if isinstance(action, BuildRendezvousCircuit):
+                step.cookies[action.step] = action.cookie
 
             path = list(action.path)
             try:
@@ -278,31 +292,31 @@ class HiddenClient:
                     hop(path[-1]), [hop(r) for r in path[:-1]], authenticate=False, on_control=control
                 )
             except (VX6Error, OSError):
-                carry_out(attempt.circuit_failed(action.id, self._clock.monotonic()))
+                carry_out(attempt.circuit_failed(action.step, self._clock.monotonic()))
                 return
             if done.done():
                 circuit.close(DestroyReason.NONE)
                 return
-            step.circuits[action.id] = circuit
+            step.circuits[action.step] = circuit
             circuit.on_closed = lambda _r: carry_out(
-                attempt.circuit_failed(action.id, self._clock.monotonic())
+                attempt.circuit_failed(action.step, self._clock.monotonic())
             )
             now = self._clock.monotonic()
             if isinstance(action, BuildRendezvousCircuit):
-                carry_out(attempt.rendezvous_circuit_ready(action.id, now))
+                carry_out(attempt.rendezvous_circuit_ready(action.step, now))
             else:
-                carry_out(attempt.intro_circuit_ready(action.id, now))
+                carry_out(attempt.intro_circuit_ready(action.step, now))
 
         def introduce(action: SendIntroduce) -> None:
-            circuit = step.circuits.get(action.id)
+            circuit = step.circuits.get(action.step)
             if circuit is None:
                 return
-            target = action.intro
+            target = attempt.intros[action.intro]
             x_private = self._random(32)
+            x_public = StaticKey(x_private).public
             rp = action.rendezvous
             proof = None
             if cached.contents.proof_required:
-                x_public = hs_ntor_client_start(target.auth_key, target.enc_key, x_private)[1]
                 signed = client_proof_signed_bytes(target.auth_key, x_public, action.cookie)
                 proof = self._identity.sign(signed)
             plaintext = encode_introduce_plaintext(
@@ -315,12 +329,10 @@ class HiddenClient:
                     proof,
                 )
             )
-            x_public, sealed = seal_introduce(
+            _, sealed = seal_introduce(
                 x_private, target.enc_key, target.auth_key, cached.subcredential, plaintext
             )
-            step.pending[action.rendezvous_id] = hs_ntor_client_start(
-                target.auth_key, target.enc_key, x_private
-            )[0]
+            step.introduced[action.cookie] = (target, x_private)
             data = encode_introduce1(Introduce1(target.auth_key, x_public, sealed))
             circuit.send_control(RelayCommand.INTRODUCE1, data)
 
@@ -334,11 +346,15 @@ class HiddenClient:
                     carry_out(attempt.introduce_ack(circuit_id, int(ack.status), now))
                 elif command == RelayCommand.RENDEZVOUS2:
                     reply = decode_rendezvous2(data).reply
-                    state = step.pending.pop(circuit_id, None)
+                    cookie = step.cookies.get(circuit_id, b"")
+                    introduced = step.introduced.get(cookie)
                     circuit = step.circuits.get(circuit_id)
-                    if state is None or circuit is None:
+                    if introduced is None or circuit is None:
                         raise DecodeError("RENDEZVOUS2 on a circuit that did not introduce")
-                    material = hs_ntor_client_finish(state, reply)
+                    target, x_private = introduced
+                    material = hs_ntor_client_finish(
+                        target.auth_key, target.enc_key, x_private, reply
+                    )
                     circuit.join(e2e_crypto(material, client=True))
                     carry_out(attempt.rendezvous2(circuit_id, now))
             except (DecodeError, CryptoError) as exc:

@@ -51,6 +51,11 @@ from vx6.wire.hidden_desc import (
 
 PERIOD_LENGTH = 86400
 PERIOD_OFFSET = 43200
+DESCRIPTOR_LIFETIME = 3 * 3600  # storers refuse more than 6 h (core/records.py)
+# Near a period change both sides of it matter: the service publishes for the next
+# period this long before it starts, and accepts introductions made with the previous
+# period's descriptor this long after it ended (clocks and caches lag).
+PERIOD_OVERLAP = 3600
 _NO_COOKIE = b""  # a public descriptor's inner layer is keyed by the alias alone
 
 RandomBytes = Callable[[int], bytes]
@@ -59,6 +64,19 @@ RandomBytes = Callable[[int], bytes]
 def time_period(now: float) -> int:
     """The period `now` (Unix seconds) falls in; periods change at 12:00 UTC."""
     return (math.floor(now) - PERIOD_OFFSET) // PERIOD_LENGTH
+
+
+def publish_periods(now: float, *, include_previous: bool = False) -> list[int]:
+    """The periods whose descriptors matter at `now`: the current one, the next one in
+    the last PERIOD_OVERLAP seconds before it starts, and with `include_previous` the
+    previous one in the first PERIOD_OVERLAP seconds after it ended."""
+    current = time_period(now)
+    periods = [current]
+    if time_period(now + PERIOD_OVERLAP) != current:
+        periods.append(current + 1)
+    if include_previous and time_period(now - PERIOD_OVERLAP) != current:
+        periods.append(current - 1)
+    return periods
 
 
 def blinded_key_for(alias_public: bytes, period: int) -> bytes:
