@@ -518,3 +518,124 @@ def test_open_joined_refuses_a_cell_a_real_hop_wrote() -> None:
     with pytest.raises(CircuitFailure) as failure:
         onion.open_joined([client], HopCrypto(E2E_KEYS), body)
     assert failure.value.reason is DestroyReason.PROTOCOL_ERROR
+
+
+# --- hostile cells at the rendezvous point (the router's way: relay_chunk, then decode) ----
+
+
+def _feed(core: RelayCore, link: int, chunk: bytes, now: float) -> list[CircuitEvent]:
+    """What `CircuitRouter.cells_received` does with one CELLS frame's cells."""
+    view, pos, events = memoryview(chunk), 0, []
+    while pos < len(view):
+        taken, pos = core.relay_chunk(link, view, pos)
+        events += taken
+        if pos < len(view):
+            cell = c.decode_cell(view[pos : pos + c.CELL_SIZE])
+            events += core.cell_received(link, cell, now=now, source=link, ephemeral=seed(pos))
+            pos += c.CELL_SIZE
+    return events
+
+
+def _raw(circuit_id: int, command: int, arg: int) -> bytes:
+    cell = bytearray(random.Random(arg).randbytes(c.CELL_SIZE))
+    c.write_cell_header(cell, circuit_id, command)
+    return bytes(cell)
+
+
+hostile = st.one_of(
+    st.tuples(st.just("forge"), st.sampled_from("ab"), st.integers(0, 2**32)),
+    st.tuples(st.just("destroy"), st.sampled_from("ab"), st.integers(0, 255)),
+    st.tuples(st.just("for_rp"), st.just("a"), st.integers(0, 3000)),
+    st.tuples(st.just("unknown"), st.sampled_from("ab"), st.integers(0, 2**32)),
+)
+genuine = st.tuples(st.sampled_from(["a", "c"]), st.just(""), st.integers(1, 16253))
+plans = st.lists(st.one_of(genuine, genuine, hostile), max_size=20)
+
+
+@settings(max_examples=40, deadline=None)
+@given(plans, st.integers(1, c.CELLS_PER_FRAME), st.booleans())
+def test_hostile_cells_at_the_rendezvous_point_end_only_the_pair_they_hit(
+    plan: list[tuple[str, str, int]], per_frame: int, in_place: bool
+) -> None:
+    """A (client -> RP) and B (service -> B1 -> RP) joined at RP; C (client -> RP -> B1)
+    shares A's link into RP and B's link out of it. Forged cells, DESTROYs and a message
+    for RP on the pair's keys, mixed into the same frames as C's and A's genuine cells,
+    end the pair (with the right reason) and nothing else: C's data arrives whole and in
+    order, A's messages before the first hit reach B, and RP's accounting holds."""
+    net = JoinNet(in_place=in_place)
+    net.outboxes["client"], net.end_events["client"] = CellOutbox(), []  # cells taken here
+    b = net.build_end("service", ["B1", "RP"], 5)
+    circuit_c = net.build_end("client", ["RP", "B1"], 7)
+    a = net.build_end("client", ["RP"], 5)
+    key_a, key_b = net.rp_keys[("client", 5)], net.rp_keys[("service", 5)]
+    rp = net.nodes["RP"].core
+    rp.join(key_a, key_b)
+    a.join(HopCrypto(E2E_KEYS))
+    b.join(HopCrypto(E2E_KEYS.swapped()))
+    a_link = key_a[0]
+
+    cells: list[tuple[int, bytes]] = []
+    sent: dict[str, list[bytes]] = {"a": [], "c": []}
+    first_hit: tuple[str, str, int] | None = None
+    a_before_hit = 0
+    for kind, target, arg in plan:
+        link, own = key_a if target == "a" else key_b
+        if kind in ("a", "c"):
+            data = bytes([len(sent[kind]) % 251]) * arg
+            end = a if kind == "a" else circuit_c
+            end.send(RelayCommand.DATA, 1, data[: end.max_data])
+            sent[kind].append(data[: end.max_data])
+            cells += [(a_link, bytes(x)) for x in net.outboxes["client"].take()[a_link]]
+            continue
+        if kind == "forge":
+            cells.append((link, _raw(own, c.CellCommand.RELAY, arg)))
+        elif kind == "destroy":
+            cells.append((link, c.encode_cell(c.Destroy(own, arg))))
+        elif kind == "unknown":
+            cells.append((link, _raw(1000 + arg % 1000, c.CellCommand.RELAY, arg)))
+            continue
+        else:  # for_rp: A seals a message for RP itself, as before the join
+            body = memoryview(bytearray(c.BODY_SIZE))
+            size = onion.relay_plaintext_size(1)
+            c.write_relay_message(body[1 : 1 + size], RelayCommand.DATA, 1, bytes(arg))
+            onion.seal_layers(a._hops, body)
+            cells.append((a_link, c.encode_cell(c.Relay(own, bytes(body)))))
+        if first_hit is None:
+            first_hit, a_before_hit = (kind, target, arg), len(sent["a"])
+
+    for i, (link, chunk) in enumerate(_frames(cells, per_frame)):
+        net.dispatch("RP", _feed(rp, link, chunk, now=1.0 + i / 1000))
+        assert rp.memory_used == len(rp) * rp.limits.circuit_overhead
+    net.run()
+
+    c_data = [bytes(m.data) for m in net.exit_messages("B1") if m.command == RelayCommand.DATA]
+    assert c_data == sent["c"]
+    assert rp.state_of(a_link, circuit_c.circuit_id) is RelayState.EXTENDED
+    got_b = [bytes(m.data) for m in net.messages("service")]
+    if first_hit is None:
+        assert got_b == sent["a"]
+        assert rp.state_of(*key_a) is rp.state_of(*key_b) is RelayState.JOINED
+        return
+    assert got_b == sent["a"][:a_before_hit]
+    assert rp.state_of(*key_a) is None and rp.state_of(*key_b) is None
+    kind, target, arg = first_hit
+    # RP sent DESTROY towards B's prev, unless that DESTROY came (forged) from there.
+    b_told = (kind, target) != ("destroy", "b")
+    assert (b.state is ClientState.DESTROYED) is b_told
+    pair = [e for e in net.ended("RP") if (e.link, e.circuit_id) in (key_a, key_b)]
+    expected = {
+        "forge": DestroyReason.DECRYPT_FAILED,
+        "for_rp": DestroyReason.PROTOCOL_ERROR,
+    }.get(kind) or c.destroy_reason(arg)
+    assert len(pair) == 2 and {e.reason for e in pair} == {expected}
+
+
+def _frames(cells: list[tuple[int, bytes]], per_frame: int) -> list[tuple[int, bytes]]:
+    """Consecutive cells from one link, up to `per_frame` of them per CELLS frame."""
+    frames: list[tuple[int, bytes]] = []
+    for link, cell in cells:
+        if frames and frames[-1][0] == link and len(frames[-1][1]) < per_frame * c.CELL_SIZE:
+            frames[-1] = (link, frames[-1][1] + cell)
+        else:
+            frames.append((link, cell))
+    return frames
