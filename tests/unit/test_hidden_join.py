@@ -366,6 +366,44 @@ def test_an_end_refuses_a_message_written_by_the_rendezvous_point() -> None:
     assert len(rp) == 0
 
 
+def test_the_client_joins_as_it_reads_rendezvous2_before_the_services_first_cell() -> None:
+    """RENDEZVOUS2 and the service's first message arrive back to back (one read): the
+    client must already be joined when it opens the second."""
+    net = JoinNet()
+    a = net.build_end("client", _path("A", 3), 5)
+    b = net.build_end("service", _path("B", 3), 5)
+    key_a, key_b = net.rp_keys[("client", 5)], net.rp_keys[("service", 5)]
+    replies: list[bytes] = []
+    a.join_on(RelayCommand.RENDEZVOUS2, lambda data: replies.append(data) or HopCrypto(E2E_KEYS))
+    b.join(HopCrypto(E2E_KEYS.swapped()))
+    rp = net.nodes["RP"].core
+    rp.send(*key_a, RelayCommand.RENDEZVOUS2, 0, b"\x07" * 64)
+    rp.join(key_a, key_b)
+    net.dispatch("service", b.send(RelayCommand.DATA, 1, MARKER))
+    net.dispatch("RP", [])
+    net.run()
+    assert replies == [b"\x07" * 64] and a.state is ClientState.JOINED
+    assert [(m.command, bytes(m.data)) for m in net.messages("client")] == [
+        (RelayCommand.RENDEZVOUS2, b"\x07" * 64),
+        (RelayCommand.DATA, MARKER),
+    ]
+
+
+def test_a_rendezvous2_that_does_not_verify_destroys_the_circuit() -> None:
+    net = JoinNet()
+    a = net.build_end("client", _path("A", 1), 5)
+
+    def finish(data: bytes) -> HopCrypto:
+        raise CryptoError("AUTH does not verify")
+
+    a.join_on(RelayCommand.RENDEZVOUS2, finish)
+    rp = net.nodes["RP"].core
+    net.dispatch("RP", rp.send(*net.rp_keys[("client", 5)], RelayCommand.RENDEZVOUS2, 0, b"x"))
+    net.run()
+    assert net.ended("client")[-1].reason is DestroyReason.HANDSHAKE_FAILED
+    assert net.messages("client") == [] and len(rp) == 0
+
+
 def test_the_rendezvous_point_writes_nothing_on_a_joined_circuit() -> None:
     net, _, _, key_a, _ = _joined()
     with pytest.raises(UsageError):

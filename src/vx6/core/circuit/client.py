@@ -24,6 +24,8 @@ gave the two ends their end-to-end keys, each calls `join(e2e)`: the circuit is 
 (`seal_joined`), and cells coming back must have been written by the other end
 (`open_joined`): a cell that a real hop wrote after the join, the rendezvous point
 included, is a protocol error. KEEPALIVE goes end to end, and the other end drops it.
+The client side joins inside `cell_received`, as RENDEZVOUS2 arrives (`join_on`): the
+service's first cell may follow it in the same read, before the adapter sees events.
 
 Anything wrong (a bad layer, an answer out of turn, a malformed message) destroys the
 circuit: DESTROY goes to hop 1 with the reason, and a CircuitDestroyed event says why.
@@ -33,7 +35,7 @@ protocol error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import auto
 
@@ -167,6 +169,7 @@ class ClientCircuit:
         self._hops: list[HopCrypto] = []
         self._pending: NtorClientState | None = None
         self._e2e: HopCrypto | None = None  # the virtual hop, once joined
+        self._join_on: tuple[int, Callable[[bytes], HopCrypto]] | None = None
         # Largest stream payload one cell carries to the last hop.
         self.max_data = relay_plaintext_size(len(self._path)) - RELAY_HEADER
         self._seen = 0  # cells counted by hop 1's layers when `tick` last looked
@@ -242,6 +245,14 @@ class ClientCircuit:
         self._e2e = e2e
         self.max_data = E2E_MESSAGE_SIZE - RELAY_HEADER
         return []
+
+    def join_on(self, command: int, finish: Callable[[bytes], HopCrypto]) -> None:
+        """Join as soon as the last hop sends a message with `command` (RENDEZVOUS2):
+        `finish(its data)` gives the end-to-end layer, or raises CryptoError (the
+        circuit is then destroyed, HANDSHAKE_FAILED). The message is still delivered."""
+        if self.state is not ClientState.OPEN:
+            raise UsageError(f"only an open circuit joins, not a {self.state.name} one")
+        self._join_on = (command, finish)
 
     def tick(self, now: float) -> list[CircuitEvent]:
         """The adapter's timer: KEEPALIVE to the exit after KEEPALIVE_AFTER without a
@@ -319,6 +330,13 @@ class ClientCircuit:
         self._step(ClientInput.MESSAGE)
         if index != len(self._hops) - 1:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
+        if self._join_on is not None and message.command == self._join_on[0]:
+            finish, self._join_on = self._join_on[1], None
+            try:
+                e2e = finish(bytes(message.data))
+            except CryptoError as exc:
+                raise CircuitFailure(DestroyReason.HANDSHAKE_FAILED, str(exc)) from None
+            self.join(e2e)
         return [
             StreamMessageReceived(
                 self.link, self.circuit_id, message.command, message.stream_id, message.data
