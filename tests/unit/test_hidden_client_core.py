@@ -496,3 +496,25 @@ def test_a_message_out_of_turn_is_the_relays_protocol_error() -> None:
         CandidateFailed(0, "protocol error: RENDEZVOUS2 while BUILDING"),
     ]
     assert attempt.counts["protocol_errors"] == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_cookie_leaves_the_service_enough_relays_in_its_half(seed: int) -> None:
+    """14 relays, balanced (the test bed's size): the cookie keeps the client's 5 relays
+    in its half AND leaves the service at least 5 of the others (guard and 4 middles) in
+    its half, so the service's build does not run out of relays."""
+    relays = [relay(i) for i in range(1, 15)]
+    attempt = RendezvousAttempt(
+        PathProfile.BALANCED, intro_targets(relays[:3]), relays, randomness(seed)
+    )
+    build_rv, _ = started(attempt)
+    path = build_rv.path
+    side, rp = path[:-1], path[-1]
+    assert all(relay_half(build_rv.cookie, r.identity) == CLIENT_HALF for r in side)
+    used = {r.identity for r in path}
+    service_half = [
+        r
+        for r in relays
+        if r.identity not in used and relay_half(build_rv.cookie, r.identity) == SERVICE_HALF
+    ]
+    assert len(service_half) >= 5, (rp, service_half)

@@ -30,6 +30,16 @@ depth d (1-based) sees a ciphertext of `layer_size(d)` bytes at the front of the
 fixed-size body, and fills the rest with zeros so every cell on every link has the same
 size. The zero fill is not authenticated and is never read: each hop decrypts only the
 prefix it is owed.
+
+Joined circuits (docs/hidden.md section 5). A rendezvous point joins two circuits that
+end at it; their two ends share one more layer, the end-to-end layer (a *virtual hop*
+at depth MAX_DEPTH + 1, so its size does not depend on either side's depth). An end
+with n real hops seals its message in the end-to-end layer at body[n:] (flag "end")
+and all n real layers around it with flag "pass on", the rendezvous point's included
+(`seal_joined`); the rendezvous point removes its layer from one circuit straight into
+the backward cell of the other (`peel_joined_into`) and seals its layer of that one
+(`reseal_joined`); the other end removes its n real layers and the end-to-end layer
+(`open_joined`). The rendezvous point sees only the end-to-end ciphertext.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vx6.crypto.keys import KEY_LEN, StaticKey
-from vx6.errors import CryptoError
+from vx6.errors import CircuitFailure, CryptoError, DestroyReason
 from vx6.wire.cells import BODY_SIZE
 
 PROTOID = b"vx6-ntor-curve25519-sha256-1"
@@ -56,6 +66,10 @@ BINDING_LEN = 32
 # forward key | backward key | forward nonce | backward nonce | circuit binding
 HOP_KEY_MATERIAL = 2 * KEY_LEN + 2 * NONCE_LEN + BINDING_LEN
 MAX_DEPTH = 6  # five relays and the exit; see docs/circuits.md
+
+# The end-to-end layer of a joined circuit: a virtual hop one past the deepest real one.
+E2E_LAYER_SIZE = BODY_SIZE - LAYER_OVERHEAD * MAX_DEPTH  # layer_size(MAX_DEPTH + 1): 16277
+E2E_MESSAGE_SIZE = E2E_LAYER_SIZE - LAYER_OVERHEAD  # one relay message: 16260
 
 _FLAG_PASS = 0
 _FLAG_END = 1
@@ -193,6 +207,17 @@ class HopKeys:
             material[nonces + 2 * n :],
         )
 
+    def swapped(self) -> HopKeys:
+        """The same keys with the two directions exchanged: the far end of a joined
+        circuit's end-to-end layer seals with the key the near end opens with."""
+        return HopKeys(
+            self.backward_key,
+            self.forward_key,
+            self.backward_nonce,
+            self.forward_nonce,
+            self.binding,
+        )
+
 
 class _Direction:
     __slots__ = ("_aead", "_base", "counter")
@@ -321,3 +346,90 @@ def seal_layer(hop: HopCrypto, body: memoryview, depth: int, *, originated: bool
     body[0] = _FLAG_END if originated else _FLAG_PASS
     hop.backward.seal_in_place(body[:size])
     body[size:] = _ZERO_FILL[: BODY_SIZE - size]
+
+
+# --- joined circuits (docs/hidden.md section 5) -------------------------------------------
+
+
+def _check_joined_hops(n: int) -> None:
+    if not 1 <= n <= MAX_DEPTH:
+        raise CryptoError(f"a joined circuit end has 1..{MAX_DEPTH} real hops, not {n}")
+
+
+def seal_joined(hops: Sequence[HopCrypto], e2e: HopCrypto, body: memoryview) -> None:
+    """An end of a joined circuit, towards the other end: `body` (BODY_SIZE, writable)
+    holds the relay message at body[n + 1 : n + 1 + E2E_MESSAGE_SIZE], n = len(hops)
+    (the last of them the rendezvous point). The end-to-end layer is sealed at
+    body[n : n + E2E_LAYER_SIZE] with flag "end", the bytes after it up to the real
+    layers' extent are set to zeros, and the n real layers are sealed around it with
+    flag "pass on" at every hop; afterwards `body` is the RELAY body."""
+    n = len(hops)
+    _check_joined_hops(n)
+    _check_body(body)
+    body[n] = _FLAG_END
+    e2e.forward.seal_in_place(body[n : n + E2E_LAYER_SIZE])
+    end = n + relay_plaintext_size(n)
+    body[n + E2E_LAYER_SIZE : end] = _ZERO_FILL[: end - n - E2E_LAYER_SIZE]
+    for depth in range(n, 0, -1):
+        start = depth - 1
+        body[start] = _FLAG_PASS
+        hops[start].forward.seal_in_place(body[start : start + layer_size(depth)])
+
+
+def open_joined(hops: Sequence[HopCrypto], e2e: HopCrypto, body: memoryview) -> memoryview:
+    """An end of a joined circuit, from the other end, in place: remove the n real
+    layers (every one must say "pass on") and the end-to-end layer (which must say
+    "end"). Returns a view of the relay message inside `body`. CryptoError on a bad tag
+    or flag; CircuitFailure(PROTOCOL_ERROR) if a real hop (the rendezvous point, or a
+    relay before it) wrote the cell: after the join only the other end writes."""
+    n = len(hops)
+    _check_joined_hops(n)
+    _check_body(body)
+    for index, hop in enumerate(hops):
+        size = layer_size(index + 1)
+        layer = body[index : index + size]
+        hop.backward.open_into(layer, layer[: size - TAG_LEN])
+        flag = body[index]
+        if flag == _FLAG_END:
+            detail = f"hop {index + 1} wrote a cell on a joined circuit"
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, detail)
+        if flag != _FLAG_PASS:
+            raise CryptoError("bad layer flag")
+    layer = body[n : n + E2E_LAYER_SIZE]
+    e2e.backward.open_into(layer, layer[:-TAG_LEN])
+    if body[n] != _FLAG_END:
+        raise CryptoError("bad end-to-end layer flag")
+    return body[n + 1 : n + 1 + E2E_MESSAGE_SIZE]
+
+
+def peel_joined_into(hop: HopCrypto, body: memoryview, depth: int, out: memoryview) -> bool:
+    """The rendezvous point, a forward cell of a joined circuit: decrypt this hop's layer
+    of `body` into `out` (BODY_SIZE, whatever it held), so out[0] is the layer's flag
+    and out[1:] the pass-on bytes: exactly where `reseal_joined` (`seal_layer`) wants
+    them for the partner's backward cell, so the peeled cell is that cell's body. Unlike
+    `peel_into`, "pass on" is accepted at MAX_DEPTH too. Returns True if the layer says
+    "end" (a message for the rendezvous point: the caller refuses it); CryptoError on a
+    bad tag or flag. Bytes of `out` past the layer are left as they were."""
+    _check_body(body)
+    if len(out) != BODY_SIZE:
+        raise CryptoError("a joined peel writes one body")
+    size = layer_size(depth)
+    hop.forward.open_into(body[:size], out[: size - TAG_LEN])
+    flag = out[0]
+    if flag == _FLAG_END:
+        return True
+    if flag != _FLAG_PASS:
+        raise CryptoError("bad layer flag")
+    return False
+
+
+def reseal_joined(partner: HopCrypto, body: memoryview, depth: int) -> None:
+    """The rendezvous point, after `peel_joined_into`: keep the end-to-end layer at
+    body[1 : 1 + E2E_LAYER_SIZE], set the rest of the partner's pass-on bytes to zeros
+    (whatever the sender or the buffer left there), and seal the partner's backward
+    layer (flag "pass on") at `depth`, the partner circuit's depth here."""
+    _check_joined_hops(depth)
+    _check_body(body)
+    end = 1 + relay_plaintext_size(depth)
+    body[1 + E2E_LAYER_SIZE : end] = _ZERO_FILL[: end - 1 - E2E_LAYER_SIZE]
+    seal_layer(partner, body, depth, originated=False)

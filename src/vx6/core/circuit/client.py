@@ -17,6 +17,16 @@ Relays expire idle circuits (relay_idle.py), so the adapter's timer calls `tick(
 an open circuit that saw no cell either way for `KEEPALIVE_AFTER` sends KEEPALIVE to
 the exit, which every hop counts as activity and the exit drops.
 
+Joined circuits (docs/hidden.md section 5). Both ends of a rendezvous are client
+circuits ending at the rendezvous point. Once the handshake through the introduction
+gave the two ends their end-to-end keys, each calls `join(e2e)`: the circuit is JOINED,
+`send()` seals every message for the virtual hop (the other end) inside the real layers
+(`seal_joined`), and cells coming back must have been written by the other end
+(`open_joined`): a cell that a real hop wrote after the join, the rendezvous point
+included, is a protocol error. KEEPALIVE goes end to end, and the other end drops it.
+The client side joins inside `cell_received`, as RENDEZVOUS2 arrives (`join_on`): the
+service's first cell may follow it in the same read, before the adapter sees events.
+
 Anything wrong (a bad layer, an answer out of turn, a malformed message) destroys the
 circuit: DESTROY goes to hop 1 with the reason, and a CircuitDestroyed event says why.
 States and inputs form the table `_TRANSITIONS`; an input missing from it is a
@@ -25,7 +35,7 @@ protocol error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import auto
 
@@ -41,14 +51,17 @@ from vx6.core.circuit.outbox import CellOutbox
 from vx6.core.states import TableEnum
 from vx6.crypto.keys import KEY_LEN, node_id
 from vx6.crypto.onion import (
+    E2E_MESSAGE_SIZE,
     MAX_DEPTH,
     HopCrypto,
     HopKeys,
     NtorClientState,
     ntor_client_finish,
     ntor_client_start,
+    open_joined,
     open_layers,
     relay_plaintext_size,
+    seal_joined,
     seal_layers,
 )
 from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason, UsageError
@@ -90,6 +103,7 @@ class ClientState(TableEnum):
     CREATING = auto()  # CREATE sent to hop 1
     EXTENDING = auto()  # EXTEND sent through the circuit
     OPEN = auto()
+    JOINED = auto()  # the far end is the other end of a rendezvous (the virtual hop)
     DESTROYED = auto()
 
 
@@ -99,6 +113,7 @@ class ClientInput(TableEnum):
     LAST_HOP_KEYED = auto()
     MESSAGE = auto()  # a stream message came back
     SEND = auto()
+    JOIN = auto()
     DESTROY = auto()
 
 
@@ -111,11 +126,17 @@ _TRANSITIONS: dict[tuple[ClientState, ClientInput], ClientState] = {
     (_S.EXTENDING, _I.LAST_HOP_KEYED): _S.OPEN,
     (_S.OPEN, _I.MESSAGE): _S.OPEN,
     (_S.OPEN, _I.SEND): _S.OPEN,
+    (_S.OPEN, _I.JOIN): _S.JOINED,
+    (_S.JOINED, _I.MESSAGE): _S.JOINED,
+    (_S.JOINED, _I.SEND): _S.JOINED,
     (_S.NEW, _I.DESTROY): _S.DESTROYED,
     (_S.CREATING, _I.DESTROY): _S.DESTROYED,
     (_S.EXTENDING, _I.DESTROY): _S.DESTROYED,
     (_S.OPEN, _I.DESTROY): _S.DESTROYED,
+    (_S.JOINED, _I.DESTROY): _S.DESTROYED,
 }
+
+_CARRIES_STREAMS = (ClientState.OPEN, ClientState.JOINED)
 
 
 class ClientCircuit:
@@ -147,6 +168,8 @@ class ClientCircuit:
         self._ephemerals = tuple(ephemerals)
         self._hops: list[HopCrypto] = []
         self._pending: NtorClientState | None = None
+        self._e2e: HopCrypto | None = None  # the virtual hop, once joined
+        self._join_on: tuple[int, Callable[[bytes], HopCrypto]] | None = None
         # Largest stream payload one cell carries to the last hop.
         self.max_data = relay_plaintext_size(len(self._path)) - RELAY_HEADER
         self._seen = 0  # cells counted by hop 1's layers when `tick` last looked
@@ -185,9 +208,12 @@ class ClientCircuit:
         cell, writer = self.out.buffer(self.link)
         body = cell[CELL_HEADER:]
         n = len(self._hops)
-        inner = body[n : n + relay_plaintext_size(n)]
-        write_relay_message(inner, command, stream_id, data)
-        seal_layers(self._hops, body)
+        if self._e2e is not None:
+            write_relay_message(body[n + 1 : n + 1 + E2E_MESSAGE_SIZE], command, stream_id, data)
+            seal_joined(self._hops, self._e2e, body)
+        else:
+            write_relay_message(body[n : n + relay_plaintext_size(n)], command, stream_id, data)
+            seal_layers(self._hops, body)
         cell[:CELL_HEADER] = self._header
         self.out.done(self.link, cell, writer)
 
@@ -197,9 +223,10 @@ class ClientCircuit:
         return []
 
     def send(self, command: int, stream_id: int, data: bytes | memoryview) -> list[CircuitEvent]:
-        """Wrap one stream message for the last hop. UsageError if the circuit is not open
-        or the data does not fit one cell (split by `max_data`)."""
-        if self.state is not ClientState.OPEN:
+        """Wrap one stream message for the last hop (joined: for the other end). UsageError
+        if the circuit is not open or the data does not fit one cell (split by
+        `max_data`)."""
+        if self.state not in _CARRIES_STREAMS:
             raise UsageError(f"circuit is {self.state.name}, not OPEN")
         if len(data) > self.max_data:
             raise UsageError(f"{len(data)} bytes over one cell's {self.max_data}")
@@ -207,10 +234,31 @@ class ClientCircuit:
         self._wrap(command, stream_id, data)
         return []
 
+    def join(self, e2e: HopCrypto) -> list[CircuitEvent]:
+        """The rendezvous point (this circuit's last hop) joined it to the other end's
+        circuit: from now on messages go to and come from the other end through the
+        end-to-end layer `e2e` (its forward direction seals, its backward one opens;
+        the other end holds the same keys swapped). UsageError unless OPEN."""
+        if self.state is not ClientState.OPEN:
+            raise UsageError(f"only an open circuit joins, not a {self.state.name} one")
+        self._step(ClientInput.JOIN)
+        self._e2e = e2e
+        self.max_data = E2E_MESSAGE_SIZE - RELAY_HEADER
+        return []
+
+    def join_on(self, command: int, finish: Callable[[bytes], HopCrypto]) -> None:
+        """Join as soon as the last hop sends a message with `command` (RENDEZVOUS2):
+        `finish(its data)` gives the end-to-end layer, or raises CryptoError (the
+        circuit is then destroyed, HANDSHAKE_FAILED). The message is still delivered."""
+        if self.state is not ClientState.OPEN:
+            raise UsageError(f"only an open circuit joins, not a {self.state.name} one")
+        self._join_on = (command, finish)
+
     def tick(self, now: float) -> list[CircuitEvent]:
         """The adapter's timer: KEEPALIVE to the exit after KEEPALIVE_AFTER without a
-        cell either way (hop 1's two layer counters say whether one went)."""
-        if self.state is not ClientState.OPEN:
+        cell either way (hop 1's two layer counters say whether one went). Joined,
+        KEEPALIVE goes to the other end, so the whole path sees it."""
+        if self.state not in _CARRIES_STREAMS:
             return []
         hop = self._hops[0]
         counted = hop.forward.counter + hop.backward.counter
@@ -268,6 +316,8 @@ class ClientCircuit:
             return self._hop_keyed(cell.reply)
         if not isinstance(cell, Relay):
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "unexpected cell")
+        if self._e2e is not None:
+            return self._joined_message(cell)
         # Layers come off in place, in our own copy of the body: DATA stays a view into it.
         index, plaintext = open_layers(self._hops, memoryview(bytearray(cell.body)))
         message = decode_relay_message(plaintext)
@@ -280,6 +330,28 @@ class ClientCircuit:
         self._step(ClientInput.MESSAGE)
         if index != len(self._hops) - 1:
             raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "stream data from a relay")
+        if self._join_on is not None and message.command == self._join_on[0]:
+            finish, self._join_on = self._join_on[1], None
+            try:
+                e2e = finish(bytes(message.data))
+            except CryptoError as exc:
+                raise CircuitFailure(DestroyReason.HANDSHAKE_FAILED, str(exc)) from None
+            self.join(e2e)
+        return [
+            StreamMessageReceived(
+                self.link, self.circuit_id, message.command, message.stream_id, message.data
+            )
+        ]
+
+    def _joined_message(self, cell: Relay) -> list[CircuitEvent]:
+        assert self._e2e is not None
+        plaintext = open_joined(self._hops, self._e2e, memoryview(bytearray(cell.body)))
+        message = decode_relay_message(plaintext)
+        if message.command in (RelayCommand.EXTEND, RelayCommand.EXTENDED):
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, "EXTEND(ED) from the other end")
+        self._step(ClientInput.MESSAGE)
+        if message.command == RelayCommand.KEEPALIVE:
+            return []  # the other end's "still here": its cell counted at every hop
         return [
             StreamMessageReceived(
                 self.link, self.circuit_id, message.command, message.stream_id, message.data

@@ -24,6 +24,8 @@ which one a cell arrived on says its direction.
   for `idle_timeout`; a CREATE at the table cap evicts the circuit idle longest if it
   has been idle for `evictable_after`, else it is refused. One previous-hop link holds
   at most `max_circuits_per_link` circuits, one source `max_circuits_per_source`.
+* Rendezvous (relay_join.py): `join` joins two circuits that end here; a joined pair
+  passes cells between its two ends and is destroyed together.
 * Cells for circuits this core does not hold are counted (`StrayCells`, limits.py); a
   link over the limit of unknown ones is reported (StrayCellsExceeded) for the adapter
   to close. `counts` keeps the exact counters the node shows in `vx6 status`.
@@ -49,6 +51,7 @@ from vx6.core.circuit.limits import Holdings, RelayLimits, StrayCells
 from vx6.core.circuit.outbox import CellBuffer, CellOutbox, CellWriter
 from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput, RelayState
 from vx6.core.circuit.relay_idle import RelayIdle
+from vx6.core.circuit.relay_join import RelayJoin
 from vx6.core.circuit.relay_path import RelayPath
 from vx6.crypto.keys import StaticKey, node_id
 from vx6.crypto.onion import (
@@ -58,7 +61,7 @@ from vx6.crypto.onion import (
     ntor_server,
     relay_plaintext_size,
 )
-from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason
+from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason, UsageError
 from vx6.wire.cells import (
     MAX_CIRCUIT_ID,
     RELAY_HEADER,
@@ -75,7 +78,7 @@ from vx6.wire.cells import (
 )
 
 
-class RelayCore(RelayPath, RelayIdle):
+class RelayCore(RelayPath, RelayJoin, RelayIdle):
     def __init__(
         self,
         identity_public: bytes,
@@ -243,6 +246,7 @@ class RelayCore(RelayPath, RelayIdle):
                     "link lost",
                     notify_prev=not lost_prev,
                     notify_next=lost_prev,
+                    lost_link=link,
                 )
         return out
 
@@ -271,8 +275,11 @@ class RelayCore(RelayPath, RelayIdle):
         stream_id: int,
         data: bytes | memoryview,
     ) -> list[CircuitEvent]:
-        """The exit (or any hop the client addressed) sends a stream message back."""
+        """The exit (or any hop the client addressed) sends a stream message back.
+        UsageError on a joined circuit: after the join only its two ends write."""
         circuit = self._by_key.get((link, circuit_id))
+        if circuit is not None and circuit.partner is not None:
+            raise UsageError("the rendezvous point writes nothing on a joined circuit")
         if circuit is not None and circuit.prev == (link, circuit_id):
             self._originate(circuit, RelayMessage(command, stream_id, data))
         return []
@@ -367,6 +374,7 @@ class RelayCore(RelayPath, RelayIdle):
         notify_prev: bool = True,
         notify_next: bool = True,
         local: bool = True,
+        lost_link: int | None = None,
     ) -> list[CircuitEvent]:
         out: list[CircuitEvent] = []
         if self._by_serial.pop(circuit.serial, None) is None:
@@ -381,7 +389,7 @@ class RelayCore(RelayPath, RelayIdle):
                 if notify:
                     self._queue(key, Destroy(key[1], reason))
         out.append(CircuitDestroyed(circuit.prev[0], circuit.prev[1], reason, detail, local))
-        return out
+        return out + self._remove_partner(circuit, reason, detail, lost_link)
 
     def _evict(self) -> list[CircuitEvent]:
         out: list[CircuitEvent] = []

@@ -2,6 +2,10 @@
 
 States and inputs form the table `_TRANSITIONS`; `RelayedCircuit.step` refuses any
 other step with CircuitFailure(PROTOCOL_ERROR), which destroys the circuit.
+
+A circuit that ends here may be joined to another (relay_join.py, docs/hidden.md
+section 5): JOINED, with `partner` the other circuit. A joined circuit only passes
+forward cells on to its partner; a message for this hop (FOR_US) is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class RelayState(TableEnum):
     LINKING = auto()  # EXTEND accepted, waiting for the adapter's link
     CREATING = auto()  # CREATE sent to the next hop
     EXTENDED = auto()  # forwarding in both directions
+    JOINED = auto()  # ends here, joined to `partner`: forward cells go on to the partner
 
 
 class RelayInput(TableEnum):
@@ -31,6 +36,7 @@ class RelayInput(TableEnum):
     CREATED = auto()
     FORWARD = auto()
     BACKWARD = auto()
+    JOIN = auto()
 
 
 _S, _I = RelayState, RelayInput
@@ -42,6 +48,8 @@ _TRANSITIONS: dict[tuple[RelayState, RelayInput], RelayState] = {
     (_S.EXTENDED, _I.FOR_US): _S.EXTENDED,
     (_S.EXTENDED, _I.FORWARD): _S.EXTENDED,
     (_S.EXTENDED, _I.BACKWARD): _S.EXTENDED,
+    (_S.OPEN, _I.JOIN): _S.JOINED,
+    (_S.JOINED, _I.FORWARD): _S.JOINED,  # a "pass on" cell, to the partner's prev
 }
 
 
@@ -57,6 +65,7 @@ class RelayedCircuit:
         "next",
         "next_header",
         "onionskin",
+        "partner",
         "prev",
         "prev_header",
         "seen",
@@ -77,6 +86,7 @@ class RelayedCircuit:
         self.crypto = crypto
         self.state = RelayState.OPEN
         self.onionskin = b""
+        self.partner: RelayedCircuit | None = None  # set while JOINED
         self.buffered = 0
         # Activity without a clock on the data path: the cells through this hop, counted
         # by its two layer counters, as last seen (`seen`) at `active_at` (relay_idle.py).

@@ -53,6 +53,7 @@ class RelayIdle:
         notify_prev: bool = True,
         notify_next: bool = True,
         local: bool = True,
+        lost_link: int | None = None,
     ) -> list[CircuitEvent]:
         raise NotImplementedError
 

@@ -14,6 +14,10 @@ each module a readable size. Theory of operation:
   relay message for this hop: EXTEND, or a stream message (how the exit gets data).
 * From next, a cell gains this hop's layer and goes to prev. A message this hop
   originates (EXTENDED, the exit's stream messages) is wrapped the same way.
+* A joined circuit (relay_join.py) has no next: a cell from its prev whose layer says
+  "pass on" loses this hop's layer straight into the backward cell of the partner
+  circuit, which gains the partner's layer where it lies and goes to the partner's prev
+  (`_pass_joined`); a layer that says "for you" is refused (PROTOCOL_ERROR).
 * A cell that fails (bad tag, a step the state table refuses, a malformed message)
   destroys its circuit and only its circuit.
 """
@@ -27,7 +31,14 @@ from vx6.core.circuit.events import (
 )
 from vx6.core.circuit.outbox import CellOutbox
 from vx6.core.circuit.relay_circuit import CircuitKey, RelayedCircuit, RelayInput
-from vx6.crypto.onion import MAX_DEPTH, peel_into, relay_plaintext_size, seal_layer
+from vx6.crypto.onion import (
+    MAX_DEPTH,
+    peel_into,
+    peel_joined_into,
+    relay_plaintext_size,
+    reseal_joined,
+    seal_layer,
+)
 from vx6.errors import CircuitFailure, CryptoError, DecodeError, DestroyReason
 from vx6.wire.cells import (
     CELL_HEADER,
@@ -113,6 +124,10 @@ class RelayPath:
     def _forward(self, circuit: RelayedCircuit, body: bytes | memoryview) -> CircuitEvent | None:
         # The layer is decrypted straight into the cell that goes on: its flag lands on
         # the header's last byte, which the header then overwrites.
+        partner = circuit.partner
+        if partner is not None:
+            self._pass_joined(circuit, partner, body)
+            return None
         next_key = circuit.next
         cell, writer = self.out.buffer(None if next_key is None else next_key[0])
         if not peel_into(circuit.crypto, memoryview(body), circuit.depth, cell[CELL_HEADER - 1 :]):
@@ -136,6 +151,23 @@ class RelayPath:
         return StreamMessageReceived(
             prev_link, prev_id, message.command, message.stream_id, message.data
         )
+
+    def _pass_joined(
+        self, circuit: RelayedCircuit, partner: RelayedCircuit, body: bytes | memoryview
+    ) -> None:
+        # The peeled layer's flag and pass-on bytes land where the partner's backward
+        # layer wants them (its flag at body[0]), so the cell is decrypted and re-sealed
+        # where it lies, in the place it takes on the partner's prev link.
+        link = partner.prev[0]
+        cell, writer = self.out.buffer(link)
+        out = cell[CELL_HEADER:]
+        if peel_joined_into(circuit.crypto, memoryview(body), circuit.depth, out):
+            detail = "a message for the rendezvous point after the join"
+            raise CircuitFailure(DestroyReason.PROTOCOL_ERROR, detail)
+        circuit.step(RelayInput.FORWARD)
+        reseal_joined(partner.crypto, out, partner.depth)
+        cell[:CELL_HEADER] = partner.prev_header
+        self.out.done(link, cell, writer)
 
     def _extend(self, circuit: RelayedCircuit, message: RelayMessage) -> CircuitEvent:
         if circuit.depth >= MAX_DEPTH:

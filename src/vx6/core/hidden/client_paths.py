@@ -105,11 +105,27 @@ def plan_rendezvous_side(
     chosen = _plan_preferring(
         relays, hops, avoid, prefer_not, rng, rendezvous.endpoints, own_endpoints
     )
+    # The service draws its side (a guard and hops - 1 middles) from the other half of
+    # the relays it knows, which are about the ones we know: a cookie that leaves it
+    # fewer than `hops` of them would make its build fail, so such a cookie is drawn
+    # again too (with few relays this matters: 14 relays, balanced).
+    chosen_ids = {r.identity for r in chosen}
+    others = [
+        r.identity
+        for r in relays
+        if r.identity not in chosen_ids and r.identity != rendezvous.identity
+    ]
     cookie = b""
+    fallback = b""
     for draw in range(1, max(max_tries, 1) + 1):
         cookie = random(COOKIE_LEN)
         if all(relay_half(cookie, r.identity) == CLIENT_HALF for r in chosen):
-            return RendezvousSide(tuple(chosen), cookie, True, draw)
+            left = sum(1 for i in others if relay_half(cookie, i) != CLIENT_HALF)
+            if left >= hops:
+                return RendezvousSide(tuple(chosen), cookie, True, draw)
+            fallback = fallback or cookie  # our side holds; the service's may be short
+    if fallback:
+        return RendezvousSide(tuple(chosen), fallback, True, max(max_tries, 1))
     return RendezvousSide(tuple(chosen), cookie, False, max(max_tries, 1))
 
 
