@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="direct, but through N relays when the owner cannot be reached directly",
     )
+    sp.add_argument("--profile", choices=("fast", "balanced"), help="hidden service path")
     sp = cmd("disconnect", "remove a forward")
     sp.add_argument("name", help="forward name or local port")
     cmd("forwards", "list forwards", True)
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("service", help="OWNER.SERVICE, an alias or a petname")
     sp.add_argument("--via", metavar="ADDR:PORT", help="owner's endpoint: direct mode")
     sp.add_argument("--hops", type=int, default=0, metavar="N", help="through N relays (1-5)")
+    sp.add_argument("--profile", choices=("fast", "balanced"), help="hidden service path")
     cmd("status", "show the node's state", True)
     cmd("peers", "show links and known peers", True)
     cmd("relays", "list the relays route planning can use", True)
@@ -277,6 +279,7 @@ def _control_command(args: argparse.Namespace) -> int:
             name=args.name,
             hops=args.hops,
             relay_fallback=args.relay_fallback,
+            profile=args.profile or "",
         )
         _validate_connect(args)
     elif c == "resolve":
@@ -305,7 +308,7 @@ def _validate_expose(args: argparse.Namespace) -> None:
 
 
 def _check_client_target(args: argparse.Namespace) -> None:
-    """An alias or petname is parsed (its error is the answer) but not reachable yet."""
+    """An alias or a petname is parsed here, so its error is the answer at once."""
     if "." in args.service:  # a service address (parse_target agrees): no hidden code
         return
     from vx6.app.hidden_cli import check_client_target
@@ -323,6 +326,7 @@ def _validate_connect(args: argparse.Namespace) -> None:
         args.via,
         hops=args.hops,
         relay_fallback=args.relay_fallback,
+        profile=args.profile or "",
     )
 
 
@@ -332,8 +336,14 @@ def _nc(args: argparse.Namespace) -> int:
     from vx6.store.config import MAX_RELAYS
     from vx6.wire.control import decode_message, encode_message
 
+    hidden = "." not in args.service
     _check_client_target(args)
-    parse_service_address(args.service)
+    if not hidden:
+        parse_service_address(args.service)
+    elif args.via or args.hops:
+        raise UsageError("a hidden service is reached by --profile, not --via or --hops")
+    if args.profile and not hidden:
+        raise UsageError("--profile is for hidden services (an alias or a petname)")
     if args.via:
         from vx6.net.addresses import parse_endpoint
 
@@ -350,7 +360,8 @@ def _nc(args: argparse.Namespace) -> int:
         raise VX6Error(f"no node is running with home {path.parent}") from exc
     if not 0 <= args.hops <= MAX_RELAYS or (args.hops and args.via):
         raise UsageError(f"--hops must be 1..{MAX_RELAYS} relays, and not with --via")
-    sock.sendall(encode_message({"op": "nc", "target": target, "hops": args.hops}))
+    request = {"op": "nc", "target": target, "hops": args.hops, "profile": args.profile or ""}
+    sock.sendall(encode_message(request))
     reply = decode_message(read_line(sock))
     if not reply.get("ok"):
         code = reply.get("code")

@@ -34,7 +34,6 @@ from vx6.store.registry import Registry
 
 NOT_RUNNING = "unknown (node not running)"
 NO_LIVE_OP = "unknown (the node does not report hidden services yet)"
-NOT_REACHABLE_YET = "hidden services are not reachable yet in this build"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,9 +234,9 @@ def _petname_command(home: Home, args: argparse.Namespace) -> int:
     return 0
 
 
-def check_client_target(home: Home, text: str) -> ServiceAddress:
-    """The service address `vx6 connect`/`vx6 nc` were given; an alias or a petname is
-    parsed and validated, then refused until the client role lands."""
+def check_client_target(home: Home, text: str) -> ServiceAddress | AliasTarget:
+    """The target `vx6 connect`/`vx6 nc` were given: a service address, or an alias or
+    petname (parsed and validated here; the node resolves it again)."""
 
     def lookup(petname: str) -> bytes | None:
         if not home.registry_path.exists():
@@ -245,7 +244,4 @@ def check_client_target(home: Home, text: str) -> ServiceAddress:
         with Registry(home.registry_path) as reg:
             return reg.get_petname(petname)
 
-    target = parse_target(text, lookup)
-    if isinstance(target, AliasTarget):
-        raise VX6Error(f"{target} names a hidden service: {NOT_REACHABLE_YET}")
-    return target
+    return parse_target(text, lookup)

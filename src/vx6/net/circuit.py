@@ -259,6 +259,8 @@ class ClientPath(CircuitCarrier):
             if self._on_control is None:
                 self.session.fail(f"relay command {message.command} on a plain circuit")
             else:
+                # RENDEZVOUS2 may have joined the circuit as it arrived (join_on).
+                self.session.max_data = self.core.max_data
                 self._on_control(message.command, bytes(message.data))
         else:
             self.session.message_received(message)

@@ -241,7 +241,13 @@ class ControlOps:
         if not isinstance(hops, int) or not isinstance(fallback, int):
             raise UsageError("hops and relay_fallback are integers")
         cfg = forward_config(
-            name, service, str(req.get("local", "")), req.get("via") or None, hops, fallback
+            name,
+            service,
+            str(req.get("local", "")),
+            req.get("via") or None,
+            hops,
+            fallback,
+            str(req.get("profile") or ""),
         )
         fwd = await self.client.connect(cfg)
         return {"forward": fwd.describe(), "setup": fwd.setup}

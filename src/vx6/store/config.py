@@ -132,6 +132,7 @@ class ForwardConfig:
     dual_loopback: bool = False
     hops: int = 0  # relay proxy mode: this many relays (1..5); 0 = direct
     relay_fallback: int = 0  # direct, but over this many relays if the owner is unreachable
+    profile: str = ""  # a hidden service (an alias or petname): "fast" or "balanced"
 
 
 @dataclass
@@ -208,8 +209,17 @@ def forward_config(
     via: str | None,
     hops: int = 0,
     relay_fallback: int = 0,
+    profile: str = "",
 ) -> ForwardConfig:
-    parse_service_address(service)
+    hidden = "." not in service  # an alias or a petname: the node resolves it
+    if not hidden:
+        parse_service_address(service)
+    if profile not in ("", "fast", "balanced"):
+        raise UsageError(f"--profile is fast or balanced, not {profile!r}")
+    if hidden and (via or hops or relay_fallback):
+        raise UsageError("a hidden service is reached by --profile, not --via or --hops")
+    if profile and not hidden:
+        raise UsageError("--profile is for hidden services (an alias or a petname)")
     _relays(hops, "--hops")
     _relays(relay_fallback, "--relay-fallback")
     if via and (hops or relay_fallback):
@@ -232,6 +242,7 @@ def forward_config(
         dual_loopback=":" not in local,
         hops=hops,
         relay_fallback=relay_fallback,
+        profile=profile or ("fast" if hidden else ""),
     )
 
 

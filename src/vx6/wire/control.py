@@ -46,6 +46,7 @@ OP_FIELDS: dict[str, dict[str, str]] = {
         "via": "str?",
         "hops": "int",
         "relay_fallback": "int",
+        "profile": "str?",
     },
     "disconnect": {"name": "str"},
     "resolve": {"address": "str"},
@@ -53,7 +54,7 @@ OP_FIELDS: dict[str, dict[str, str]] = {
     "rotate": {"to": "str"},
     "unpin": {"name": "str"},
     "build_circuit": {"hops": "int", "owner": "str"},
-    "nc": {"target": "str", "hops": "int"},
+    "nc": {"target": "str", "hops": "int", "profile": "str?"},
 }
 
 
