@@ -166,6 +166,10 @@ def test_a_clock_stepping_back_never_expires_a_cookie_early() -> None:
     core.establish("b", "src", _establish(2), 50.0)  # taken as 100: order kept
     core.timer(129.0)
     assert core.pending_count == 2
+    core.circuit_closed("a", DestroyReason.NONE)
+    assert core.next_deadline() == 130.0
+    core.timer(129.0)  # b, registered when time had reached 100, is not due yet
+    assert core.pending_count == 1
     core.timer(130.0)
     assert core.pending_count == 0
 
