@@ -18,6 +18,7 @@ from typing import Protocol
 
 from vx6.core.circuit.events import CircuitEvent, StreamMessageReceived
 from vx6.core.circuit.relay import RelayCore
+from vx6.core.circuit.relay_circuit import RelayState
 from vx6.errors import DestroyReason
 from vx6.net.link import LinkProtocol
 from vx6.wire.cells import RelayCommand
@@ -93,5 +94,11 @@ class RouterHidden:
         self.process(self.core.destroy(circuit[0], circuit[1], reason))
 
     def join(self, client: tuple[int, int], service: tuple[int, int]) -> None:
-        """The rendezvous point joins a client's circuit to a service's."""
+        """The rendezvous point joins a client's circuit to a service's. Either may have
+        moved on since it registered (a peer can EXTEND its own circuit): then both
+        are destroyed rather than joined."""
+        if any(self.core.state_of(*key) is not RelayState.OPEN for key in (client, service)):
+            events = self.core.destroy(*client, DestroyReason.PROTOCOL_ERROR)
+            self.process(events + self.core.destroy(*service, DestroyReason.PROTOCOL_ERROR))
+            return
         self.process(self.core.join(client, service))

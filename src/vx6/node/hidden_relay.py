@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Hashable, Sequence
+from typing import Protocol, cast
 
 from vx6.core.hidden.intro_point import IntroLimits, IntroPointCore
-from vx6.core.hidden.rendezvous_point import (
-    DestroyCircuit,
-    JoinCircuits,
-    RendezvousCore,
-    RendezvousLimits,
-    SendOnCircuit,
-)
+from vx6.core.hidden.relay_actions import DestroyCircuit, JoinCircuits, SendOnCircuit
+from vx6.core.hidden.rendezvous_point import RendezvousCore, RendezvousLimits
 from vx6.errors import DestroyReason
 from vx6.net.ports import Clock
 from vx6.net.ratelog import RATELOG
@@ -33,6 +28,13 @@ from vx6.wire.cells import RelayCommand
 log = logging.getLogger("vx6.hidden")
 
 Circuit = tuple[int, int]
+RelayAction = SendOnCircuit | DestroyCircuit | JoinCircuits
+
+
+def _key(circuit: Hashable) -> Circuit:
+    """The cores hold circuits as opaque keys; this role hands them (link, id) pairs."""
+    assert isinstance(circuit, tuple)
+    return cast(Circuit, circuit)
 
 
 class CircuitActions(Protocol):
@@ -63,6 +65,7 @@ class HiddenRelayRole:
     def message(self, message: HiddenRelayMessage) -> None:
         now = self._clock.monotonic()
         circuit, command, data = message.circuit, message.command, message.data
+        actions: Sequence[RelayAction]
         if command == RelayCommand.ESTABLISH_INTRO:
             actions = self.intros.establish(circuit, message.source, message.binding, data, now)
         elif command == RelayCommand.INTRODUCE1:
@@ -75,25 +78,25 @@ class HiddenRelayRole:
         self._arm()
 
     def circuit_closed(self, circuit: Circuit, reason: DestroyReason) -> None:
-        actions = [*self.intros.circuit_closed(circuit)]
+        actions: list[RelayAction] = [*self.intros.circuit_closed(circuit)]
         actions += self.rendezvous.circuit_closed(circuit, reason)
         self._carry_out(actions)
 
-    def _carry_out(self, actions: Sequence[object]) -> None:
+    def _carry_out(self, actions: Sequence[RelayAction]) -> None:
         for action in actions:
             if isinstance(action, SendOnCircuit):
-                self._router.send_on(action.circuit, action.command, action.data)
+                self._router.send_on(_key(action.circuit), action.command, action.data)
             elif isinstance(action, DestroyCircuit):
                 RATELOG.info(
                     log,
                     "hidden-relay-refused",
                     "hidden relay: destroying circuit %s: %s",
-                    action.circuit[1],
+                    _key(action.circuit)[1],
                     action.detail,
                 )
-                self._router.destroy(action.circuit, action.reason)
+                self._router.destroy(_key(action.circuit), action.reason)
             elif isinstance(action, JoinCircuits):
-                self._router.join(action.client_circuit, action.service_circuit)
+                self._router.join(_key(action.client_circuit), _key(action.service_circuit))
 
     def _arm(self) -> None:
         deadline = self.rendezvous.next_deadline()
