@@ -28,7 +28,8 @@ from vx6.wire.control import MAX_CONTROL_LINE, check_request, decode_message, en
 log = logging.getLogger("vx6.control")
 
 RequestHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-NcHandler = Callable[[str, int, StreamPipe], Awaitable[None]]  # target, relays, pipe
+# target, relays, pipe, hidden-service profile
+NcHandler = Callable[[str, int, StreamPipe, str], Awaitable[None]]
 
 
 class ControlProtocol(asyncio.Protocol):
@@ -74,7 +75,9 @@ class ControlProtocol(asyncio.Protocol):
             if request.get("op") == "nc":
                 hops = request.get("hops", 0)
                 await self._run_nc(
-                    str(request.get("target", "")), hops if isinstance(hops, int) else -1
+                    str(request.get("target", "")),
+                    hops if isinstance(hops, int) else -1,
+                    str(request.get("profile") or ""),
                 )
                 return
             try:
@@ -90,11 +93,11 @@ class ControlProtocol(asyncio.Protocol):
         if self._pipe is None:
             self._next()
 
-    async def _run_nc(self, target: str, hops: int) -> None:
+    async def _run_nc(self, target: str, hops: int, profile: str) -> None:
         assert self._transport is not None
         pipe = StreamPipe()
         try:
-            await self._handle_nc(target, hops, pipe)
+            await self._handle_nc(target, hops, pipe, profile)
         except (StreamFailed, VX6Error) as exc:
             code = exc.code.name if isinstance(exc, StreamFailed) else "ERROR"
             log.warning("nc %s failed: %s", target, exc)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
+from vx6.core.hidden.target import AliasTarget
 from vx6.core.names import ServiceAddress, parse_service_address
 from vx6.crypto.keys import fingerprint
 from vx6.errors import (
@@ -72,6 +73,16 @@ class IdentityProofs(Protocol):
     def expect_identity(self, link: LinkProtocol) -> None: ...
 
 
+class HiddenTargets(Protocol):
+    """The hidden-service client (node/hidden.py), for an alias or a petname."""
+
+    def target(self, text: str) -> AliasTarget | None: ...
+
+    async def nc(self, target: AliasTarget, profile: str, pipe: StreamPipe) -> None: ...
+
+    async def forward(self, cfg: ForwardConfig, target: AliasTarget) -> Forward: ...
+
+
 class ClientSide:
     def __init__(
         self,
@@ -93,6 +104,11 @@ class ClientSide:
         self.forwards: dict[str, Forward] = {}
         self._pinned: set[str] = set()  # names known to have a pin (named by local users)
         self._retired: list[Forward] = []  # removed on reload, live connections kept
+        self.hidden: HiddenTargets | None = None
+
+    def use_hidden(self, hidden: HiddenTargets) -> None:
+        """Aliases and petnames go to the hidden-service client."""
+        self.hidden = hidden
 
     # ------------------------------------------------------------------ links
     async def link_for(self, addr: ServiceAddress, via: tuple[str, int] | None) -> LinkProtocol:
@@ -219,7 +235,11 @@ class ClientSide:
         pipe.bind(carrier, sid)
         return carrier
 
-    async def nc(self, target: str, hops: int, pipe: StreamPipe) -> None:
+    async def nc(self, target: str, hops: int, pipe: StreamPipe, profile: str = "") -> None:
+        hidden = self.hidden.target(target) if self.hidden else None
+        if hidden is not None and self.hidden is not None:
+            await self.hidden.nc(hidden, profile, pipe)
+            return
         if not 0 <= hops <= MAX_RELAYS:
             raise UsageError(f"hops must be 0..{MAX_RELAYS}")
         addr, via = _split_via(target)
@@ -258,6 +278,10 @@ class ClientSide:
     async def connect(self, cfg: ForwardConfig, check: bool = True) -> Forward:
         if cfg.name in self.forwards:
             raise UsageError(f"a forward named {cfg.name!r} exists; disconnect it first")
+        hidden = self.hidden.target(cfg.service) if self.hidden else None
+        if hidden is not None and self.hidden is not None:
+            fwd = self.forwards[cfg.name] = await self.hidden.forward(cfg, hidden)
+            return fwd
         addr = parse_service_address(cfg.service)
         fallback = cfg.relay_fallback
         result: dict[str, object] = {}

@@ -1,0 +1,186 @@
+"""Hidden services at the node: the roles, built and handed their collaborators here.
+
+Theory of operation. This module composes the four hidden-service roles for one node
+(node/wiring.py builds it once):
+
+* the descriptor directory (node/hidden_dht.py) over the node's DHT;
+* on a relay, the intro-point and rendezvous-point role (node/hidden_relay.py),
+  registered with the router;
+* the client (node/hidden_client.py), which `connect`, `nc` and forwards use for an
+  alias or a petname (`target`);
+* one `HiddenServiceHost` per `[hidden.NAME]` of config.toml (node/hidden_service.py),
+  started with the node and added, changed or removed on reload (`configure`,
+  `unconfigure`); each keeps its alias key and state in the home.
+
+A forward to an alias is an ordinary Forward whose opener asks the client for a joined
+path and opens a stream on it, so port forwarding and `vx6 forwards` work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from vx6.core.hidden.profiles import PathProfile
+from vx6.core.hidden.target import AliasTarget, parse_target
+from vx6.crypto.keys import Identity
+from vx6.net.circuit import ClientPath
+from vx6.net.forward import Forward
+from vx6.net.pipe import StreamPipe
+from vx6.net.ports import Clock, Count, Random, Spawn
+from vx6.node.hidden_client import Builder, HiddenClient, Relays
+from vx6.node.hidden_dht import DescriptorDht, DescriptorDirectory
+from vx6.node.hidden_relay import CircuitActions, HiddenRelayRole
+from vx6.node.hidden_service import HiddenServiceHost
+from vx6.store.config import ForwardConfig
+from vx6.store.hidden_config import HiddenServiceConfig
+
+log = logging.getLogger("vx6.hidden")
+
+HIDDEN_SERVICE_NAME = "hidden"  # what BEGIN names on a joined path: it has one target
+
+
+class PetnameRegistry(Protocol):
+    def get_petname(self, name: str) -> bytes | None: ...
+
+
+class RelayRouter(CircuitActions, Protocol):
+    def use_hidden_relay(self, role: HiddenRelayRole) -> None: ...
+
+
+HostFactory = Callable[[HiddenServiceConfig], HiddenServiceHost]
+
+
+class HiddenRole:
+    def __init__(
+        self,
+        client: HiddenClient,
+        directory: DescriptorDirectory,
+        *,
+        make_host: HostFactory,
+        registry: PetnameRegistry,
+        spawn: Spawn,
+        relay_role: HiddenRelayRole | None = None,
+    ) -> None:
+        self.client = client
+        self.directory = directory
+        self.relay_role = relay_role
+        self._make_host = make_host
+        self._registry = registry
+        self._spawn = spawn
+        self.hosts: dict[str, HiddenServiceHost] = {}
+
+    # ------------------------------------------------------------------ services
+    def load(self, configured: Mapping[str, HiddenServiceConfig]) -> None:
+        for cfg in configured.values():
+            self.configure(cfg)
+
+    def configure(self, cfg: HiddenServiceConfig) -> None:
+        """A `[hidden.NAME]` added or changed: (re)start its host. The alias key is in
+        the home, so a changed service keeps its alias."""
+        self.unconfigure(cfg.name)
+        host = self.hosts[cfg.name] = self._make_host(cfg)
+        host.start()
+        log.info("hidden service %s: %s, %s profile", cfg.name, host.alias, cfg.profile)
+
+    def unconfigure(self, name: str) -> None:
+        host = self.hosts.pop(name, None)
+        if host is not None:
+            host.close()
+
+    def describe(self) -> list[dict[str, object]]:
+        return [host.describe() for host in self.hosts.values()]
+
+    # ------------------------------------------------------------------ client
+    def target(self, text: str) -> AliasTarget | None:
+        """The hidden service `text` names (an alias or a petname), else None."""
+        if "." in text:
+            return None
+        found = parse_target(text, self._registry.get_petname)
+        return found if isinstance(found, AliasTarget) else None
+
+    async def path(self, target: AliasTarget, profile: str) -> ClientPath:
+        return await self.client.path_for(target.key, PathProfile(profile or "fast"))
+
+    async def open(self, target: AliasTarget, profile: str, pipe: StreamPipe) -> ClientPath:
+        path = await self.path(target, profile)
+        sid = path.open_stream(HIDDEN_SERVICE_NAME, 0, pipe)
+        pipe.bind(path, sid)
+        return path
+
+    async def nc(self, target: AliasTarget, profile: str, pipe: StreamPipe) -> None:
+        await self.open(target, profile, pipe)
+        await pipe.wait_opened()
+
+    async def forward(self, cfg: ForwardConfig, target: AliasTarget) -> Forward:
+        """A local port forwarded to a hidden service; its first path is made now, so
+        an error (no descriptor, not authorized, ...) is the answer to `connect`."""
+        await self.path(target, cfg.profile)
+
+        async def opener(pipe: StreamPipe) -> None:
+            await self.open(target, cfg.profile, pipe)
+
+        fwd = Forward(
+            cfg.name,
+            str(target),
+            cfg.local_host,
+            cfg.local_port,
+            opener,
+            self._spawn,
+            dual_loopback=cfg.dual_loopback,
+        )
+        fwd.path = f"hidden ({cfg.profile})"
+        fwd.circuits = lambda: self.client.describe_paths(target.key)
+        await fwd.start()
+        return fwd
+
+    def close(self) -> None:
+        for name in list(self.hosts):
+            self.unconfigure(name)
+        self.client.close()
+        if self.relay_role is not None:
+            self.relay_role.close()
+
+
+def build_hidden_role(
+    *,
+    identity_seed: bytes,
+    identity: Identity,
+    router: Builder,
+    relay_router: RelayRouter | None,
+    relays: Relays,
+    dht: DescriptorDht,
+    registry: PetnameRegistry,
+    make_host: Callable[[HiddenServiceConfig, DescriptorDirectory], HiddenServiceHost],
+    clock: Clock,
+    random: Random,
+    spawn: Spawn,
+    count: Count,
+) -> HiddenRole:
+    """The node's hidden-service roles; `relay_router` only on a relay."""
+    directory = DescriptorDirectory(dht, clock=clock, count=count)
+    relay_role = None
+    if relay_router is not None:
+        relay_role = HiddenRelayRole(relay_router, clock)
+        relay_router.use_hidden_relay(relay_role)
+    client = HiddenClient(
+        identity,
+        identity_seed,
+        builder=router,
+        relays=relays,
+        descriptors=directory,
+        clock=clock,
+        random=random,
+        spawn=spawn,
+        count=count,
+    )
+    return HiddenRole(
+        client,
+        directory,
+        make_host=lambda cfg: make_host(cfg, directory),
+        registry=registry,
+        spawn=spawn,
+        relay_role=relay_role,
+    )
+
