@@ -5,7 +5,8 @@ there with an auth key of its own. It is BUILDING until the adapter reports the
 registration; then STANDBY (established, not published) until the core promotes it to
 ACTIVE (published). An intro past its lifetime or its introductions cap is *due*: it
 keeps its role until a replacement is ready, then it is RETIRED (still registered, for
-clients holding the old descriptor) and CLOSED after the grace period. A failure (its
+clients holding the old descriptor) and CLOSED after the grace period (or earlier
+when more than `max_retired` are waiting, so their number stays bounded). A failure (its
 circuit gone) ends any live intro as FAILED. CLOSED and FAILED intros leave the table.
 The transitions are the table `_TRANSITIONS`; an input missing from it is the adapter's
 misuse (UsageError).
@@ -13,6 +14,8 @@ misuse (UsageError).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import auto
 
@@ -95,3 +98,53 @@ class Intro:
         if self.established_at is None or self.state not in SERVING_STATES:
             return None
         return self.established_at + self.lifetime
+
+
+def rotate(
+    intros: Iterable[Intro], active: int, standby: int, now: float, counts: Counter[str]
+) -> None:
+    """Fill the active set from the standbys (fresh ones first), swap each due active
+    for a fresh standby, and retire a due standby once enough fresh ones stand by."""
+    pool = list(intros)
+    actives = [i for i in pool if i.state is IntroState.ACTIVE]
+    fresh = [i for i in pool if i.state is IntroState.STANDBY and not i.due(now)]
+    stale = [i for i in pool if i.state is IntroState.STANDBY and i.due(now)]
+    while len(actives) < active and (fresh or stale):
+        promoted = (fresh or stale).pop(0)
+        promoted.step(IntroInput.PROMOTE)
+        counts["intro_promoted"] += 1
+        actives.append(promoted)
+    for intro in actives:
+        if intro.due(now) and fresh:
+            _retire(intro, now, counts)
+            fresh.pop(0).step(IntroInput.PROMOTE)
+            counts["intro_promoted"] += 1
+    for intro in stale:
+        if len(fresh) >= standby:
+            _retire(intro, now, counts)
+
+
+def _retire(intro: Intro, now: float, counts: Counter[str]) -> None:
+    intro.step(IntroInput.RETIRE)
+    intro.retired_at = now
+    counts["intro_retired"] += 1
+
+
+def close_retired(
+    intros: dict[int, Intro], grace: float, max_retired: int, now: float, counts: Counter[str]
+) -> list[int]:
+    """Close (and drop from `intros`) the retired intros past their grace, and the oldest
+    beyond `max_retired`; their ids."""
+    retired = sorted(
+        (i for i in intros.values() if i.state is IntroState.RETIRED),
+        key=lambda i: i.retired_at or 0.0,
+    )
+    closing = [i for i in retired if now >= (i.retired_at or 0.0) + grace]
+    waiting = [i for i in retired if i not in closing]
+    early = waiting[: max(0, len(waiting) - max_retired)]
+    counts["retired_closed_early"] += len(early)
+    for intro in closing + early:
+        intro.step(IntroInput.CLOSE)
+        del intros[intro.intro_id]
+        counts["intro_closed"] += 1
+    return [i.intro_id for i in closing + early]

@@ -40,7 +40,14 @@ from typing import Any
 
 from vx6.core.backoff import Backoff, RetrySchedule
 from vx6.core.hidden.guards import GUARD_RETRY_AFTER, GuardSet, GuardState
-from vx6.core.hidden.intros import ESTABLISHED_STATES, SERVING_STATES, Intro, IntroInput
+from vx6.core.hidden.intros import (
+    ESTABLISHED_STATES,
+    SERVING_STATES,
+    Intro,
+    IntroInput,
+    close_retired,
+    rotate,
+)
 from vx6.core.hidden.intros import IntroState as St
 from vx6.core.hidden.replay import ReplayCache, replay_capacity
 from vx6.core.hidden.service_events import (
@@ -300,51 +307,16 @@ class HiddenServiceCore:
         if changed is not None:
             self.counts["guards_chosen"] = self.guards.chosen_count
             events.append(changed)
-        events += self._close_retired(now)
-        self._rotate(now)
+        limits = self.limits
+        closed = close_retired(
+            self.intros, limits.retired_grace, limits.max_retired, now, self.counts
+        )
+        events += [IntroCloseRequested(i) for i in closed]
+        rotate(self.intros.values(), limits.active, limits.standby, now, self.counts)
         events += self._build_missing(now)
         events += self._maybe_publish(now)
         if not self._role(St.ACTIVE):
             self.reachable = False
-        return events
-
-    def _rotate(self, now: float) -> None:
-        active = self._role(St.ACTIVE)
-        standby = self._role(St.STANDBY)
-        fresh = [i for i in standby if not i.due(now)]
-        stale = [i for i in standby if i.due(now)]
-        while len(active) < self.limits.active and (fresh or stale):
-            promoted = (fresh or stale).pop(0)
-            promoted.step(IntroInput.PROMOTE)
-            self.counts["intro_promoted"] += 1
-            active.append(promoted)
-        for intro in active:
-            if intro.due(now) and fresh:
-                self._retire(intro, now)
-                replacement = fresh.pop(0)
-                replacement.step(IntroInput.PROMOTE)
-                self.counts["intro_promoted"] += 1
-        for intro in stale:
-            if len(fresh) >= self.limits.standby:
-                self._retire(intro, now)
-
-    def _retire(self, intro: Intro, now: float) -> None:
-        intro.step(IntroInput.RETIRE)
-        intro.retired_at = now
-        self.counts["intro_retired"] += 1
-
-    def _close_retired(self, now: float) -> list[ServiceEvent]:
-        retired = sorted(self._role(St.RETIRED), key=lambda i: i.retired_at or 0.0)
-        closing = [i for i in retired if now >= (i.retired_at or 0.0) + self.limits.retired_grace]
-        live = [i for i in retired if i not in closing]
-        early = live[: max(0, len(live) - self.limits.max_retired)]
-        self.counts["retired_closed_early"] += len(early)
-        events: list[ServiceEvent] = []
-        for intro in closing + early:
-            intro.step(IntroInput.CLOSE)
-            del self.intros[intro.intro_id]
-            self.counts["intro_closed"] += 1
-            events.append(IntroCloseRequested(intro.intro_id))
         return events
 
     def _missing(self, now: float) -> int:
@@ -408,8 +380,10 @@ class HiddenServiceCore:
             # built, so the first descriptor lists them all instead of three revisions.
             if self._changed_at is None:
                 self._changed_at = now
+            # An intro gone from the published set is never waited for.
+            lost = any(i not in self.intros for i in self.published)
             short = len(active) < self.limits.active and self._role(St.BUILDING)
-            if short and now < self._changed_at + self.limits.republish_deadline:
+            if short and not lost and now < self._changed_at + self.limits.republish_deadline:
                 return []
         elif self._publish_at is None or now < self._publish_at:
             return []
