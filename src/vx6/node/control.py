@@ -25,6 +25,7 @@ from vx6.net.ports import Clock
 from vx6.net.ratelog import RATELOG
 from vx6.net.router import CircuitRouter
 from vx6.node.forwards import ClientSide
+from vx6.node.hidden import HiddenRole
 from vx6.node.links import Links
 from vx6.node.owner import OwnerSide
 from vx6.node.pool import CircuitPool
@@ -79,6 +80,7 @@ class ControlOps:
         peering: Callable[[], Mapping[str, object]],
         clock: Clock,
         reload: Callable[[], Awaitable[Mapping[str, object]]] | None = None,
+        hidden: HiddenRole | None = None,
     ) -> None:
         self.info = info
         self.links = links
@@ -96,6 +98,7 @@ class ControlOps:
         self.peering = peering
         self.clock = clock
         self._reload = reload
+        self._hidden = hidden
         self._ops: dict[str, Handler] = {
             "status": self.status,
             "id": self.id,
@@ -115,6 +118,7 @@ class ControlOps:
             "relays": self.relays,
             "build_circuit": self.build_circuit,
             "reload": self.reload,
+            "hidden": self.hidden,
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -251,6 +255,10 @@ class ControlOps:
         )
         fwd = await self.client.connect(cfg)
         return {"forward": fwd.describe(), "setup": fwd.setup}
+
+    async def hidden(self, _: dict[str, Any]) -> dict[str, Any]:
+        """This node's hidden services as they run (docs/hidden.md, "CLI and config")."""
+        return {"hidden": self._hidden.describe() if self._hidden else []}
 
     async def disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))

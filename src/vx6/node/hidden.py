@@ -32,7 +32,8 @@ from vx6.net.ports import Clock, Count, Random, Spawn
 from vx6.node.hidden_client import Builder, HiddenClient, Relays
 from vx6.node.hidden_dht import DescriptorDht, DescriptorDirectory
 from vx6.node.hidden_relay import CircuitActions, HiddenRelayRole
-from vx6.node.hidden_service import HiddenServiceHost
+from vx6.node.hidden_service import AllowLists, HiddenServiceHost, ServiceHome, make_host
+from vx6.node.owner_streams import OwnerStreams
 from vx6.store.config import ForwardConfig
 from vx6.store.hidden_config import HiddenServiceConfig
 
@@ -143,30 +144,35 @@ class HiddenRole:
             self.relay_role.close()
 
 
+class NodeRouter(Builder, RelayRouter, Protocol):
+    pass
+
+
 def build_hidden_role(
     *,
-    identity_seed: bytes,
     identity: Identity,
-    router: Builder,
-    relay_router: RelayRouter | None,
+    relay: bool,
+    router: NodeRouter,
     relays: Relays,
     dht: DescriptorDht,
     registry: PetnameRegistry,
-    make_host: Callable[[HiddenServiceConfig, DescriptorDirectory], HiddenServiceHost],
+    home: ServiceHome,
+    allow_lists: AllowLists,
+    streams: OwnerStreams,
     clock: Clock,
     random: Random,
     spawn: Spawn,
     count: Count,
 ) -> HiddenRole:
-    """The node's hidden-service roles; `relay_router` only on a relay."""
+    """The node's hidden-service roles; the relay role only on a relay."""
     directory = DescriptorDirectory(dht, clock=clock, count=count)
     relay_role = None
-    if relay_router is not None:
-        relay_role = HiddenRelayRole(relay_router, clock)
-        relay_router.use_hidden_relay(relay_role)
+    if relay:
+        relay_role = HiddenRelayRole(router, clock)
+        router.use_hidden_relay(relay_role)
     client = HiddenClient(
         identity,
-        identity_seed,
+        identity.private_bytes(),
         builder=router,
         relays=relays,
         descriptors=directory,
@@ -175,12 +181,23 @@ def build_hidden_role(
         spawn=spawn,
         count=count,
     )
-    return HiddenRole(
-        client,
-        directory,
-        make_host=lambda cfg: make_host(cfg, directory),
-        registry=registry,
-        spawn=spawn,
-        relay_role=relay_role,
-    )
 
+    def host(cfg: HiddenServiceConfig) -> HiddenServiceHost:
+        return make_host(
+            cfg,
+            directory,
+            home=home,
+            allow_lists=allow_lists,
+            own_identity=identity.public,
+            builder=router,
+            relays=relays,
+            streams=streams,
+            clock=clock,
+            random=random,
+            spawn=spawn,
+            count=count,
+        )
+
+    return HiddenRole(
+        client, directory, make_host=host, registry=registry, spawn=spawn, relay_role=relay_role
+    )

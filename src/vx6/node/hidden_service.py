@@ -27,6 +27,7 @@ All timing comes from the core's `next_deadline`, on the node's clock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -35,30 +36,39 @@ from vx6.core.circuit.client import HopSpec
 from vx6.core.hidden.alias import encode_alias
 from vx6.core.hidden.descriptor import (
     DESCRIPTOR_LIFETIME,
+    PERIOD_LENGTH,
     publish_periods,
     seal_descriptor_body,
     time_period,
 )
-from vx6.core.hidden.service import (
-    BuildIntro,
-    BuildRendezvous,
-    CloseIntro,
-    GuardsChanged,
-    HiddenServiceCore,
-    PublishDescriptor,
+from vx6.core.hidden.guards import Guard, GuardsChanged
+from vx6.core.hidden.guards import GuardState as CoreGuardState
+from vx6.core.hidden.service import HiddenServiceCore
+from vx6.core.hidden.service_events import (
+    DescriptorPublishRequested,
+    IntroBuildRequested,
+    IntroCloseRequested,
+    Profile,
+    RendezvousBuildRequested,
+    ServiceEvent,
+    ServiceLimits,
 )
 from vx6.core.records import make_record
 from vx6.core.routes import RelayCandidate
 from vx6.crypto.hidden import AliasKey
 from vx6.crypto.hidden_desc import e2e_crypto, hs_ntor_service, open_introduce, subcredential
-from vx6.crypto.keys import Identity, StaticKey, verify
+from vx6.crypto.keys import Identity, StaticKey, key_to_text, verify
 from vx6.errors import CryptoError, DecodeError, DestroyReason, StreamFailed, VX6Error
 from vx6.net.circuit import ClientPath
 from vx6.net.ports import Clock, Count, Random, Spawn
 from vx6.net.ratelog import RATELOG
 from vx6.node.owner_streams import OwnerStreams
-from vx6.store.config import HiddenServiceConfig, ServiceConfig
+from vx6.store.config import ServiceConfig
+from vx6.store.hidden_config import HiddenServiceConfig
+from vx6.store.hidden_state import GuardState as StoredGuard
+from vx6.store.hidden_state import HiddenState
 from vx6.wire.cells import RelayCommand
+from vx6.wire.frames import OPEN_FLAG_PROBE
 from vx6.wire.hidden import (
     EstablishIntro,
     Rendezvous1,
@@ -70,8 +80,7 @@ from vx6.wire.hidden import (
     establish_intro_signed_bytes,
 )
 from vx6.wire.hidden_desc import InnerPlaintext, IntroEntry
-from vx6.wire.records import Kind
-from vx6.wire.streams import OPEN_FLAG_PROBE
+from vx6.wire.records import HiddenDescriptorBody, Record
 
 log = logging.getLogger("vx6.hidden")
 
@@ -97,7 +106,7 @@ class Relays(Protocol):
 class Descriptors(Protocol):
     async def publish(self, record_raw: bytes) -> int: ...
 
-    async def fetch(self, blinded_key: bytes) -> list[object]: ...
+    async def fetch(self, blinded_key: bytes) -> list[Record]: ...
 
 
 def hop(candidate: RelayCandidate) -> HopSpec:
@@ -107,7 +116,7 @@ def hop(candidate: RelayCandidate) -> HopSpec:
 class _Intro:
     """One intro as this role holds it: its keys, relay and circuit."""
 
-    def __init__(self, action: BuildIntro) -> None:
+    def __init__(self, action: IntroBuildRequested) -> None:
         self.id = action.intro_id
         self.relay = action.path[-1]
         self.auth = Identity(action.auth_seed)
@@ -123,11 +132,12 @@ class HiddenServiceHost:
         alias_seed: bytes,
         allowed: Callable[[], frozenset[bytes]],
         *,
+        last_revision: int,
         builder: Builder,
         relays: Relays,
         descriptors: Descriptors,
         streams: OwnerStreams,
-        save_guards: Callable[[object], None],
+        save_state: Callable[[GuardsChanged | None, int | None, float | None], None],
         clock: Clock,
         random: Random,
         spawn: Spawn,
@@ -142,7 +152,8 @@ class HiddenServiceHost:
         self._relays = relays
         self._descriptors = descriptors
         self._streams = streams
-        self._save_guards = save_guards
+        self._save_state = save_state
+        self._last_revision = last_revision
         self._clock = clock
         self._random = random
         self._spawn = spawn
@@ -154,28 +165,36 @@ class HiddenServiceHost:
             config.name, config.target_host, config.target_port, public=True
         )
         self.closed = False
+        self._published_wall: float | None = None
 
     # ------------------------------------------------------------------ driving the core
     def start(self) -> None:
-        self._carry_out(self.core.start(self._clock.monotonic(), self._relays.relay_candidates()))
+        events = self.core.start(
+            self._clock.monotonic(),
+            self._relays.relay_candidates(),
+            wall=self._clock.wall(),
+            last_revision=self._last_revision,
+        )
+        self._carry_out(events)
 
-    def _carry_out(self, actions: Sequence[object]) -> None:
+    def _carry_out(self, actions: Sequence[ServiceEvent]) -> None:
         if self.closed:
             return
         for action in actions:
-            if isinstance(action, BuildIntro):
+            if isinstance(action, IntroBuildRequested):
                 intro = self._intros[action.intro_id] = _Intro(action)
                 self._spawn(self._build_intro(intro, action.path))
-            elif isinstance(action, CloseIntro):
+            elif isinstance(action, IntroCloseRequested):
                 gone = self._intros.pop(action.intro_id, None)
                 if gone is not None and gone.path is not None:
                     gone.path.close(DestroyReason.NONE)
-            elif isinstance(action, PublishDescriptor):
+            elif isinstance(action, DescriptorPublishRequested):
+                self._save_state(None, action.revision, None)
                 self._spawn(self._publish(action.revision, action.intros))
-            elif isinstance(action, BuildRendezvous):
+            elif isinstance(action, RendezvousBuildRequested):
                 self._spawn(self._rendezvous(action))
             elif isinstance(action, GuardsChanged):
-                self._save_guards(action.state)
+                self._save_state(action, None, None)
         self._arm()
 
     def _arm(self) -> None:
@@ -190,8 +209,8 @@ class HiddenServiceHost:
 
     def _tick(self) -> None:
         self._timer = None
-        self.core.relays_known(self._relays.relay_candidates(), self._clock.monotonic())
-        self._carry_out(self.core.timer(self._clock.monotonic()))
+        now, wall = self._clock.monotonic(), self._clock.wall()
+        self._carry_out(self.core.relays_known(self._relays.relay_candidates(), now, wall=wall))
 
     # ------------------------------------------------------------------ intros
     async def _build_intro(self, intro: _Intro, path: Sequence[RelayCandidate]) -> None:
@@ -241,7 +260,11 @@ class HiddenServiceHost:
             for sub in self._subcredentials():
                 try:
                     plaintext = open_introduce(
-                        intro.enc, intro.auth.public, message.client_key, message.ciphertext, sub
+                        intro.enc.private_bytes(),
+                        intro.auth.public,
+                        message.client_key,
+                        message.ciphertext,
+                        sub,
                     )
                     break
                 except CryptoError:
@@ -263,31 +286,38 @@ class HiddenServiceHost:
         rendezvous = RelayCandidate(
             fields.rendezvous_identity, fields.rendezvous_onion_key, fields.endpoints, None
         )
-        now = self._clock.monotonic()
-        self._carry_out(
-            self.core.introduction(
-                intro.id,
-                message.client_key,
-                fields.cookie,
-                client if proof_ok else None,
-                proof_ok or client is None,
-                now,
-                rendezvous=rendezvous,
-            )
+        verdict = self.core.introduction(
+            intro.id,
+            message.client_key,
+            fields.cookie,
+            client if proof_ok else None,
+            proof_ok or client is None,
+            rendezvous,
+            self._clock.monotonic(),
         )
+        if verdict.refusal is not None:
+            RATELOG.info(
+                log,
+                "hidden-introduction-refused",
+                "%s: introduction refused: %s",
+                self.config.name,
+                verdict.refusal.value,
+            )
+        self._carry_out(verdict.events)
 
     def _subcredentials(self) -> list[bytes]:
         wall = self._clock.wall()
         out = []
         for period in publish_periods(wall, include_previous=True):
-            blinded = self.alias_key.blinded(period)
+            blinded = self.alias_key.blinded(period, PERIOD_LENGTH)
             out.append(subcredential(self.alias_key.public, blinded.public))
         return out
 
     # ------------------------------------------------------------------ rendezvous
-    async def _rendezvous(self, action: BuildRendezvous) -> None:
+    async def _rendezvous(self, action: RendezvousBuildRequested) -> None:
         intro = self._intros.get(action.intro_id)
         ok = False
+        first_hop = False
         try:
             if intro is None:
                 return
@@ -298,21 +328,22 @@ class HiddenServiceHost:
                 accepts_streams=self._stream_requested,
             )
             reply, material = hs_ntor_service(
-                intro.auth.public, intro.enc, action.x, self._random(32)
+                intro.auth.public, intro.enc, action.client_key_x, self._random(32)
             )
             circuit.send_control(
                 RelayCommand.RENDEZVOUS1, encode_rendezvous1(Rendezvous1(action.cookie, reply))
             )
             circuit.join(e2e_crypto(material, client=False))
-            circuit.peer = action.client
             self._joined.add(circuit)
             circuit.on_closed = lambda _reason: self._joined.discard(circuit)
             ok = True
         except (VX6Error, OSError) as exc:
+            first_hop = getattr(exc, "hops_keyed", 1) == 0
             log.info("%s: rendezvous build failed: %s", self.config.name, exc)
         finally:
             now = self._clock.monotonic()
-            self._carry_out(self.core.rendezvous_done(action.build_id, ok, now))
+            done = self.core.rendezvous_done(action.build_id, ok, now, first_hop_failed=first_hop)
+            self._carry_out(done)
 
     def _stream_requested(self, path: ClientPath, sid: int, service: str, flags: int) -> None:
         self._count("hidden_streams")
@@ -333,26 +364,23 @@ class HiddenServiceHost:
         stored_total = 0
         blinded_keys = []
         for period in publish_periods(wall):
-            blinded = self.alias_key.blinded(period)
+            blinded = self.alias_key.blinded(period, PERIOD_LENGTH)
             body = seal_descriptor_body(
                 self.alias_key, period, revision, contents, clients, self._random
             )
-            raw = make_record(
-                blinded,
-                Kind.HIDDEN_DESCRIPTOR,
-                revision,
-                int(wall),
-                int(wall) + DESCRIPTOR_LIFETIME,
-                body,
+            _, raw = make_record(
+                blinded, HiddenDescriptorBody(body), revision, wall, DESCRIPTOR_LIFETIME
             )
             stored_total += await self._descriptors.publish(raw)
             blinded_keys.append(blinded.public)
         now = self._clock.monotonic()
         self._carry_out(self.core.descriptor_published(revision, stored_total, now))
+        self._save_state(None, None, wall)
+        self._published_wall = wall
         # Reachable only once the DHT gives the descriptor back to a lookup.
-        current = self.alias_key.blinded(time_period(wall)).public
+        current = self.alias_key.blinded(time_period(wall), PERIOD_LENGTH).public
         for record in await self._descriptors.fetch(current):
-            if getattr(record, "seq", -1) >= revision:
+            if record.seq >= revision:
                 self._carry_out(
                     self.core.descriptor_fetched_back(revision, self._clock.monotonic())
                 )
@@ -360,14 +388,35 @@ class HiddenServiceHost:
 
     # ------------------------------------------------------------------ the rest
     def describe(self) -> dict[str, object]:
+        """One service for the `hidden` control op (docs/hidden.md, "CLI and config")."""
+        core = self.core.describe()
+        roles = {"standby": "standby", "active": "active", "retired": "retired"}
+        intros = [
+            {
+                "relay": key_to_text(bytes.fromhex(str(i["relay"]))),
+                "role": roles.get(str(i["state"]), "none"),
+                "state": "building" if i["state"] == "building" else "established",
+                "introductions": i["introductions"],
+            }
+            for i in core["intros"]
+        ]
+        guards = [
+            {"identity": key_to_text(bytes.fromhex(str(g["identity"]))),
+             "state": "up" if g["up"] else "down"}
+            for g in core["guards"]
+        ]  # fmt: skip
         return {
             "name": self.config.name,
             "alias": self.alias,
             "profile": self.config.profile,
-            "target": f"{self.config.target_host}:{self.config.target_port}",
-            "access": "public" if self.config.public else "allow-list",
+            "reachable": core["reachable"],
+            "revision": core["revision"],
+            "published_at": self._published_wall,
+            "intros": intros,
+            "guards": guards,
+            "shared_guard_rendezvous": self.core.counts["guard_in_client_half"],
             "joined_paths": len(self._joined),
-            **self.core.describe(),
+            "counts": dict(self.core.counts),
         }
 
     def close(self) -> None:
@@ -381,3 +430,89 @@ class HiddenServiceHost:
             path.close(DestroyReason.NONE)
         self._intros.clear()
         self._joined.clear()
+
+
+class ServiceHome(Protocol):
+    def hidden_alias_seed(self, name: str) -> bytes: ...
+
+    def hidden_state(self, name: str) -> HiddenState: ...
+
+    def save_hidden_state(self, name: str, state: HiddenState) -> None: ...
+
+
+class AllowLists(Protocol):
+    def allowed_keys(self, svc: ServiceConfig) -> frozenset[bytes]: ...
+
+
+def make_host(
+    cfg: HiddenServiceConfig,
+    descriptors: Descriptors,
+    *,
+    home: ServiceHome,
+    allow_lists: AllowLists,
+    own_identity: bytes,
+    builder: Builder,
+    relays: Relays,
+    streams: OwnerStreams,
+    clock: Clock,
+    random: Random,
+    spawn: Spawn,
+    count: Count,
+) -> HiddenServiceHost:
+    """One hidden service's host, its key and state from the home (made on first use)."""
+    seed = home.hidden_alias_seed(cfg.name)
+    state = home.hidden_state(cfg.name)
+    guards = CoreGuardState(tuple(Guard(g.identity) for g in state.guards))
+    # Names in the allow-list resolve like an exposed service's (node/owner.py).
+    allow_svc = ServiceConfig(cfg.name, cfg.target_host, cfg.target_port, allow=cfg.allow)
+
+    def allowed() -> frozenset[bytes]:
+        return allow_lists.allowed_keys(allow_svc)
+
+    core = HiddenServiceCore(
+        Profile.BALANCED if cfg.profile == "balanced" else Profile.FAST,
+        ServiceLimits(),
+        guards,
+        random,
+        allowed=lambda key: key is not None and key in allowed(),
+        public=cfg.public,
+        self_identity=own_identity,
+    )
+
+    def save(changed: GuardsChanged | None, revision: int | None, published: float | None) -> None:
+        nonlocal state
+        if changed is not None:
+            wall = clock.wall()
+            chosen = {g.identity: g.chosen_at for g in state.guards}
+            state = dataclasses.replace(
+                state,
+                guards=tuple(
+                    StoredGuard(g.identity, chosen.get(g.identity, wall))
+                    for g in changed.state.guards
+                ),
+            )
+        if revision is not None:
+            state = dataclasses.replace(state, last_revision=max(revision, state.last_revision))
+        if published is not None:
+            state = dataclasses.replace(state, last_published=published)
+        try:
+            home.save_hidden_state(cfg.name, state)
+        except OSError as exc:  # a full disk degrades the service; it does not end it
+            RATELOG.warning(log, "hidden-state", "%s: state not saved: %s", cfg.name, exc)
+
+    return HiddenServiceHost(
+        cfg,
+        core,
+        seed,
+        allowed,
+        last_revision=state.last_revision,
+        builder=builder,
+        relays=relays,
+        descriptors=descriptors,
+        streams=streams,
+        save_state=save,
+        clock=clock,
+        random=random,
+        spawn=spawn,
+        count=count,
+    )

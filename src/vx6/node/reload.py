@@ -41,6 +41,7 @@ from typing import Protocol, TypeVar
 
 from vx6.errors import UsageError
 from vx6.store.config import ForwardConfig, NodeConfig, ServiceConfig, load_config
+from vx6.store.hidden_config import HiddenServiceConfig
 
 log = logging.getLogger("vx6.reload")
 
@@ -138,6 +139,14 @@ class ConfiguredForwards(Protocol):
     async def retire(self, name: str) -> bool: ...
 
 
+class ConfiguredHidden(Protocol):
+    """The hidden services the node runs (node/hidden.py)."""
+
+    def configure(self, cfg: HiddenServiceConfig) -> None: ...
+
+    def unconfigure(self, name: str) -> None: ...
+
+
 class Reloader:
     def __init__(
         self,
@@ -147,6 +156,7 @@ class Reloader:
         *,
         services: ConfiguredServices,
         forwards: ConfiguredForwards,
+        hidden: ConfiguredHidden | None = None,
         logger: logging.Logger = log,
     ) -> None:
         self.path = path
@@ -154,6 +164,7 @@ class Reloader:
         self.running = running
         self.services = services
         self.forwards = forwards
+        self.hidden = hidden
         self.log = logger
         self._lock = asyncio.Lock()
 
@@ -200,3 +211,8 @@ class Reloader:
             await self.forwards.retire(name)
         started = sorted(diff.forwards.added + replaced)
         await self.forwards.start_config_forwards(new.forwards[name] for name in started)
+        if self.hidden is not None:
+            for name in diff.hidden.removed:
+                self.hidden.unconfigure(name)
+            for name in diff.hidden.added + diff.hidden.changed:
+                self.hidden.configure(new.hidden[name])

@@ -44,6 +44,7 @@ from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.router import CircuitRouter
 from vx6.node.control import ControlOps, NodeInfo
 from vx6.node.forwards import ClientSide
+from vx6.node.hidden import build_hidden_role
 from vx6.node.link_table import LinkTable, TrustedKeys
 from vx6.node.links import Links
 from vx6.node.onion_rotation import onion_key_loop
@@ -165,9 +166,14 @@ class Node:
         self.client = client = ClientSide(
             resolver, links, pool, registry, self.spawn, clock, proofs=records
         )
+        self.hidden = hidden = build_hidden_role(
+            identity=identity, relay=bool(cfg.relay), router=router, relays=pool, dht=dht,
+            registry=registry, home=home, allow_lists=owner, streams=owner.streams,
+            clock=clock, random=random, spawn=self.spawn, count=count,
+        )  # fmt: skip
         # SIGHUP and `vx6 reload`: config.toml's services and forwards, flags still winning.
         self.reloader = reloader = Reloader(
-            home.config_path, flags, cfg, services=owner, forwards=client
+            home.config_path, flags, cfg, services=owner, forwards=client, hidden=hidden
         )
         self.ops = ControlOps(
             NodeInfo(self.name, identity.public, home.path, clock.wall(), self.listen_addresses),
@@ -186,6 +192,7 @@ class Node:
             peering=self.peering,
             clock=clock,
             reload=reloader.report,
+            hidden=hidden,
         )
 
         # The back references, and the link events to the roles that take them.
@@ -193,6 +200,7 @@ class Node:
         table.use_circuit_check(router.carries_circuits)
         records.on_node_record(links.peer_moved)
         pool.use_relay_source(relay_directory)
+        client.use_hidden(hidden)
         links.on_stream(owner.stream_requested)
         links.on_cells(router.cells_received)
         links.on_records(records.received)
@@ -255,6 +263,7 @@ class Node:
                 tg.create_task(self.bootstrap_keeper.run())
                 self.owner.load_services(cfg.services)
                 self.publisher.publish_all()
+                self.hidden.load(cfg.hidden)
                 for host, port in cfg.peers or remembered:
                     keeper = PeerKeeper(
                         host,
@@ -321,6 +330,7 @@ class Node:
 
     async def _shutdown(self) -> None:
         await self.client.stop_all()
+        self.hidden.close()
         self.pool.close()
         with contextlib.suppress(Exception):  # best effort: the registry may be the problem
             self.remember_contacts()
