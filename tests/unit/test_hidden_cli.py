@@ -133,10 +133,10 @@ def test_petnames_and_client_addresses(tmp_path: Path) -> None:
         assert done.returncode == EXIT_USAGE and "checksum does not match" in done.stderr
     done = run_vx6(home, "connect", alias + "x", "--local", "0")
     assert done.returncode == EXIT_USAGE and "56 characters, not 57" in done.stderr
-    # ... and a good alias or a petname is understood, but not reachable yet.
+    # ... and a good alias or a petname is understood: it goes to the node (none runs).
     for target in (alias, "myweb"):
         done = run_vx6(home, "connect", target, "--local", "0")
-        assert done.returncode == EXIT_ERROR and "not reachable yet" in done.stderr
+        assert done.returncode == EXIT_ERROR and "no node is running" in done.stderr
     unknown = run_vx6(home, "connect", "nosuch", "--local", "0")
     assert unknown.returncode == EXIT_USAGE and "NAME.SERVICE" in unknown.stderr
     removed = run_vx6(home, "hidden", "name", "remove", "myweb")
