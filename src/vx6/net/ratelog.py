@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 DEFAULT_BURST = 3
@@ -116,3 +116,14 @@ RATELOG = RateLog()
 
 def flush_all() -> None:
     RATELOG.flush()
+
+
+FLUSH_EVERY = 10.0
+
+
+async def flush_loop(sleep: Callable[[float], Awaitable[None]]) -> None:
+    """Flush every FLUSH_EVERY seconds, so a flood that has stopped still gets its one
+    summary line written."""
+    while True:
+        await sleep(FLUSH_EVERY)  # periodic timer, not synchronisation
+        flush_all()

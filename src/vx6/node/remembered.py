@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from vx6.core.dht.contacts import Contact, prefix_of
 from vx6.net.addresses import network_of
@@ -43,3 +43,12 @@ def remember_contacts(
         for contact in contacts[:count]:
             host, port = contact.address
             registry.upsert_peer(host, port, now)
+
+
+async def every(
+    seconds: float, job: Callable[[], None], sleep: Callable[[float], Awaitable[None]]
+) -> None:
+    """Run `job` every `seconds` (a periodic timer, not synchronisation)."""
+    while True:
+        await sleep(seconds)
+        job()

@@ -55,7 +55,7 @@ from vx6.node.publisher import NodeKeys, Publisher
 from vx6.node.records import RecordHub
 from vx6.node.relay_directory import RelayDirectory
 from vx6.node.reload import Reloader
-from vx6.node.remembered import remember_contacts, remembered_peers
+from vx6.node.remembered import every, remember_contacts, remembered_peers
 from vx6.node.resolver import Resolver
 from vx6.store.config import NodeConfig, ServiceConfig, load_config
 from vx6.store.home import Home
@@ -65,7 +65,6 @@ from vx6.wire.records import Kind, decode_record
 log = logging.getLogger("vx6.node")
 
 REMEMBER_EVERY = 60.0
-RATELOG_FLUSH_EVERY = 10.0
 
 
 class Node:
@@ -285,10 +284,10 @@ class Node:
                 )
                 tg.create_task(self.publisher.republish_loop())
                 tg.create_task(self.records.reconcile_loop())
-                tg.create_task(self.remember_loop())
+                tg.create_task(every(REMEMBER_EVERY, self.remember_contacts, self.clock.sleep))
                 tg.create_task(self.pool.maintain_loop())
                 tg.create_task(self.relay_directory.run())
-                tg.create_task(self._ratelog_loop())
+                tg.create_task(ratelog.flush_loop(self.clock.sleep))
                 tg.create_task(
                     onion_key_loop(
                         self.home,
@@ -375,17 +374,6 @@ class Node:
 
     def remember_contacts(self) -> None:
         remember_contacts(self.registry, self.dht.node.table.contacts(), self.clock.wall())
-
-    async def remember_loop(self) -> None:
-        while True:
-            await self.clock.sleep(REMEMBER_EVERY)  # periodic timer, not synchronisation
-            self.remember_contacts()
-
-    async def _ratelog_loop(self) -> None:
-        # A flood that has stopped still gets its one summary line written.
-        while True:
-            await self.clock.sleep(RATELOG_FLUSH_EVERY)  # periodic timer, not synchronisation
-            ratelog.flush_all()
 
     async def _sync_link(self, host: str, port: int) -> asyncio.Future[None]:
         """Dial a configured peer as a sync link (its `PeerKeeper` redials with backoff)."""
