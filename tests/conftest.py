@@ -39,6 +39,7 @@ NET_READY_TIMEOUT = 15.0
 # the demo. CI and the README's command run everything.
 SLOW_MODULES = {
     "test_bench_floor",
+    "test_bench_hidden",
     "test_bench_hostile",
     "test_bench_relay",
     "test_demo",

@@ -1,13 +1,16 @@
 """`vx6 demo`: a small VX6 network on this machine, every mode exercised end to end.
 
-It starts real node processes (hub, alice, bob, carol, dave, and five relays r1-r5), each
+It starts real node processes (hub, alice, bob, carol, dave, and 14 relays r1-r14), each
 in its own temporary home on loopback, plus a local echo service for alice and an HTTP
 server. alice exposes
 both (private: only bob, carol and dave may connect). bob reaches them by name through
 records synced via the hub (named direct); dave, started with only `--bootstrap`,
 resolves alice through the DHT; carol, who knows nobody, reaches alice by her IPv6
 endpoint (direct IPv6: no discovery at all); bob also reaches alice through onion
-circuits of 1 and 5 relays (relay proxy mode), chosen from the relays' node records. Each
+circuits of 1 and 5 relays (relay proxy mode), chosen from the relays' node records, and
+reaches alice's echo as a hidden service (made with `vx6 hidden create`, allowing only
+bob) by its alias, once with the fast and once with the balanced profile (the service's
+profile sets its half of the path; a balanced path alone takes 11 relays). Each
 row moves a fixed amount of data
 through the forward, checks it byte for byte (SHA-256), and reports setup time and
 throughput. Everything is torn down at the end; the exit status is 0 only if every row
@@ -31,8 +34,9 @@ from vx6.app.localnet import LocalNet, LocalNode, relays_known, wait_for
 from vx6.errors import VX6Error
 
 CHUNK = 1 << 20
-RELAYS = 5
+RELAYS = 14  # a balanced hidden path: 11 distinct relays, plus rendezvous points and margin
 RELAYS_KNOWN_TIMEOUT = 30.0
+HIDDEN_REACHABLE_TIMEOUT = 30.0
 
 
 def _echo_server(conn: Any) -> None:
@@ -124,14 +128,39 @@ def _row(mode: str, path: str, fn: Any) -> dict[str, Any]:
 
 
 def _connect(
-    node: LocalNode, service: str, via: str | None = None, hops: int = 0
+    node: LocalNode, service: str, via: str | None = None, hops: int = 0, profile: str = ""
 ) -> tuple[int, float]:
     started = time.perf_counter()
     reply = node.call(
-        "connect", service=service, local="0", via=via, hops=hops, name=f"{service}/{hops}"
+        "connect",
+        timeout=60.0,
+        service=service,
+        local="0",
+        via=via,
+        hops=hops,
+        profile=profile,
+        name=f"{service}/{hops}{profile}",
     )
     setup_ms = (time.perf_counter() - started) * 1000
     return int(reply["forward"]["local"].rsplit(":", 1)[1]), setup_ms
+
+
+def _create_hidden(alice: LocalNode, bob: LocalNode, port: int, profile: str) -> str:
+    """alice makes her echo service hidden (only bob may connect) with the real CLI and
+    reloads; returns the alias once the service is reachable and bob knows the relays."""
+    name = f"echo-{profile}"
+    done = alice.cli("hidden", "create", name, "--target", f"127.0.0.1:{port}",
+                     "--allow", bob.key, "--profile", profile)  # fmt: skip
+    if done.returncode != 0:
+        raise VX6Error(f"vx6 hidden create failed: {done.stderr.decode().strip()}")
+    alice.call("reload")
+
+    def reachable() -> bool:
+        return any(h["reachable"] for h in alice.call("hidden")["hidden"] if h["name"] == name)
+
+    wait_for(reachable, HIDDEN_REACHABLE_TIMEOUT, "alice's hidden service to be reachable")
+    wait_for(lambda: relays_known(bob, RELAYS), RELAYS_KNOWN_TIMEOUT, "bob to learn the relays")
+    return done.stdout.decode().strip()
 
 
 def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
@@ -183,6 +212,13 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
             mb_s, ok = echo_transfer(port, mib)
             return {"setup_ms": round(setup, 1), "mb_s": round(mb_s), "ok": ok}
 
+        def hidden(profile: str) -> dict[str, Any]:
+            alias = _create_hidden(alice, bob, echo_port, profile)
+            log(f"alice's hidden echo ({profile}) is reachable as {alias}")
+            port, setup = _connect(bob, alias, profile=profile)
+            mb_s, ok = echo_transfer(port, mib)
+            return {"setup_ms": round(setup, 1), "mb_s": round(mb_s), "ok": ok}
+
         return [
             _row("named direct", "bob -> alice (echo)", named),
             _row("named direct", "bob -> alice (http)", named_http),
@@ -190,6 +226,12 @@ def run_rows(net: LocalNet, mib: int, log: Any = print) -> list[dict[str, Any]]:
             _row("direct IPv6", f"carol -> {alice.listen} (echo)", direct_ipv6),
             _row("relay, 1 hop", "bob -> r -> alice (echo)", lambda: relayed(1)),
             _row("relay, 5 hops", "bob -> r x5 -> alice (echo)", lambda: relayed(5)),
+            _row("hidden fast", "bob -> r x3 -> RP <- r x3 <- alice", lambda: hidden("fast")),
+            _row(
+                "hidden balanced",
+                "bob -> r x5 -> RP <- r x5 <- alice",
+                lambda: hidden("balanced"),
+            ),
         ]
     finally:
         http_server.shutdown()

@@ -256,9 +256,15 @@ class ControlOps:
         fwd = await self.client.connect(cfg)
         return {"forward": fwd.describe(), "setup": fwd.setup}
 
-    async def hidden(self, _: dict[str, Any]) -> dict[str, Any]:
-        """This node's hidden services as they run (docs/hidden.md, "CLI and config")."""
-        return {"hidden": self._hidden.describe() if self._hidden else []}
+    async def hidden(self, req: dict[str, Any]) -> dict[str, Any]:
+        """This node's hidden services as they run (docs/hidden.md, "CLI and config");
+        `close_paths=ALIAS` first closes the client's joined paths to ALIAS (benchmarks)."""
+        if not self._hidden:
+            return {"hidden": []}
+        closed = {}
+        if req.get("close_paths"):
+            closed = {"closed_paths": self._hidden.close_paths(str(req["close_paths"]))}
+        return {"hidden": self._hidden.describe(), **closed}
 
     async def disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
         name = str(req.get("name", ""))

@@ -25,6 +25,7 @@ from typing import Protocol
 from vx6.core.hidden.profiles import PathProfile
 from vx6.core.hidden.target import AliasTarget, parse_target
 from vx6.crypto.keys import Identity
+from vx6.errors import UsageError
 from vx6.net.circuit import ClientPath
 from vx6.net.forward import Forward
 from vx6.net.pipe import StreamPipe
@@ -100,6 +101,13 @@ class HiddenRole:
             return None
         found = parse_target(text, self._registry.get_petname)
         return found if isinstance(found, AliasTarget) else None
+
+    def close_paths(self, text: str) -> int:
+        """Close the client's joined paths to the alias or petname `text`."""
+        target = self.target(text)
+        if target is None:
+            raise UsageError(f"{text!r} names no hidden service")
+        return self.client.close_paths(target.key)
 
     async def path(self, target: AliasTarget, profile: str) -> ClientPath:
         return await self.client.path_for(target.key, PathProfile(profile or "fast"))
