@@ -196,7 +196,12 @@ class HiddenServiceHost:
             circuit.close(DestroyReason.NONE)  # retired while it was being built
             return
         intro.path = circuit
-        circuit.on_closed = lambda reason: self._intro_failed(intro, reason, False)
+        # A lost link to hop 1 is the guard's failure (docs/hidden.md section 6): it is
+        # marked down now, so the rebuilt intros go through the other guard at once
+        # (before, the guard was blamed only after a rebuild through it failed).
+        circuit.on_closed = lambda reason: self._intro_failed(
+            intro, reason, circuit.link.closed_future.done()
+        )
         rate, burst = self.config.intro_rate, self.config.intro_burst
         signed = establish_intro_signed_bytes(
             circuit.core.exit_binding, intro.auth.public, rate, burst
