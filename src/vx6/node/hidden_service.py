@@ -196,9 +196,8 @@ class HiddenServiceHost:
             circuit.close(DestroyReason.NONE)  # retired while it was being built
             return
         intro.path = circuit
-        # A lost link to hop 1 is the guard's failure (docs/hidden.md section 6): it is
-        # marked down now, so the rebuilt intros go through the other guard at once
-        # (before, the guard was blamed only after a rebuild through it failed).
+        # A lost link to hop 1 is the guard's failure (docs/hidden.md section 6): down at
+        # once, not only after a rebuild through it failed (that took ~20 s on loopback).
         circuit.on_closed = lambda reason: self._intro_failed(
             intro, reason, circuit.link.closed_future.done()
         )
@@ -362,11 +361,11 @@ class HiddenServiceHost:
     def describe(self) -> dict[str, object]:
         """One service for the `hidden` control op (docs/hidden.md, "CLI and config")."""
         core = self.core.describe()
-        roles = {"standby": "standby", "active": "active", "retired": "retired"}
         intros = [
             {
                 "relay": key_to_text(bytes.fromhex(str(i["relay"]))),
-                "role": roles.get(str(i["state"]), "none"),
+                # a building intro is a standby once established (was "none": no role)
+                "role": "standby" if i["state"] == "building" else str(i["state"]),
                 "state": "building" if i["state"] == "building" else "established",
                 "introductions": i["introductions"],
             }
