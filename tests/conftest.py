@@ -43,6 +43,7 @@ SLOW_MODULES = {
     "test_bench_hostile",
     "test_bench_relay",
     "test_demo",
+    "test_e2e_hidden",
     "test_e2e_relay",
     "test_netns_basic",
     "test_netns_dht",

@@ -246,10 +246,16 @@ def _init_or_id(args: argparse.Namespace) -> int:
     return 0
 
 
+# `connect` waits for the first path: to a hidden service that is one or two attempts of
+# up to 45 s each (docs/hidden.md section 7), so the default 30 s would cut it short.
+CONNECT_REPLY_TIMEOUT = 120.0
+
+
 def _request(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]:
     from vx6.net.control import request
 
-    reply = request(_home(args).safe_control_path(), message)
+    timeout = CONNECT_REPLY_TIMEOUT if message.get("op") == "connect" else 30.0
+    reply = request(_home(args).safe_control_path(), message, timeout=timeout)
     if not reply.get("ok"):
         code = reply.get("code")
         raise VX6Error(str(reply.get("error")) + (f" [{code}]" if code else ""))

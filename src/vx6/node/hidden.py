@@ -30,10 +30,12 @@ from vx6.net.circuit import ClientPath
 from vx6.net.forward import Forward
 from vx6.net.pipe import StreamPipe
 from vx6.net.ports import Clock, Count, Random, Spawn
-from vx6.node.hidden_client import Builder, HiddenClient, Relays
+from vx6.node.hidden_client import HiddenClient
 from vx6.node.hidden_dht import DescriptorDht, DescriptorDirectory
+from vx6.node.hidden_hosts import AllowLists, ServiceHome, make_host
+from vx6.node.hidden_ports import Builder, Relays
 from vx6.node.hidden_relay import CircuitActions, HiddenRelayRole
-from vx6.node.hidden_service import AllowLists, HiddenServiceHost, ServiceHome, make_host
+from vx6.node.hidden_service import HiddenServiceHost
 from vx6.node.owner_streams import OwnerStreams
 from vx6.store.config import ForwardConfig
 from vx6.store.hidden_config import HiddenServiceConfig
@@ -125,7 +127,6 @@ class HiddenRole:
     async def forward(self, cfg: ForwardConfig, target: AliasTarget) -> Forward:
         """A local port forwarded to a hidden service; its first path is made now, so
         an error (no descriptor, not authorized, ...) is the answer to `connect`."""
-        await self.path(target, cfg.profile)
 
         async def opener(pipe: StreamPipe) -> None:
             await self.open(target, cfg.profile, pipe)
@@ -139,9 +140,22 @@ class HiddenRole:
             self._spawn,
             dual_loopback=cfg.dual_loopback,
         )
-        fwd.path = f"hidden ({cfg.profile})"
+        fwd.path = f"hidden ({cfg.profile or 'fast'})"
+        # The client's own circuit: its side's relays and the rendezvous point (the
+        # service's side is the service's business and unknown here).
+        fwd.hops = PathProfile(cfg.profile or "fast").side_relays + 1
         fwd.circuits = lambda: self.client.describe_paths(target.key)
-        await fwd.start()
+        # Listen first: a port in use is the user's mistake and answered at once, as a
+        # UsageError like any forward's (it was an internal error with a traceback).
+        try:
+            await fwd.start()
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {cfg.local_host}:{cfg.local_port}: {exc}") from exc
+        try:
+            await self.path(target, cfg.profile)
+        except BaseException:
+            await fwd.stop()
+            raise
         return fwd
 
     def close(self) -> None:

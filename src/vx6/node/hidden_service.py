@@ -27,12 +27,9 @@ All timing comes from the core's `next_deadline`, on the node's clock.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from vx6.core.circuit.client import HopSpec
 from vx6.core.hidden.alias import encode_alias
 from vx6.core.hidden.descriptor import (
     DESCRIPTOR_LIFETIME,
@@ -41,17 +38,14 @@ from vx6.core.hidden.descriptor import (
     seal_descriptor_body,
     time_period,
 )
-from vx6.core.hidden.guards import Guard, GuardsChanged
-from vx6.core.hidden.guards import GuardState as CoreGuardState
+from vx6.core.hidden.guards import GuardsChanged
 from vx6.core.hidden.service import HiddenServiceCore
 from vx6.core.hidden.service_events import (
     DescriptorPublishRequested,
     IntroBuildRequested,
     IntroCloseRequested,
-    Profile,
     RendezvousBuildRequested,
     ServiceEvent,
-    ServiceLimits,
 )
 from vx6.core.records import make_record
 from vx6.core.routes import RelayCandidate
@@ -62,11 +56,10 @@ from vx6.errors import CryptoError, DecodeError, DestroyReason, StreamFailed, VX
 from vx6.net.circuit import ClientPath
 from vx6.net.ports import Clock, Count, Random, Spawn
 from vx6.net.ratelog import RATELOG
+from vx6.node.hidden_ports import Builder, DescriptorStore, Relays, hop
 from vx6.node.owner_streams import OwnerStreams
 from vx6.store.config import ServiceConfig
 from vx6.store.hidden_config import HiddenServiceConfig
-from vx6.store.hidden_state import GuardState as StoredGuard
-from vx6.store.hidden_state import HiddenState
 from vx6.wire.cells import RelayCommand
 from vx6.wire.frames import OPEN_FLAG_PROBE
 from vx6.wire.hidden import (
@@ -80,37 +73,11 @@ from vx6.wire.hidden import (
     establish_intro_signed_bytes,
 )
 from vx6.wire.hidden_desc import InnerPlaintext, IntroEntry
-from vx6.wire.records import HiddenDescriptorBody, Record
+from vx6.wire.records import HiddenDescriptorBody
 
 log = logging.getLogger("vx6.hidden")
 
 TARGET_CONNECT_TIMEOUT = 10.0
-
-
-class Builder(Protocol):
-    async def build(
-        self,
-        owner: HopSpec,
-        relays: list[HopSpec],
-        *,
-        authenticate: bool = True,
-        on_control: Callable[[int, bytes], None] | None = None,
-        accepts_streams: Callable[[ClientPath, int, str, int], None] | None = None,
-    ) -> ClientPath: ...
-
-
-class Relays(Protocol):
-    def relay_candidates(self) -> list[RelayCandidate]: ...
-
-
-class Descriptors(Protocol):
-    async def publish(self, record_raw: bytes) -> int: ...
-
-    async def fetch(self, blinded_key: bytes) -> list[Record]: ...
-
-
-def hop(candidate: RelayCandidate) -> HopSpec:
-    return HopSpec(candidate.identity, candidate.onion_key, candidate.endpoints)
 
 
 class _Intro:
@@ -135,7 +102,7 @@ class HiddenServiceHost:
         last_revision: int,
         builder: Builder,
         relays: Relays,
-        descriptors: Descriptors,
+        descriptors: DescriptorStore,
         streams: OwnerStreams,
         save_state: Callable[[GuardsChanged | None, int | None, float | None], None],
         clock: Clock,
@@ -229,7 +196,11 @@ class HiddenServiceHost:
             circuit.close(DestroyReason.NONE)  # retired while it was being built
             return
         intro.path = circuit
-        circuit.on_closed = lambda reason: self._intro_failed(intro, reason, False)
+        # A lost link to hop 1 is the guard's failure (docs/hidden.md section 6): down at
+        # once, not only after a rebuild through it failed (that took ~20 s on loopback).
+        circuit.on_closed = lambda reason: self._intro_failed(
+            intro, reason, circuit.link.closed_future.done()
+        )
         rate, burst = self.config.intro_rate, self.config.intro_burst
         signed = establish_intro_signed_bytes(
             circuit.core.exit_binding, intro.auth.public, rate, burst
@@ -390,11 +361,11 @@ class HiddenServiceHost:
     def describe(self) -> dict[str, object]:
         """One service for the `hidden` control op (docs/hidden.md, "CLI and config")."""
         core = self.core.describe()
-        roles = {"standby": "standby", "active": "active", "retired": "retired"}
         intros = [
             {
                 "relay": key_to_text(bytes.fromhex(str(i["relay"]))),
-                "role": roles.get(str(i["state"]), "none"),
+                # a building intro is a standby once established (was "none": no role)
+                "role": "standby" if i["state"] == "building" else str(i["state"]),
                 "state": "building" if i["state"] == "building" else "established",
                 "introductions": i["introductions"],
             }
@@ -430,89 +401,3 @@ class HiddenServiceHost:
             path.close(DestroyReason.NONE)
         self._intros.clear()
         self._joined.clear()
-
-
-class ServiceHome(Protocol):
-    def hidden_alias_seed(self, name: str) -> bytes: ...
-
-    def hidden_state(self, name: str) -> HiddenState: ...
-
-    def save_hidden_state(self, name: str, state: HiddenState) -> None: ...
-
-
-class AllowLists(Protocol):
-    def allowed_keys(self, svc: ServiceConfig) -> frozenset[bytes]: ...
-
-
-def make_host(
-    cfg: HiddenServiceConfig,
-    descriptors: Descriptors,
-    *,
-    home: ServiceHome,
-    allow_lists: AllowLists,
-    own_identity: bytes,
-    builder: Builder,
-    relays: Relays,
-    streams: OwnerStreams,
-    clock: Clock,
-    random: Random,
-    spawn: Spawn,
-    count: Count,
-) -> HiddenServiceHost:
-    """One hidden service's host, its key and state from the home (made on first use)."""
-    seed = home.hidden_alias_seed(cfg.name)
-    state = home.hidden_state(cfg.name)
-    guards = CoreGuardState(tuple(Guard(g.identity) for g in state.guards))
-    # Names in the allow-list resolve like an exposed service's (node/owner.py).
-    allow_svc = ServiceConfig(cfg.name, cfg.target_host, cfg.target_port, allow=cfg.allow)
-
-    def allowed() -> frozenset[bytes]:
-        return allow_lists.allowed_keys(allow_svc)
-
-    core = HiddenServiceCore(
-        Profile.BALANCED if cfg.profile == "balanced" else Profile.FAST,
-        ServiceLimits(),
-        guards,
-        random,
-        allowed=lambda key: key is not None and key in allowed(),
-        public=cfg.public,
-        self_identity=own_identity,
-    )
-
-    def save(changed: GuardsChanged | None, revision: int | None, published: float | None) -> None:
-        nonlocal state
-        if changed is not None:
-            wall = clock.wall()
-            chosen = {g.identity: g.chosen_at for g in state.guards}
-            state = dataclasses.replace(
-                state,
-                guards=tuple(
-                    StoredGuard(g.identity, chosen.get(g.identity, wall))
-                    for g in changed.state.guards
-                ),
-            )
-        if revision is not None:
-            state = dataclasses.replace(state, last_revision=max(revision, state.last_revision))
-        if published is not None:
-            state = dataclasses.replace(state, last_published=published)
-        try:
-            home.save_hidden_state(cfg.name, state)
-        except OSError as exc:  # a full disk degrades the service; it does not end it
-            RATELOG.warning(log, "hidden-state", "%s: state not saved: %s", cfg.name, exc)
-
-    return HiddenServiceHost(
-        cfg,
-        core,
-        seed,
-        allowed,
-        last_revision=state.last_revision,
-        builder=builder,
-        relays=relays,
-        descriptors=descriptors,
-        streams=streams,
-        save_state=save,
-        clock=clock,
-        random=random,
-        spawn=spawn,
-        count=count,
-    )
