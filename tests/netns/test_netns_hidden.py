@@ -6,8 +6,9 @@ all found through the DHT.
 The service host runs two hidden services on one target inside its namespace, one per
 path profile (the service side of a path follows the service's own profile, the client
 side the client's), each allowing the client's key alone; the client connects to each
-by its alias with the matching `profile`. Through each joined path 64 MiB go each way
-intact; exactly 3 + 1 + 3 (fast) or 5 + 1 + 5 (balanced) relays carry it, counted from
+by its alias (`vx6 connect ALIAS --local 0 --profile P`, in its namespace). Through each
+joined path 64 MiB go each way intact; exactly 3 + 1 + 3 (fast) or 5 + 1 + 5 (balanced)
+relays carry it, counted from
 the relays' own cell counters. Captures on the client's and the service's interfaces,
 running from before the first node starts, never show the plaintext marker nor a TCP
 packet between the two hosts (no link, so no cell or stream between them), and no
@@ -218,14 +219,13 @@ def service_guards(bed: Bed, profile: str) -> set[str]:
 
 
 def hidden_forward(bed: Bed, profile: str) -> int:
-    reply = bed.client.call(
-        "connect",
-        service=bed.aliases[profile],
-        local="0",
-        name=unique(profile),
-        profile=profile,
-        timeout=90.0,
-    )
+    """`vx6 connect ALIAS --local 0 --profile PROFILE` on the client host; the port."""
+    made = bed.client.cli(
+        "connect", bed.aliases[profile], "--local", "0", "--profile", profile,
+        "--name", unique(profile), "--json", timeout=120.0,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr.decode(errors="replace")
+    reply = json.loads(made.stdout)
     assert reply["forward"]["path"] == f"hidden ({profile})", reply
     return local_port(reply)
 
