@@ -8,12 +8,11 @@ path profile (the service side of a path follows the service's own profile, the 
 side the client's), each allowing the client's key alone; the client connects to each
 by its alias (`vx6 connect ALIAS --local 0 --profile P`, in its namespace). Through each
 joined path 64 MiB go each way intact; exactly 3 + 1 + 3 (fast) or 5 + 1 + 5 (balanced)
-relays carry it, counted from
-the relays' own cell counters. Captures on the client's and the service's interfaces,
-running from before the first node starts, never show the plaintext marker nor a TCP
-packet between the two hosts (no link, so no cell or stream between them), and no
-relay's cells ever held the marker: every relay runs under relay_scripts'
-marker-logging wrapper.
+relays carry it, counted from the relays' own cell counters. Captures on the client's
+and the service's interfaces, running from before the first node starts, never show the
+plaintext marker nor a TCP packet between the two hosts (no link, so no cell or stream
+between them), and no relay's cells ever held the marker: every relay runs under
+relay_scripts' marker-logging wrapper.
 
 Not yet true (xfail, strict): that no packet at all goes between the two. Both are DHT
 members, and the service publishes its descriptors from its own address: here the
