@@ -17,8 +17,13 @@ Run as `python relay_scripts.py COMMAND ARGS...` inside a namespace:
   came back.
 * `interactive PORT`: echo 64 KiB, print "ready", wait (bounded) for SIGUSR1, then send
   1 MiB more and report how the connection ended.
-* `capture IFNAME MARKER_HEX`: an AF_PACKET capture of every frame on IFNAME until
-  SIGTERM (or 120 s); reports bytes, packets, drops and MARKER hits (also across frames).
+* `capture IFNAME MARKER_HEX [SECONDS [SIDE_A SIDE_B]]`: an AF_PACKET capture of every
+  frame on IFNAME until SIGTERM (or SECONDS, default 120); reports bytes, packets, drops
+  and MARKER hits (also across frames), and with SIDE_A and SIDE_B (comma-separated IP
+  addresses) the IPv6/IPv4 packets from an address of one side to one of the other,
+  counted by kind ("between": {"tcp": n, "udp 4242-4242": n, "icmpv6 136": n, ...}; UDP
+  by its two ports, lower first), with the first 1000 such frames whole (hex) as
+  "between_frames", for the test to look into.
 * `hoplimit REGISTRY KEY x 7`: dial the first relay, build a circuit through the first
   six keys with vx6's own ClientCircuit, then ask the sixth to EXTEND to the seventh;
   reports how the circuit ended.
@@ -228,8 +233,45 @@ def target(marker_hex: str) -> None:
 
 
 # ---------------------------------------------------------------- capture
-def capture(ifname: str, marker_hex: str) -> None:
+def _ip_pair(frame: bytes) -> tuple[bytes, bytes, str] | None:
+    """(source, destination, kind) of an Ethernet frame carrying IPv6 or IPv4, else None;
+    the kind is "tcp", "udp LOW-HIGH" (its ports), "icmpv6 TYPE" or "ip PROTOCOL"."""
+    ethertype = frame[12:14]
+    if ethertype == b"\x86\xdd" and len(frame) >= 54:
+        src, dst, proto, l4 = frame[22:38], frame[38:54], frame[20], frame[54:]
+    elif ethertype == b"\x08\x00" and len(frame) >= 34:
+        src, dst, proto, l4 = (
+            frame[26:30],
+            frame[30:34],
+            frame[23],
+            frame[14 + 4 * (frame[14] & 15) :],
+        )
+    else:
+        return None
+    if proto == 6:
+        kind = "tcp"
+    elif proto == 17 and len(l4) >= 4:
+        ports = sorted(struct.unpack("!HH", l4[:4]))
+        kind = f"udp {ports[0]}-{ports[1]}"
+    elif proto == 58 and l4:
+        kind = f"icmpv6 {l4[0]}"
+    else:
+        kind = f"ip {proto}"
+    return src, dst, kind
+
+
+def _addresses(text: str) -> set[bytes]:
+    """Comma-separated IP addresses as the packed bytes a frame holds."""
+    return {
+        socket.inet_pton(socket.AF_INET6 if ":" in x else socket.AF_INET, x)
+        for x in text.split(",")
+        if x
+    }
+
+
+def capture(ifname: str, marker_hex: str, seconds: str = "120", a: str = "", b: str = "") -> None:
     marker = bytes.fromhex(marker_hex)
+    side_a, side_b = _addresses(a), _addresses(b)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
@@ -239,8 +281,10 @@ def capture(ifname: str, marker_hex: str) -> None:
     print("ready", flush=True)
     buf = bytearray(256 * 1024)
     total = packets = hits = 0
+    between: collections.Counter[str] = collections.Counter()
+    frames: list[str] = []
     tail = b""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + float(seconds)
     while not stop.is_set() and time.monotonic() < deadline:
         try:
             n = sock.recv_into(buf)
@@ -248,11 +292,20 @@ def capture(ifname: str, marker_hex: str) -> None:
             continue
         total += n
         packets += 1
-        window = tail + bytes(buf[:n])
+        frame = bytes(buf[:n])
+        window = tail + frame
         hits += window.count(marker)
         tail = window[-(len(marker) - 1) :]
+        src, dst, kind = _ip_pair(frame) or (b"", b"", "")
+        if (src in side_a and dst in side_b) or (src in side_b and dst in side_a):
+            between[kind] += 1
+            if len(frames) < 1000:
+                frames.append(frame.hex())
     _, drops = struct.unpack("II", sock.getsockopt(263, 6, 8))  # PACKET_STATISTICS
-    _out({"bytes": total, "packets": packets, "hits": hits, "drops": drops})
+    result = {"bytes": total, "packets": packets, "hits": hits, "drops": drops}
+    if side_a:
+        result |= {"between": dict(between), "between_frames": frames}
+    _out(result)
 
 
 # ---------------------------------------------------------------- raw circuits
