@@ -81,6 +81,8 @@ class Target:
         self.onion = bytes.fromhex(spec["onion"]) if spec.get("onion") else None
         self.services: dict[str, str] = spec.get("services", {})
         self.registry = Path(spec["registry"])
+        # The victim's control socket: hidden-role rows read its counters at their peak.
+        self.control: str | None = spec.get("control")
 
 
 class Peer:
@@ -258,11 +260,17 @@ def main() -> None:
         sys.exit("usage: _attack_kit.py hold INTERVAL | attack NAME JSON")
     import _attacks
     import _attacks_discovery
+    import _attacks_hidden
     import _attacks_more
 
     raise_nofile()
     name, spec = sys.argv[2], json.loads(sys.argv[3])
-    table = {**_attacks.ATTACKS, **_attacks_more.ATTACKS, **_attacks_discovery.ATTACKS}
+    table = {
+        **_attacks.ATTACKS,
+        **_attacks_more.ATTACKS,
+        **_attacks_discovery.ATTACKS,
+        **_attacks_hidden.ATTACKS,
+    }
     started = time.monotonic()
     achieved: dict[str, Any] = asyncio.run(
         _run(table[name], Target(spec["target"]), spec["params"])

@@ -49,6 +49,63 @@ COUNTERS = {
 }
 
 
+# The hidden relay role's bounds (docs/hidden.md section 7), rows 19-21: judged from what
+# the attacker saw and the victim's `hidden_relay` counters, read by the attacker from
+# the victim's control socket while it still held its circuits.
+INTRO_PER_SOURCE = 64
+INTRO_PER_NODE = 1024
+COOKIES_PER_SOURCE = 256
+COOKIES_PER_NODE = 4096
+HIDDEN_ROWS = ("intro-registrations", "rendezvous-cookies", "intro-flood")
+
+
+def hidden_checks(row: dict[str, Any], params: dict[str, Any]) -> dict[str, bool]:
+    a = row["achieved"]
+    attack = row["attack"]
+    if attack == "intro-flood":
+        seen = a.get("victim_held_at_end") or {}
+        acks = sum(a["acks"].values())
+        return {
+            "intro forwards bound": a["introduce2_at_service"] <= a["forward_bound"]
+            and a["acks_sent_on"] == a["introduce2_at_service"],
+            "intro rate limited": a["acks_rate_limited"] > 0,
+            "intro counted": seen.get("introduce_rate_limited") == a["acks_rate_limited"]
+            and seen.get("introduce_forwarded") == a["acks_sent_on"]
+            and acks == a["introductions_sent"],
+        }
+    seen = a.get("victim_held_at_peak") or {}
+    refused = a.get("answer_DESTROY_RESOURCE_LIMIT", 0)
+    sources = params["sources"]
+    if attack == "intro-registrations":
+        held = seen.get("intro_registrations_held", INTRO_PER_NODE + 1)
+        return {
+            "intro source cap": a["registered_per_source_max"] <= INTRO_PER_SOURCE
+            and seen.get("intro_refused_source", 0) > 0,
+            "intro node cap": held <= INTRO_PER_NODE
+            and (sources * INTRO_PER_SOURCE <= INTRO_PER_NODE or held == INTRO_PER_NODE),
+            "intro counted": seen.get("intro_registered") == a["registered_total"]
+            and seen.get("intro_refused_source", 0) + seen.get("intro_refused_full", 0) == refused,
+        }
+    held = seen.get("rendezvous_pending_held", COOKIES_PER_NODE + 1)
+    checks = {
+        "cookie source cap": a["registered_per_source_max"] <= COOKIES_PER_SOURCE
+        and seen.get("establish_refused_source", 0) > 0,
+        "cookie node cap": held <= COOKIES_PER_NODE
+        and (sources * COOKIES_PER_SOURCE <= COOKIES_PER_NODE or held == COOKIES_PER_NODE),
+        "cookie counted": seen.get("rendezvous_registered") == a["registered_total"]
+        and seen.get("establish_refused_source", 0) + seen.get("establish_refused_full", 0)
+        == refused,
+    }
+    if params.get("hold", 0) > 0:
+        later = a.get("victim_after_hold") or {}
+        checks["cookies expire"] = (
+            later.get("rendezvous_pending_held") == 0
+            and later.get("rendezvous_expired") == a["registered_total"]
+            and a.get("circuits_alive_after_hold") == a.get("circuits_built")
+        )
+    return checks
+
+
 def wants_status(attack: str) -> bool:
     return attack in COUNTERS
 

@@ -229,6 +229,7 @@ class HostileNet:
             "onion": onion,
             "services": services,
             "registry": str(v.home / "registry.sqlite"),
+            "control": str(v.control),
         }
 
     def registry_bytes(self) -> int:

@@ -34,6 +34,8 @@ from typing import Any
 
 import _setup  # noqa: F401  (makes vx6 importable from a bare checkout)
 from _hostile_checks import (
+    HIDDEN_ROWS,
+    hidden_checks,
     status_checks,
     status_figures,
     status_note,
@@ -128,6 +130,17 @@ ATTACKS = [
     Attack(18, "allow-nudge", "refused streams nudging an unresolved allow name",
            {"links": 8, "opens": 200, "rate": 40, "seconds": 3},
            {"links": 50, "opens": 1200, "rate": 40, "seconds": 30}),
+    Attack(19, "intro-registrations", "ESTABLISH_INTRO from fresh auth keys, per source",
+           {"sources": 17, "per_source": 68, "seconds": 4},
+           {"sources": 40, "per_source": 100, "seconds": 30}),
+    Attack(20, "rendezvous-cookies", "ESTABLISH_RENDEZVOUS with fresh cookies, per source",
+           {"sources": 2, "per_source": 262, "hold": 0, "seconds": 14},
+           {"sources": 17, "per_source": 262, "hold": 31, "seconds": 75}),
+    Attack(21, "intro-flood", "INTRODUCE1 flood for one registered intro",
+           {"rate": 5, "burst": 10, "flooders": 2, "circuits": 8, "introductions": 1600,
+            "seconds": 3},
+           {"rate": 25, "burst": 200, "flooders": 8, "circuits": 16, "introductions": 40000,
+            "seconds": 30}),
 ]  # fmt: skip
 
 
@@ -250,6 +263,8 @@ def judge(row: dict[str, Any], quick: bool) -> dict[str, bool]:
         checks["amplification"] = worst is not None and worst <= TARGETS["amplification"]
     if "victim_status" in row:
         checks.update(status_checks(row))
+    if row["attack"] in HIDDEN_ROWS:
+        checks.update(hidden_checks(row, row["params"]))
     return checks
 
 
@@ -275,6 +290,24 @@ def note(row: dict[str, Any]) -> str:
             "honest_relay_seen_after",
         ),
         "allow-nudge": ("opens", "refused_NOT_ALLOWED"),
+        "intro-registrations": (
+            "circuits_built",
+            "registered_total",
+            "registered_per_source_max",
+            "answer_DESTROY_RESOURCE_LIMIT",
+        ),
+        "rendezvous-cookies": (
+            "circuits_built",
+            "registered_total",
+            "registered_per_source_max",
+            "answer_DESTROY_RESOURCE_LIMIT",
+        ),
+        "intro-flood": (
+            "introductions_sent",
+            "introduce2_at_service",
+            "forward_bound",
+            "acks_rate_limited",
+        ),
     }.get(row["attack"], ("closed_by_victim",))
     parts += [f"{k} {a[k]}" for k in picks if k in a]
     parts += status_note(row)

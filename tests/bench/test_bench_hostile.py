@@ -39,6 +39,9 @@ UNIT_TESTED = {10, 11, 13, 14}
 COUNTED_TARGETS = (
     "victim alive", "rss", "fds", "amplification",
     "directory cap", "unlisted refused", "nudges", "lookups",
+    "intro source cap", "intro node cap", "intro counted",
+    "cookie source cap", "cookie node cap", "cookie counted",
+    "intro forwards bound", "intro rate limited",
 )  # fmt: skip
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -66,7 +69,7 @@ def measured(report: dict[str, Any]) -> list[dict[str, Any]]:
 def test_table_is_produced_and_structured(report: dict[str, Any]) -> None:
     assert report["mode"] == "quick"
     assert report["errors"] == []
-    assert [row["number"] for row in report["rows"]] == list(range(1, 19))
+    assert [row["number"] for row in report["rows"]] == list(range(1, 22))
     for row in report["rows"]:
         if row["number"] in UNIT_TESTED:
             assert row["result"] == "n/a (unit-tested)", row
