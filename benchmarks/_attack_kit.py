@@ -259,6 +259,7 @@ def main() -> None:
     if sys.argv[1:2] != ["attack"] or len(sys.argv) != 4:
         sys.exit("usage: _attack_kit.py hold INTERVAL | attack NAME JSON")
     import _attacks
+    import _attacks_descriptors
     import _attacks_discovery
     import _attacks_hidden
     import _attacks_more
@@ -270,6 +271,7 @@ def main() -> None:
         **_attacks_more.ATTACKS,
         **_attacks_discovery.ATTACKS,
         **_attacks_hidden.ATTACKS,
+        **_attacks_descriptors.ATTACKS,
     }
     started = time.monotonic()
     achieved: dict[str, Any] = asyncio.run(

@@ -56,12 +56,39 @@ INTRO_PER_SOURCE = 64
 INTRO_PER_NODE = 1024
 COOKIES_PER_SOURCE = 256
 COOKIES_PER_NODE = 4096
-HIDDEN_ROWS = ("intro-registrations", "rendezvous-cookies", "intro-flood")
+HIDDEN_ROWS = ("intro-registrations", "rendezvous-cookies", "intro-flood", "descriptor-storage")
+# What the victim answers each bad descriptor (descriptor-storage), and the counter of it.
+DESCRIPTOR_REFUSALS = {
+    "tampered": "bad-signature",
+    "older": "stale-sequence",
+    "wrong-key": "wrong-key",
+    "foreign-under-key": "wrong-key",
+}
+
+
+def descriptor_checks(a: dict[str, Any]) -> dict[str, bool]:
+    added = a.get("victim_dht_added") or {}
+    answers = a["answers"]
+    refused = all(
+        set(answers[kind]) == {f"REFUSED:{reason}"} for kind, reason in DESCRIPTOR_REFUSALS.items()
+    )
+    expected: dict[str, int] = {"malformed": answers["oversized"].get("sent", 0)}
+    for kind, reason in DESCRIPTOR_REFUSALS.items():
+        key = f"refused:{reason}"
+        expected[key] = expected.get(key, 0) + sum(answers[kind].values())
+    return {
+        "descriptors refused": refused and set(answers["oversized"]) == {"sent"},
+        "descriptors counted": all(added.get(k, 0) == n for k, n in expected.items())
+        and added.get("stored", 0) == len(a["honest_stored"]),
+        "honest descriptor served": a["honest_stored"] == ["OK", "OK"] and all(a["served_honest"]),
+    }
 
 
 def hidden_checks(row: dict[str, Any], params: dict[str, Any]) -> dict[str, bool]:
     a = row["achieved"]
     attack = row["attack"]
+    if attack == "descriptor-storage":
+        return descriptor_checks(a)
     if attack == "intro-flood":
         seen = a.get("victim_held_at_end") or {}
         acks = sum(a["acks"].values())

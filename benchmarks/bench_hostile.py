@@ -141,6 +141,8 @@ ATTACKS = [
             "seconds": 3},
            {"rate": 25, "burst": 200, "flooders": 8, "circuits": 16, "introductions": 40000,
             "seconds": 30}),
+    Attack(22, "descriptor-storage", "bad descriptors STOREd at a DHT node",
+           {"rounds": 6, "seconds": 4}, {"rounds": 100, "seconds": 40}),
 ]  # fmt: skip
 
 
@@ -302,6 +304,7 @@ def note(row: dict[str, Any]) -> str:
             "registered_per_source_max",
             "answer_DESTROY_RESOURCE_LIMIT",
         ),
+        "descriptor-storage": ("served_honest", "victim_dht_added"),
         "intro-flood": (
             "introductions_sent",
             "introduce2_at_service",

@@ -42,6 +42,7 @@ COUNTED_TARGETS = (
     "intro source cap", "intro node cap", "intro counted",
     "cookie source cap", "cookie node cap", "cookie counted",
     "intro forwards bound", "intro rate limited",
+    "descriptors refused", "descriptors counted", "honest descriptor served",
 )  # fmt: skip
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -69,7 +70,7 @@ def measured(report: dict[str, Any]) -> list[dict[str, Any]]:
 def test_table_is_produced_and_structured(report: dict[str, Any]) -> None:
     assert report["mode"] == "quick"
     assert report["errors"] == []
-    assert [row["number"] for row in report["rows"]] == list(range(1, 22))
+    assert [row["number"] for row in report["rows"]] == list(range(1, 23))
     for row in report["rows"]:
         if row["number"] in UNIT_TESTED:
             assert row["result"] == "n/a (unit-tested)", row
