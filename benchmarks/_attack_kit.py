@@ -83,6 +83,11 @@ class Target:
         self.registry = Path(spec["registry"])
         # The victim's control socket: hidden-role rows read its counters at their peak.
         self.control: str | None = spec.get("control")
+        # Hidden-service rows: the victim's alias, a target that accepts and never
+        # answers, and the DHT endpoints of every node (the victim's first).
+        self.alias: str | None = spec.get("alias")
+        self.hold_port = int(spec.get("hold_port", 0))
+        self.dht: list[str] = spec.get("dht", [])
 
 
 class Peer:
@@ -263,6 +268,7 @@ def main() -> None:
     import _attacks_discovery
     import _attacks_hidden
     import _attacks_more
+    import _attacks_replay
 
     raise_nofile()
     name, spec = sys.argv[2], json.loads(sys.argv[3])
@@ -272,6 +278,7 @@ def main() -> None:
         **_attacks_discovery.ATTACKS,
         **_attacks_hidden.ATTACKS,
         **_attacks_descriptors.ATTACKS,
+        **_attacks_replay.ATTACKS,
     }
     started = time.monotonic()
     achieved: dict[str, Any] = asyncio.run(

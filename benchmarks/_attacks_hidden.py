@@ -56,10 +56,18 @@ ANSWER_TIMEOUT = 10.0
 class CircuitLink(Peer):
     """One link from a fresh key carrying many one-hop circuits to the victim."""
 
-    def __init__(self, t: Target, stats: Counter[str]) -> None:
+    def __init__(
+        self,
+        t: Target,
+        stats: Counter[str],
+        hop: HopSpec | None = None,
+        where: tuple[str, int] | None = None,
+    ) -> None:
+        """Circuits to the victim, or to the relay `hop` listening at `where`."""
         super().__init__(stats)
         self.t = t
-        self.hop = HopSpec(t.key, t.onion or b"")
+        self.hop = hop or HopSpec(t.key, t.onion or b"")
+        self.where = where or (t.host, t.port)
         self.outbox = CellOutbox()
         self.circuits: dict[int, ClientCircuit] = {}
         self.built: set[int] = set()
@@ -73,7 +81,12 @@ class CircuitLink(Peer):
         identity, link_key = fresh_identity()
         try:
             self.link = await dial(
-                self, self.t.host, self.t.port, identity=identity, link_key=link_key, timeout=5.0
+                self,
+                *self.where,
+                identity=identity,
+                link_key=link_key,
+                timeout=5.0,
+                expected_identity=self.hop.identity,
             )
         except Exception as exc:  # refused, reset, timed out, closed
             self.stats[f"dial_failed_{type(exc).__name__}"] += 1

@@ -56,7 +56,14 @@ INTRO_PER_SOURCE = 64
 INTRO_PER_NODE = 1024
 COOKIES_PER_SOURCE = 256
 COOKIES_PER_NODE = 4096
-HIDDEN_ROWS = ("intro-registrations", "rendezvous-cookies", "intro-flood", "descriptor-storage")
+HIDDEN_ROWS = (
+    "intro-registrations",
+    "rendezvous-cookies",
+    "intro-flood",
+    "descriptor-storage",
+    "introduction-replay",
+)
+MAX_RENDEZVOUS_BUILDS = 16  # a service's rendezvous circuits under way at once
 # What the victim answers each bad descriptor (descriptor-storage), and the counter of it.
 DESCRIPTOR_REFUSALS = {
     "tampered": "bad-signature",
@@ -64,6 +71,23 @@ DESCRIPTOR_REFUSALS = {
     "wrong-key": "wrong-key",
     "foreign-under-key": "wrong-key",
 }
+
+
+def replay_checks(a: dict[str, Any], params: dict[str, Any]) -> dict[str, bool]:
+    replay = a.get("replay_phase") or {}
+    flood = a.get("flood_phase") or {}
+    under_way = a.get("builds_under_way_after_flood")
+    judged = sum(v for k, v in flood.items() if k.startswith("refused_"))
+    return {
+        "replays refused": replay.get("refused_replay") == params["replays"]
+        and replay.get("refused_cookie_reused") == params["reuses"]
+        and replay.get("rendezvous_builds", 0) == 0,
+        "builds cap": under_way is not None
+        and under_way <= MAX_RENDEZVOUS_BUILDS
+        and flood.get("refused_builds_full", 0) > 0
+        and judged + flood.get("rendezvous_builds", 0) == params["flood"],
+        "intro passed": set(a.get("acks", {})) == {"SENT_ON"},
+    }
 
 
 def descriptor_checks(a: dict[str, Any]) -> dict[str, bool]:
@@ -89,6 +113,8 @@ def hidden_checks(row: dict[str, Any], params: dict[str, Any]) -> dict[str, bool
     attack = row["attack"]
     if attack == "descriptor-storage":
         return descriptor_checks(a)
+    if attack == "introduction-replay":
+        return replay_checks(a, params)
     if attack == "intro-flood":
         seen = a.get("victim_held_at_end") or {}
         acks = sum(a["acks"].values())

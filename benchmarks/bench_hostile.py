@@ -82,6 +82,7 @@ class Attack:
     full: dict[str, Any] = field(default_factory=dict)
     settle: float = 1.0
     circuit: bool = False  # honest traffic through a one-relay circuit via the victim
+    hidden: bool = False  # the victim hosts a hidden service over 5 more relays
 
 
 ATTACKS = [
@@ -143,6 +144,10 @@ ATTACKS = [
             "seconds": 30}),
     Attack(22, "descriptor-storage", "bad descriptors STOREd at a DHT node",
            {"rounds": 6, "seconds": 4}, {"rounds": 100, "seconds": 40}),
+    Attack(23, "introduction-replay", "replayed INTRODUCE2, reused cookie, build flood",
+           {"replays": 5, "reuses": 5, "flood": 80, "seconds": 10},
+           {"replays": 40, "reuses": 40, "flood": 100, "refill": 5, "seconds": 30},
+           hidden=True),
 ]  # fmt: skip
 
 
@@ -174,7 +179,10 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
     params = attack.quick if quick else attack.full
     seconds = float(params["seconds"])
     window = seconds + attack.settle
-    with LocalNet(keep=keep) as net, HostileNet(net, circuit=attack.circuit) as hn:
+    with (
+        LocalNet(keep=keep) as net,
+        HostileNet(net, circuit=attack.circuit, hidden=attack.hidden) as hn,
+    ):
         if keep:
             log(f"{attack.name}: node homes and logs in {net.base}")
         hn.build()
@@ -204,6 +212,7 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
         attacker = _spawn([str(KIT), "attack", attack.name, json.dumps(spec)])
         achieved = _result(attacker, seconds + OVERRUN, "the attacker")
         honest_result = _result(honest, window + HONEST_TIMEOUT + OVERRUN, "the honest client")
+        hidden_probe = hn.hidden_probe() if attack.hidden else None
         elapsed = time.monotonic() - started
         cpu = sampler.stop()
         all_lines, lines = log_lines_since(
@@ -229,6 +238,8 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
             "achieved": achieved,
             "honest": honest_result,
         }
+        if hidden_probe is not None:
+            row["hidden_probe"] = hidden_probe
         if reads_status:
             after = status_snapshot(victim) if row["victim_alive"] else None
             row["victim_status"] = status_figures(attack.name, status_before, after)
@@ -265,6 +276,8 @@ def judge(row: dict[str, Any], quick: bool) -> dict[str, bool]:
         checks["amplification"] = worst is not None and worst <= TARGETS["amplification"]
     if "victim_status" in row:
         checks.update(status_checks(row))
+    if "hidden_probe" in row:
+        checks["hidden client"] = bool(row["hidden_probe"].get("ok"))
     if row["attack"] in HIDDEN_ROWS:
         checks.update(hidden_checks(row, row["params"]))
     return checks
@@ -314,6 +327,8 @@ def note(row: dict[str, Any]) -> str:
     }.get(row["attack"], ("closed_by_victim",))
     parts += [f"{k} {a[k]}" for k in picks if k in a]
     parts += status_note(row)
+    if "hidden_probe" in row:
+        parts.append(f"hidden client {row['hidden_probe']}")
     if "registry_records" in row:
         parts.append(f"registry {row['registry_records']} records")
     if row["registry_growth_bytes"] > 1 << 20:
