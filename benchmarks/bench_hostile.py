@@ -2,7 +2,7 @@
 --quick) against a real node on loopback, beside an honest client, in one table.
 
     python benchmarks/bench_hostile.py               # full size, about 11-13 minutes
-    python benchmarks/bench_hostile.py --quick       # CI size, about 1.5 minutes
+    python benchmarks/bench_hostile.py --quick       # CI size, about 2.5 minutes
     python benchmarks/bench_hostile.py --only loop-stall,fd-streams --json --no-fail
 
 Theory of operation. For each attack a fresh network (`_hostile_net.HostileNet`) comes
@@ -133,14 +133,14 @@ ATTACKS = [
            {"links": 50, "opens": 1200, "rate": 40, "seconds": 30}),
     Attack(19, "intro-registrations", "ESTABLISH_INTRO from fresh auth keys, per source",
            {"sources": 17, "per_source": 68, "seconds": 4},
-           {"sources": 40, "per_source": 100, "seconds": 30}),
+           {"sources": 40, "per_source": 100, "seconds": 15}),
     Attack(20, "rendezvous-cookies", "ESTABLISH_RENDEZVOUS with fresh cookies, per source",
            {"sources": 2, "per_source": 262, "hold": 0, "seconds": 14},
-           {"sources": 17, "per_source": 262, "hold": 31, "seconds": 75}),
+           {"sources": 17, "per_source": 262, "hold": 31, "seconds": 50}),
     Attack(21, "intro-flood", "INTRODUCE1 flood for one registered intro",
            {"rate": 5, "burst": 10, "flooders": 2, "circuits": 8, "introductions": 1600,
             "seconds": 3},
-           {"rate": 25, "burst": 200, "flooders": 8, "circuits": 16, "introductions": 40000,
+           {"rate": 25, "burst": 200, "flooders": 8, "circuits": 16, "introductions": 20000,
             "seconds": 30}),
     Attack(22, "descriptor-storage", "bad descriptors STOREd at a DHT node",
            {"rounds": 6, "seconds": 4}, {"rounds": 100, "seconds": 40}),
