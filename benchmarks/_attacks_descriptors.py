@@ -87,6 +87,7 @@ def oversized_store(
     data = wire.encode_message(wire.Store(_txid(), client.identity.public, target, token, raw),
                                client.identity.sign)  # fmt: skip
     at = data.index(raw)
+    extra = max(1, min(extra, wire.MAX_DATAGRAM - len(data)))  # a datagram the victim parses
     length = struct.pack(">H", len(raw) + extra)
     return data[: at - 2] + length + raw + os.urandom(extra) + data[at + len(raw) :]
 

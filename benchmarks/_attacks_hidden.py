@@ -171,8 +171,11 @@ class CircuitLink(Peer):
             self.flush()
             if len(started) < count:
                 await asyncio.sleep((1 - tokens) / CREATE_RATE)
-        settled = self.built | self.destroyed.keys()
-        await self.wait(lambda: all(c in settled for c in started), budget)
+
+        def settled() -> bool:
+            return all(c in self.built or c in self.destroyed for c in started)
+
+        await self.wait(settled, budget)
         self.stats["circuits_started"] += len(started)
         ok = [c for c in started if c in self.built and c not in self.destroyed]
         self.stats["circuits_built"] += len(ok)

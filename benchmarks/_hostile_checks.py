@@ -154,7 +154,7 @@ def hidden_checks(row: dict[str, Any], params: dict[str, Any]) -> dict[str, bool
         checks["cookies expire"] = (
             later.get("rendezvous_pending_held") == 0
             and later.get("rendezvous_expired") == a["registered_total"]
-            and a.get("circuits_alive_after_hold") == a.get("circuits_built")
+            and a.get("circuits_alive_after_hold") == a["registered_total"]
         )
     return checks
 
