@@ -318,6 +318,7 @@ def note(row: dict[str, Any]) -> str:
             "answer_DESTROY_RESOURCE_LIMIT",
         ),
         "descriptor-storage": ("served_honest", "victim_dht_added"),
+        "introduction-replay": ("replay_phase", "flood_phase", "builds_under_way_after_flood"),
         "intro-flood": (
             "introductions_sent",
             "introduce2_at_service",

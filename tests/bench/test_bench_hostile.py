@@ -75,7 +75,7 @@ def measured(report: dict[str, Any]) -> list[dict[str, Any]]:
 def test_table_is_produced_and_structured(report: dict[str, Any]) -> None:
     assert report["mode"] == "quick"
     assert report["errors"] == []
-    assert [row["number"] for row in report["rows"]] == list(range(1, 23))
+    assert [row["number"] for row in report["rows"]] == list(range(1, 24))
     for row in report["rows"]:
         if row["number"] in UNIT_TESTED:
             assert row["result"] == "n/a (unit-tested)", row
@@ -98,6 +98,11 @@ def test_table_is_produced_and_structured(report: dict[str, Any]) -> None:
     assert len(directory["victim_status"]["relay_directory_held"]) == 8, directory
     nudge = next(r for r in report["rows"] if r["attack"] == "allow-nudge")
     assert nudge["achieved"].get("opens", 0) > 0, nudge
+    replay = next(r for r in report["rows"] if r["attack"] == "introduction-replay")
+    assert replay["achieved"].get("descriptor_found") == 1, replay  # it read the descriptor
+    assert "hidden_probe" in replay, replay
+    registrations = next(r for r in report["rows"] if r["attack"] == "intro-registrations")
+    assert registrations["achieved"]["victim_held_at_peak"] is not None, registrations
 
 
 def test_resource_targets_hold_at_quick_size(report: dict[str, Any]) -> None:
