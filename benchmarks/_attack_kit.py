@@ -81,6 +81,13 @@ class Target:
         self.onion = bytes.fromhex(spec["onion"]) if spec.get("onion") else None
         self.services: dict[str, str] = spec.get("services", {})
         self.registry = Path(spec["registry"])
+        # The victim's control socket: hidden-role rows read its counters at their peak.
+        self.control: str | None = spec.get("control")
+        # Hidden-service rows: the victim's alias, a target that accepts and never
+        # answers, and the DHT endpoints of every node (the victim's first).
+        self.alias: str | None = spec.get("alias")
+        self.hold_port = int(spec.get("hold_port", 0))
+        self.dht: list[str] = spec.get("dht", [])
 
 
 class Peer:
@@ -257,12 +264,22 @@ def main() -> None:
     if sys.argv[1:2] != ["attack"] or len(sys.argv) != 4:
         sys.exit("usage: _attack_kit.py hold INTERVAL | attack NAME JSON")
     import _attacks
+    import _attacks_descriptors
     import _attacks_discovery
+    import _attacks_hidden
     import _attacks_more
+    import _attacks_replay
 
     raise_nofile()
     name, spec = sys.argv[2], json.loads(sys.argv[3])
-    table = {**_attacks.ATTACKS, **_attacks_more.ATTACKS, **_attacks_discovery.ATTACKS}
+    table = {
+        **_attacks.ATTACKS,
+        **_attacks_more.ATTACKS,
+        **_attacks_discovery.ATTACKS,
+        **_attacks_hidden.ATTACKS,
+        **_attacks_descriptors.ATTACKS,
+        **_attacks_replay.ATTACKS,
+    }
     started = time.monotonic()
     achieved: dict[str, Any] = asyncio.run(
         _run(table[name], Target(spec["target"]), spec["params"])

@@ -49,6 +49,116 @@ COUNTERS = {
 }
 
 
+# The hidden relay role's bounds (docs/hidden.md section 7), rows 19-21: judged from what
+# the attacker saw and the victim's `hidden_relay` counters, read by the attacker from
+# the victim's control socket while it still held its circuits.
+INTRO_PER_SOURCE = 64
+INTRO_PER_NODE = 1024
+COOKIES_PER_SOURCE = 256
+COOKIES_PER_NODE = 4096
+HIDDEN_ROWS = (
+    "intro-registrations",
+    "rendezvous-cookies",
+    "intro-flood",
+    "descriptor-storage",
+    "introduction-replay",
+)
+MAX_RENDEZVOUS_BUILDS = 16  # a service's rendezvous circuits under way at once
+# What the victim answers each bad descriptor (descriptor-storage), and the counter of it.
+DESCRIPTOR_REFUSALS = {
+    "tampered": "bad-signature",
+    "older": "stale-sequence",
+    "wrong-key": "wrong-key",
+    "foreign-under-key": "wrong-key",
+}
+
+
+def replay_checks(a: dict[str, Any], params: dict[str, Any]) -> dict[str, bool]:
+    replay = a.get("replay_phase") or {}
+    flood = a.get("flood_phase") or {}
+    under_way = a.get("builds_under_way_after_flood")
+    judged = sum(v for k, v in flood.items() if k.startswith("refused_"))
+    return {
+        "replays refused": replay.get("refused_replay") == params["replays"]
+        and replay.get("refused_cookie_reused") == params["reuses"]
+        and replay.get("rendezvous_builds", 0) == 0,
+        "builds cap": under_way is not None
+        and under_way <= MAX_RENDEZVOUS_BUILDS
+        and flood.get("refused_builds_full", 0) > 0
+        and judged + flood.get("rendezvous_builds", 0) == params["flood"],
+        "intro passed": set(a.get("acks", {})) == {"SENT_ON"},
+    }
+
+
+def descriptor_checks(a: dict[str, Any]) -> dict[str, bool]:
+    added = a.get("victim_dht_added") or {}
+    answers = a["answers"]
+    refused = all(
+        set(answers[kind]) == {f"REFUSED:{reason}"} for kind, reason in DESCRIPTOR_REFUSALS.items()
+    )
+    expected: dict[str, int] = {"malformed": answers["oversized"].get("sent", 0)}
+    for kind, reason in DESCRIPTOR_REFUSALS.items():
+        key = f"refused:{reason}"
+        expected[key] = expected.get(key, 0) + sum(answers[kind].values())
+    return {
+        "descriptors refused": refused and set(answers["oversized"]) == {"sent"},
+        "descriptors counted": all(added.get(k, 0) == n for k, n in expected.items())
+        and added.get("stored", 0) == len(a["honest_stored"]),
+        "honest descriptor served": a["honest_stored"] == ["OK", "OK"] and all(a["served_honest"]),
+    }
+
+
+def hidden_checks(row: dict[str, Any], params: dict[str, Any]) -> dict[str, bool]:
+    a = row["achieved"]
+    attack = row["attack"]
+    if attack == "descriptor-storage":
+        return descriptor_checks(a)
+    if attack == "introduction-replay":
+        return replay_checks(a, params)
+    if attack == "intro-flood":
+        seen = a.get("victim_held_at_end") or {}
+        acks = sum(a["acks"].values())
+        return {
+            "intro forwards bound": a["introduce2_at_service"] <= a["forward_bound"]
+            and a["acks_sent_on"] == a["introduce2_at_service"],
+            "intro rate limited": a["acks_rate_limited"] > 0,
+            "intro counted": seen.get("introduce_rate_limited") == a["acks_rate_limited"]
+            and seen.get("introduce_forwarded") == a["acks_sent_on"]
+            and acks == a["introductions_sent"],
+        }
+    seen = a.get("victim_held_at_peak") or {}
+    refused = a.get("answer_DESTROY_RESOURCE_LIMIT", 0)
+    sources = params["sources"]
+    if attack == "intro-registrations":
+        held = seen.get("intro_registrations_held", INTRO_PER_NODE + 1)
+        return {
+            "intro source cap": a["registered_per_source_max"] <= INTRO_PER_SOURCE
+            and seen.get("intro_refused_source", 0) > 0,
+            "intro node cap": held <= INTRO_PER_NODE
+            and (sources * INTRO_PER_SOURCE <= INTRO_PER_NODE or held == INTRO_PER_NODE),
+            "intro counted": seen.get("intro_registered") == a["registered_total"]
+            and seen.get("intro_refused_source", 0) + seen.get("intro_refused_full", 0) == refused,
+        }
+    held = seen.get("rendezvous_pending_held", COOKIES_PER_NODE + 1)
+    checks = {
+        "cookie source cap": a["registered_per_source_max"] <= COOKIES_PER_SOURCE
+        and seen.get("establish_refused_source", 0) > 0,
+        "cookie node cap": held <= COOKIES_PER_NODE
+        and (sources * COOKIES_PER_SOURCE <= COOKIES_PER_NODE or held == COOKIES_PER_NODE),
+        "cookie counted": seen.get("rendezvous_registered") == a["registered_total"]
+        and seen.get("establish_refused_source", 0) + seen.get("establish_refused_full", 0)
+        == refused,
+    }
+    if params.get("hold", 0) > 0:
+        later = a.get("victim_after_hold") or {}
+        checks["cookies expire"] = (
+            later.get("rendezvous_pending_held") == 0
+            and later.get("rendezvous_expired") == a["registered_total"]
+            and a.get("circuits_alive_after_hold") == a["registered_total"]
+        )
+    return checks
+
+
 def wants_status(attack: str) -> bool:
     return attack in COUNTERS
 

@@ -41,6 +41,8 @@ SETUP_TIMEOUT = 30.0
 KIT = Path(__file__).resolve().parent / "_attack_kit.py"
 SLOW_ACCEPT_INTERVAL = 0.02  # the slow target takes one connection per 20 ms
 NUDGE_ALLOW = ["bob", "nobody-yet"]  # a name no node claims: unresolved all along
+HIDDEN_RELAYS = 5  # relays besides the victim, for the hidden-service rows' service
+HIDDEN_CONNECT_TIMEOUT = 60.0  # a client's whole attempt is bounded at 45 s
 
 
 def log(message: str) -> None:
@@ -133,10 +135,14 @@ class Sampler(threading.Thread):
 
 
 class HostileNet:
-    def __init__(self, net: LocalNet, *, circuit: bool) -> None:
+    def __init__(self, net: LocalNet, *, circuit: bool, hidden: bool = False) -> None:
         self.net = net
         self.circuit = circuit
+        self.hidden = hidden
         self.servers: list[subprocess.Popen[bytes]] = []
+        self.alias: str | None = None
+        self.relays: list[LocalNode] = []
+        self.hold_port = 0
 
     def __enter__(self) -> HostileNet:
         return self
@@ -149,6 +155,7 @@ class HostileNet:
         echo_proc, echo = _load.start_server("echo")
         self.servers.append(echo_proc)
         fast_proc, fast_port = start_hold(0)
+        self.hold_port = fast_port
         slow_proc, slow_port = start_hold(SLOW_ACCEPT_INTERVAL)
         self.servers += [fast_proc, slow_proc]
         net = self.net
@@ -186,6 +193,42 @@ class HostileNet:
             wait_for(lambda: _knows(bob, "victim"), SETUP_TIMEOUT, "bob to learn the victim", 0.1)
             self.probe_port = self._connect("victim.echo", hops=0)
         self._warm()
+        if self.hidden:
+            self._hidden_service(echo[1])
+
+    def hidden_probe(self) -> dict[str, Any]:
+        """Right after the attack: bob connects to the hidden service (a fresh path)
+        and echoes 16 bytes through it; how long that took, or why it failed."""
+        started = time.monotonic()
+        try:
+            reply = self.bob.call(
+                "connect", timeout=HIDDEN_CONNECT_TIMEOUT, service=self.alias, local="0",
+                name="hidden-probe",
+            )  # fmt: skip
+            port = int(reply["forward"]["local"].rsplit(":", 1)[1])
+            echoed = _load.round_trips(("127.0.0.1", port), 1, 16, warmup=0) != []
+        except (VX6Error, OSError) as exc:
+            return {"ok": False, "error": str(exc)[:120], "s": round(time.monotonic() - started, 1)}
+        return {"ok": echoed, "s": round(time.monotonic() - started, 1)}
+
+    def _hidden_service(self, echo_port: int) -> None:
+        """The victim hosts a public hidden service `web` (to the echo), over
+        HIDDEN_RELAYS more relays; returns once the service is reachable."""
+        names = [f"r{i}" for i in range(HIDDEN_RELAYS)]
+        self.relays = self.net.start_relays(names, self.victim)
+        v = self.victim
+        wait_for(lambda: relays_known(v, HIDDEN_RELAYS), SETUP_TIMEOUT, "the victim's relays", 0.2)
+        made = v.cli("hidden", "create", "web", "--target", f"127.0.0.1:{echo_port}", "--public")
+        if made.returncode != 0:
+            raise VX6Error(f"hidden create: {made.stderr!r}")
+        self.alias = made.stdout.decode().strip()
+        v.call("reload")
+
+        def reachable() -> bool:
+            reply = v.try_call("hidden")
+            return bool(reply.get("ok")) and any(h.get("reachable") for h in reply["hidden"])
+
+        wait_for(reachable, 2 * SETUP_TIMEOUT, "the hidden service to be reachable", 0.2)
 
     def _connect(self, service: str, hops: int) -> int:
         deadline = time.monotonic() + SETUP_TIMEOUT
@@ -229,6 +272,10 @@ class HostileNet:
             "onion": onion,
             "services": services,
             "registry": str(v.home / "registry.sqlite"),
+            "control": str(v.control),
+            "alias": self.alias,
+            "hold_port": self.hold_port,
+            "dht": [self.honest_listen, self.bob.listen, *(r.listen for r in self.relays)],
         }
 
     def registry_bytes(self) -> int:

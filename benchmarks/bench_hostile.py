@@ -2,7 +2,7 @@
 --quick) against a real node on loopback, beside an honest client, in one table.
 
     python benchmarks/bench_hostile.py               # full size, about 11-13 minutes
-    python benchmarks/bench_hostile.py --quick       # CI size, about 1.5 minutes
+    python benchmarks/bench_hostile.py --quick       # CI size, about 2.5 minutes
     python benchmarks/bench_hostile.py --only loop-stall,fd-streams --json --no-fail
 
 Theory of operation. For each attack a fresh network (`_hostile_net.HostileNet`) comes
@@ -34,6 +34,8 @@ from typing import Any
 
 import _setup  # noqa: F401  (makes vx6 importable from a bare checkout)
 from _hostile_checks import (
+    HIDDEN_ROWS,
+    hidden_checks,
     status_checks,
     status_figures,
     status_note,
@@ -80,6 +82,7 @@ class Attack:
     full: dict[str, Any] = field(default_factory=dict)
     settle: float = 1.0
     circuit: bool = False  # honest traffic through a one-relay circuit via the victim
+    hidden: bool = False  # the victim hosts a hidden service over 5 more relays
 
 
 ATTACKS = [
@@ -128,6 +131,23 @@ ATTACKS = [
     Attack(18, "allow-nudge", "refused streams nudging an unresolved allow name",
            {"links": 8, "opens": 200, "rate": 40, "seconds": 3},
            {"links": 50, "opens": 1200, "rate": 40, "seconds": 30}),
+    Attack(19, "intro-registrations", "ESTABLISH_INTRO from fresh auth keys, per source",
+           {"sources": 17, "per_source": 68, "seconds": 4},
+           {"sources": 40, "per_source": 100, "seconds": 15}),
+    Attack(20, "rendezvous-cookies", "ESTABLISH_RENDEZVOUS with fresh cookies, per source",
+           {"sources": 2, "per_source": 262, "hold": 0, "seconds": 14},
+           {"sources": 17, "per_source": 262, "hold": 31, "seconds": 50}),
+    Attack(21, "intro-flood", "INTRODUCE1 flood for one registered intro",
+           {"rate": 5, "burst": 10, "flooders": 2, "circuits": 8, "introductions": 1600,
+            "seconds": 3},
+           {"rate": 25, "burst": 200, "flooders": 8, "circuits": 16, "introductions": 20000,
+            "seconds": 30}),
+    Attack(22, "descriptor-storage", "bad descriptors STOREd at a DHT node",
+           {"rounds": 6, "seconds": 4}, {"rounds": 100, "seconds": 40}),
+    Attack(23, "introduction-replay", "replayed INTRODUCE2, reused cookie, build flood",
+           {"replays": 5, "reuses": 5, "flood": 80, "seconds": 10},
+           {"replays": 40, "reuses": 40, "flood": 100, "refill": 5, "seconds": 30},
+           hidden=True),
 ]  # fmt: skip
 
 
@@ -159,7 +179,10 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
     params = attack.quick if quick else attack.full
     seconds = float(params["seconds"])
     window = seconds + attack.settle
-    with LocalNet(keep=keep) as net, HostileNet(net, circuit=attack.circuit) as hn:
+    with (
+        LocalNet(keep=keep) as net,
+        HostileNet(net, circuit=attack.circuit, hidden=attack.hidden) as hn,
+    ):
         if keep:
             log(f"{attack.name}: node homes and logs in {net.base}")
         hn.build()
@@ -189,6 +212,7 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
         attacker = _spawn([str(KIT), "attack", attack.name, json.dumps(spec)])
         achieved = _result(attacker, seconds + OVERRUN, "the attacker")
         honest_result = _result(honest, window + HONEST_TIMEOUT + OVERRUN, "the honest client")
+        hidden_probe = hn.hidden_probe() if attack.hidden else None
         elapsed = time.monotonic() - started
         cpu = sampler.stop()
         all_lines, lines = log_lines_since(
@@ -214,6 +238,8 @@ def run_attack(attack: Attack, quick: bool, keep: bool) -> dict[str, Any]:
             "achieved": achieved,
             "honest": honest_result,
         }
+        if hidden_probe is not None:
+            row["hidden_probe"] = hidden_probe
         if reads_status:
             after = status_snapshot(victim) if row["victim_alive"] else None
             row["victim_status"] = status_figures(attack.name, status_before, after)
@@ -250,6 +276,10 @@ def judge(row: dict[str, Any], quick: bool) -> dict[str, bool]:
         checks["amplification"] = worst is not None and worst <= TARGETS["amplification"]
     if "victim_status" in row:
         checks.update(status_checks(row))
+    if "hidden_probe" in row:
+        checks["hidden client"] = bool(row["hidden_probe"].get("ok"))
+    if row["attack"] in HIDDEN_ROWS:
+        checks.update(hidden_checks(row, row["params"]))
     return checks
 
 
@@ -275,9 +305,31 @@ def note(row: dict[str, Any]) -> str:
             "honest_relay_seen_after",
         ),
         "allow-nudge": ("opens", "refused_NOT_ALLOWED"),
+        "intro-registrations": (
+            "circuits_built",
+            "registered_total",
+            "registered_per_source_max",
+            "answer_DESTROY_RESOURCE_LIMIT",
+        ),
+        "rendezvous-cookies": (
+            "circuits_built",
+            "registered_total",
+            "registered_per_source_max",
+            "answer_DESTROY_RESOURCE_LIMIT",
+        ),
+        "descriptor-storage": ("served_honest", "victim_dht_added"),
+        "introduction-replay": ("replay_phase", "flood_phase", "builds_under_way_after_flood"),
+        "intro-flood": (
+            "introductions_sent",
+            "introduce2_at_service",
+            "forward_bound",
+            "acks_rate_limited",
+        ),
     }.get(row["attack"], ("closed_by_victim",))
     parts += [f"{k} {a[k]}" for k in picks if k in a]
     parts += status_note(row)
+    if "hidden_probe" in row:
+        parts.append(f"hidden client {row['hidden_probe']}")
     if "registry_records" in row:
         parts.append(f"registry {row['registry_records']} records")
     if row["registry_growth_bytes"] > 1 << 20:

@@ -170,9 +170,15 @@ class ControlOps:
             "refusals": dict(sorted(RATELOG.counts.items())),
             "dht": self.dht.health(),
             "circuits": self.router.describe(),
+            # The intro-point and rendezvous-point role's counters (relays only).
+            "hidden_relay": self._hidden_relay_stats(),
             # Each configured peer's keeper: state, attempts, next retry (vx6.node.peers).
             **self.peering(),
         }
+
+    def _hidden_relay_stats(self) -> dict[str, int] | None:
+        role = self._hidden.relay_role if self._hidden is not None else None
+        return dict(sorted(role.stats().items())) if role is not None else None
 
     async def peers(self, _: dict[str, Any]) -> dict[str, Any]:
         links = []

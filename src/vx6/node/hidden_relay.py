@@ -111,7 +111,15 @@ class HiddenRelayRole:
         self._arm()
 
     def stats(self) -> dict[str, int]:
-        return {**self.intros.counts, **self.rendezvous.counts}
+        """Every counter of both cores, and what they hold now (for `vx6 status`)."""
+        return {
+            **self.intros.counts,
+            **self.rendezvous.counts,
+            "intro_registrations_held": len(self.intros),
+            "intro_client_circuits_held": self.intros.client_circuits,
+            "rendezvous_pending_held": self.rendezvous.pending_count,
+            "rendezvous_joined_pairs_held": self.rendezvous.joined_pairs,
+        }
 
     def close(self) -> None:
         if self._timer is not None:
