@@ -116,6 +116,11 @@ def render(command: str, reply: dict[str, Any]) -> str:
     if command == "connect":
         f = reply["forward"]
         setup = reply.get("setup", {})
+        if str(f["path"]).startswith("hidden"):
+            return (
+                f"forwarding {f['local']} -> {f['service']} ({f['path']}; rendezvous "
+                f"joined in {setup.get('setup_ms', '?')} ms)"
+            )
         return (
             f"forwarding {f['local']} -> {f['service']} ({f['path']}; owner "
             f"{setup.get('owner', '?')}, checked in {setup.get('setup_ms', '?')} ms)"

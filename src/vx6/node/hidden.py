@@ -19,6 +19,7 @@ path and opens a stream on it, so port forwarding and `vx6 forwards` work unchan
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -151,11 +152,13 @@ class HiddenRole:
             await fwd.start()
         except OSError as exc:
             raise UsageError(f"cannot listen on {cfg.local_host}:{cfg.local_port}: {exc}") from exc
+        started = time.perf_counter()
         try:
             await self.path(target, cfg.profile)
         except BaseException:
             await fwd.stop()
             raise
+        fwd.setup = {"setup_ms": round((time.perf_counter() - started) * 1e3, 1)}
         return fwd
 
     def close(self) -> None:
