@@ -185,6 +185,21 @@ def test_public_service_carries_bytes_both_ways(
     assert shown.returncode == 0 and f"hidden ({profile})" in shown.stdout.decode()
 
 
+def test_descriptors_go_through_a_directory_proxy(hs: HiddenNet, localnet: LocalNet) -> None:
+    """docs/hidden.md section 3: the service published (and fetched back) and the client
+    fetched through directory proxies: neither's own DHT node sent a descriptor STORE or
+    looked a descriptor key up, and the relays did it for them."""
+    for node in (hs.carol, hs.bob):
+        status = node.call("status")
+        assert status["counters"].get("hidden_descriptor_dht_stores", 0) == 0, node.name
+        assert status["counters"].get("hidden_descriptor_dht_lookups", 0) == 0, node.name
+        assert status["dht"]["descriptor_stores_originated"] == 0, node.name
+        assert status["counters"].get("hidden_dir_proxy_answers", 0) > 0, node.name
+    relayed = [r.call("status") for r in hs.relays.values()]
+    assert sum(s["counters"].get("hidden_descriptor_dht_stores", 0) for s in relayed) > 0
+    assert sum(s["counters"].get("hidden_descriptor_dht_lookups", 0) for s in relayed) > 0
+
+
 def test_nc_pipes_stdin_and_stdout_like_an_ssh_proxy_command(
     hs: HiddenNet, localnet: LocalNet
 ) -> None:

@@ -76,6 +76,10 @@ GOLDEN_RELAY_MESSAGES: list[tuple[c.RelayMessage, int, str]] = [
     (c.RelayMessage(c.RelayCommand.RENDEZVOUS_ESTABLISHED, 0, b""), 7, "12 00000000 0000"),
     (c.RelayMessage(c.RelayCommand.RENDEZVOUS1, 0, b"\x04"), 8, "13 00000000 0001 04"),
     (c.RelayMessage(c.RelayCommand.RENDEZVOUS2, 0, b"\x05"), 8, "14 00000000 0001 05"),
+    (c.RelayMessage(c.RelayCommand.DHT_STORE, 0, b"\x06"), 8, "15 00000000 0001 06"),
+    (c.RelayMessage(c.RelayCommand.DHT_STORED, 0, b"\x00\x07"), 9, "16 00000000 0002 0007"),
+    (c.RelayMessage(c.RelayCommand.DHT_FETCH, 0, b"\x08"), 8, "17 00000000 0001 08"),
+    (c.RelayMessage(c.RelayCommand.DHT_FETCHED, 0, b"\x00"), 8, "18 00000000 0001 00"),
 ]
 
 

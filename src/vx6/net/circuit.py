@@ -58,7 +58,7 @@ Submit = Callable[[list[CircuitEvent]], None]
 ControlHandler = Callable[[int, bytes], None]
 
 # The relay commands of hidden services (docs/hidden.md section 4): never stream messages.
-HIDDEN_COMMANDS = frozenset(range(RelayCommand.ESTABLISH_INTRO, RelayCommand.RENDEZVOUS2 + 1))
+HIDDEN_COMMANDS = frozenset(range(RelayCommand.ESTABLISH_INTRO, RelayCommand.DHT_FETCHED + 1))
 
 
 class CircuitCarrier:

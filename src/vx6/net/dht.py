@@ -30,7 +30,7 @@ from vx6.errors import DecodeError, ListenError, RecordRejected, RemoteProtocolE
 from vx6.net.addresses import format_endpoint
 from vx6.net.ports import SYSTEM_CLOCK, SYSTEM_RANDOM, Clock, Random
 from vx6.net.ratelog import RATELOG
-from vx6.wire.records import decode_record
+from vx6.wire.records import Kind, decode_record
 
 log = logging.getLogger("vx6.dht")
 
@@ -71,6 +71,7 @@ class DhtService(asyncio.DatagramProtocol):
         self._reported: dict[str, int] = {}
         self._own: dict[bytes, bytes] = {}  # our records, by slot, to re-store after joining
         self._thresholds = [1, 8, self.node.config.k]
+        self.descriptor_stores_originated = 0  # kind-4 STOREs this node started (`store`)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -282,6 +283,8 @@ class DhtService(asyncio.DatagramProtocol):
         except (DecodeError, RecordRejected) as exc:  # our own record should pass: say so
             log.warning("DHT store refused our own record: %s", exc)
             return 0
+        if record.kind == Kind.HIDDEN_DESCRIPTOR:  # a service should send these via a proxy
+            self.descriptor_stores_originated += 1
         # Re-stored after joining like `publish`'s, one per (kind, signer); expired ones go.
         for slot, held in list(self._own.items()):
             if slot[:1] == bytes([record.kind]) and decode_record(held).expires <= now:
@@ -313,6 +316,7 @@ class DhtService(asyncio.DatagramProtocol):
             "active_lookups": self.node.active_lookups,
             "last_successful_lookup": self.last_lookup_ok,
             "stats": stats,
+            "descriptor_stores_originated": self.descriptor_stores_originated,
         }
 
 

@@ -23,13 +23,16 @@ from vx6.errors import DestroyReason
 from vx6.net.link import LinkProtocol
 from vx6.wire.cells import RelayCommand
 
-# The commands a relay answers as an intro or rendezvous point (docs/hidden.md 4).
+# The commands a relay answers as an intro, rendezvous or directory proxy point
+# (docs/hidden.md 3, 4).
 HIDDEN_RELAY_COMMANDS = frozenset(
     {
         RelayCommand.ESTABLISH_INTRO,
         RelayCommand.INTRODUCE1,
         RelayCommand.ESTABLISH_RENDEZVOUS,
         RelayCommand.RENDEZVOUS1,
+        RelayCommand.DHT_STORE,  # the directory proxy (docs/hidden.md section 3)
+        RelayCommand.DHT_FETCH,
     }
 )
 

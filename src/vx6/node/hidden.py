@@ -3,9 +3,12 @@
 Theory of operation. This module composes the four hidden-service roles for one node
 (node/wiring.py builds it once):
 
-* the descriptor directory (node/hidden_dht.py) over the node's DHT;
-* on a relay, the intro-point and rendezvous-point role (node/hidden_relay.py),
-  registered with the router;
+* the descriptor directory (node/hidden_dht.py) over the node's DHT, which only the
+  relay role uses, as a directory proxy for others;
+* on a relay, the intro-point, rendezvous-point and directory-proxy role
+  (node/hidden_relay.py), registered with the router;
+* the client's and each service's `CircuitDirectory` (node/hidden_dir_circuit.py):
+  descriptors fetched and published through a proxy, never by this node's DHT node;
 * the client (node/hidden_client.py), which `connect`, `nc` and forwards use for an
   alias or a petname (`target`);
 * one `HiddenServiceHost` per `[hidden.NAME]` of config.toml (node/hidden_service.py),
@@ -25,6 +28,7 @@ from typing import Protocol
 
 from vx6.core.hidden.profiles import PathProfile
 from vx6.core.hidden.target import AliasTarget, parse_target
+from vx6.core.routes import RelayCandidate, plan_route
 from vx6.crypto.keys import Identity
 from vx6.errors import UsageError
 from vx6.net.circuit import ClientPath
@@ -33,6 +37,7 @@ from vx6.net.pipe import StreamPipe
 from vx6.net.ports import Clock, Count, Random, Spawn
 from vx6.node.hidden_client import HiddenClient
 from vx6.node.hidden_dht import DescriptorDht, DescriptorDirectory
+from vx6.node.hidden_dir_circuit import CircuitDirectory
 from vx6.node.hidden_hosts import AllowLists, ServiceHome, make_host
 from vx6.node.hidden_ports import Builder, Relays
 from vx6.node.hidden_relay import CircuitActions, HiddenRelayRole
@@ -43,6 +48,7 @@ from vx6.store.hidden_config import HiddenServiceConfig
 
 log = logging.getLogger("vx6.hidden")
 
+CLIENT_DIRECTORY_HOPS = 3  # two relays, then the directory proxy
 HIDDEN_SERVICE_NAME = "hidden"  # what BEGIN names on a joined path: it has one target
 
 
@@ -67,8 +73,10 @@ class HiddenRole:
         registry: PetnameRegistry,
         spawn: Spawn,
         relay_role: HiddenRelayRole | None = None,
+        client_directory: CircuitDirectory | None = None,
     ) -> None:
         self.client = client
+        self.client_directory = client_directory
         self.directory = directory
         self.relay_role = relay_role
         self._make_host = make_host
@@ -165,6 +173,8 @@ class HiddenRole:
         for name in list(self.hosts):
             self.unconfigure(name)
         self.client.close()
+        if self.client_directory is not None:
+            self.client_directory.close()
         if self.relay_role is not None:
             self.relay_role.close()
 
@@ -193,14 +203,25 @@ def build_hidden_role(
     directory = DescriptorDirectory(dht, clock=clock, count=count)
     relay_role = None
     if relay:
-        relay_role = HiddenRelayRole(router, clock)
+        relay_role = HiddenRelayRole(router, clock, directory=directory)
         router.use_hidden_relay(relay_role)
+
+    def client_path() -> list[RelayCandidate]:
+        """Any 3 relays but this node, the last the proxy (docs/hidden.md section 3)."""
+        return plan_route(
+            relays.relay_candidates(),
+            CLIENT_DIRECTORY_HOPS,
+            exclude=(identity.public,),
+            rng=lambda: (int.from_bytes(random(7), "big") >> 3) / float(1 << 53),
+        )
+
+    client_directory = CircuitDirectory(router, client_path, directory, clock=clock, count=count)
     client = HiddenClient(
         identity,
         identity.private_bytes(),
         builder=router,
         relays=relays,
-        descriptors=directory,
+        descriptors=client_directory,
         clock=clock,
         random=random,
         spawn=spawn,
@@ -224,5 +245,11 @@ def build_hidden_role(
         )
 
     return HiddenRole(
-        client, directory, make_host=host, registry=registry, spawn=spawn, relay_role=relay_role
+        client,
+        directory,
+        make_host=host,
+        registry=registry,
+        spawn=spawn,
+        relay_role=relay_role,
+        client_directory=client_directory,
     )

@@ -20,7 +20,8 @@ from vx6.core.hidden.service import HiddenServiceCore
 from vx6.core.hidden.service_events import Profile, ServiceLimits
 from vx6.net.ports import Clock, Count, Random, Spawn
 from vx6.net.ratelog import RATELOG
-from vx6.node.hidden_ports import Builder, DescriptorStore, Relays
+from vx6.node.hidden_dir_circuit import CircuitDirectory, DescriptorChecker
+from vx6.node.hidden_ports import Builder, Relays
 from vx6.node.hidden_service import HiddenServiceHost
 from vx6.node.owner_streams import OwnerStreams
 from vx6.store.config import ServiceConfig
@@ -45,7 +46,7 @@ class AllowLists(Protocol):
 
 def make_host(
     cfg: HiddenServiceConfig,
-    descriptors: DescriptorStore,
+    checker: DescriptorChecker,
     *,
     home: ServiceHome,
     allow_lists: AllowLists,
@@ -76,6 +77,15 @@ def make_host(
         allowed=lambda key: key is not None and key in allowed(),
         public=cfg.public,
         self_identity=own_identity,
+    )
+
+    # Published and fetched back through a directory proxy, guard first (section 3).
+    descriptors = CircuitDirectory(
+        builder,
+        lambda: core.directory_path(clock.monotonic()),
+        checker,
+        clock=clock,
+        count=count,
     )
 
     def save(changed: GuardsChanged | None, revision: int | None, published: float | None) -> None:

@@ -38,6 +38,8 @@ class DescriptorSource(Protocol):
 class DescriptorStore(DescriptorSource, Protocol):
     async def publish(self, record_raw: bytes) -> int: ...
 
+    def close(self) -> None: ...
+
 
 def hop(candidate: RelayCandidate) -> HopSpec:
     return HopSpec(candidate.identity, candidate.onion_key, candidate.endpoints)

@@ -19,7 +19,9 @@ happened:
   service's target through the node's owner streams (one budget for every service).
 * PublishDescriptor: the descriptor sealed for each period that needs one, signed by
   that period's blinded key, stored on both replicas, then fetched back: only a
-  descriptor read back from the DHT makes the service *reachable*.
+  descriptor read back from the DHT makes the service *reachable*. Both go through a
+  directory proxy at the end of a guard-first circuit (node/hidden_dir_circuit.py), so
+  no storer sees this node's address next to the blinded key.
 
 All timing comes from the core's `next_deadline`, on the node's clock.
 """
@@ -394,6 +396,7 @@ class HiddenServiceHost:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        self._descriptors.close()
         for intro in self._intros.values():
             if intro.path is not None:
                 intro.path.close(DestroyReason.NONE)

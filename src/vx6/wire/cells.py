@@ -79,6 +79,11 @@ class RelayCommand(IntEnum):
     RENDEZVOUS_ESTABLISHED = 18  # rendezvous point -> client
     RENDEZVOUS1 = 19  # service -> rendezvous point
     RENDEZVOUS2 = 20  # rendezvous point -> client
+    # Descriptors through a directory proxy (docs/hidden.md section 3), stream 0.
+    DHT_STORE = 21  # service -> last relay: store this descriptor in the DHT
+    DHT_STORED = 22  # last relay -> service
+    DHT_FETCH = 23  # service or client -> last relay: look this blinded key up
+    DHT_FETCHED = 24  # last relay -> service or client
 
 
 def destroy_reason(code: int) -> DestroyReason:

@@ -1,5 +1,5 @@
 """Hidden-service relay messages (docs/hidden.md sections 4 and 5): the data of relay
-commands 12..20, all on stream 0, and the 320-byte introduction plaintext.
+commands 12..24, all on stream 0, and the 320-byte introduction plaintext.
 
     ESTABLISH_INTRO        auth key 32 | rate u16 (1..1000) | burst u16 (1..10000) | signature 64
     INTRO_ESTABLISHED      (none)
@@ -9,6 +9,10 @@ commands 12..20, all on stream 0, and the 320-byte introduction plaintext.
     RENDEZVOUS_ESTABLISHED (none)
     RENDEZVOUS1            cookie 32 | handshake reply 64
     RENDEZVOUS2            handshake reply 64
+    DHT_STORE              one raw record (1..MAX_RECORD_SIZE)
+    DHT_STORED             stored u16 (how many storers accepted it)
+    DHT_FETCH              blinded key 32
+    DHT_FETCHED            count u8 (0..8) | count x (length u16 (1..MAX_RECORD_SIZE) | record)
 
     introduction plaintext (320) = cookie 32 | rendezvous identity 32
         | rendezvous onion key 32 | count u8 (1..4) | endpoints x count
@@ -30,6 +34,7 @@ from enum import IntEnum
 from vx6.errors import DecodeError
 from vx6.wire.cells import Endpoint
 from vx6.wire.endpoint import pack_endpoint, unpack_endpoint
+from vx6.wire.records import MAX_RECORD_SIZE
 
 KEY_LEN = 32
 SIGNATURE_LEN = 64
@@ -42,6 +47,7 @@ INTRO_CIPHERTEXT_SIZE = INTRO_PLAINTEXT_SIZE + AEAD_TAG_LEN
 MAX_INTRO_RATE = 1000
 MAX_INTRO_BURST = 10000
 MAX_INTRO_ENDPOINTS = 4
+MAX_FETCHED_RECORDS = 8
 
 ESTABLISH_INTRO_DOMAIN = b"vx6-hs-establish-intro-v1\x00"
 CLIENT_PROOF_DOMAIN = b"vx6-hs-client-proof-v1\x00"
@@ -293,3 +299,92 @@ def decode_introduce_plaintext(data: bytes | memoryview) -> IntroducePlaintext:
     return IntroducePlaintext(
         cookie, identity, onion_key, tuple(endpoints), client_identity, client_signature
     )
+
+
+# ---------------------------------------------------------------- the directory proxy
+@dataclass(frozen=True, slots=True)
+class DhtStore:
+    record: bytes  # one signed record, as the DHT stores it
+
+
+@dataclass(frozen=True, slots=True)
+class DhtStored:
+    stored: int  # how many storers acknowledged it, over both replica keys
+
+
+@dataclass(frozen=True, slots=True)
+class DhtFetch:
+    blinded_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DhtFetched:
+    records: tuple[bytes, ...]  # at most MAX_FETCHED_RECORDS raw records
+
+
+_U16 = struct.Struct(">H")
+
+
+def _record_size_ok(record: bytes | memoryview) -> bool:
+    return 0 < len(record) <= MAX_RECORD_SIZE
+
+
+def encode_dht_store(message: DhtStore) -> bytes:
+    if not isinstance(message.record, bytes) or not _record_size_ok(message.record):
+        raise ValueError(f"a record is 1..{MAX_RECORD_SIZE} bytes")
+    return message.record
+
+
+def decode_dht_store(data: bytes | memoryview) -> DhtStore:
+    if not _record_size_ok(data):
+        raise DecodeError(f"a DHT_STORE record is 1..{MAX_RECORD_SIZE} bytes, got {len(data)}")
+    return DhtStore(bytes(data))
+
+
+def encode_dht_stored(message: DhtStored) -> bytes:
+    if not 0 <= message.stored <= 0xFFFF:
+        raise ValueError("stored is a u16")
+    return _U16.pack(message.stored)
+
+
+def decode_dht_stored(data: bytes | memoryview) -> DhtStored:
+    return DhtStored(_U16.unpack(_exact(data, _U16.size, "DHT_STORED"))[0])
+
+
+def encode_dht_fetch(message: DhtFetch) -> bytes:
+    _need(message.blinded_key, KEY_LEN, "a blinded key")
+    return message.blinded_key
+
+
+def decode_dht_fetch(data: bytes | memoryview) -> DhtFetch:
+    return DhtFetch(_exact(data, KEY_LEN, "DHT_FETCH"))
+
+
+def encode_dht_fetched(message: DhtFetched) -> bytes:
+    if len(message.records) > MAX_FETCHED_RECORDS:
+        raise ValueError(f"at most {MAX_FETCHED_RECORDS} records")
+    out = [bytes([len(message.records)])]
+    for record in message.records:
+        if not isinstance(record, bytes) or not _record_size_ok(record):
+            raise ValueError(f"a record is 1..{MAX_RECORD_SIZE} bytes")
+        out += [_U16.pack(len(record)), record]
+    return b"".join(out)
+
+
+def decode_dht_fetched(data: bytes | memoryview) -> DhtFetched:
+    view = memoryview(data)
+    if not view or view[0] > MAX_FETCHED_RECORDS:
+        raise DecodeError(f"DHT_FETCHED carries 0..{MAX_FETCHED_RECORDS} records")
+    records, at = [], 1
+    for _ in range(view[0]):
+        if len(view) < at + _U16.size:
+            raise DecodeError("DHT_FETCHED ends inside a length")
+        (length,) = _U16.unpack_from(view, at)
+        at += _U16.size
+        if not 0 < length <= MAX_RECORD_SIZE or len(view) < at + length:
+            raise DecodeError(f"DHT_FETCHED record length {length} does not fit")
+        records.append(bytes(view[at : at + length]))
+        at += length
+    if at != len(view):
+        raise DecodeError("DHT_FETCHED has trailing bytes")
+    return DhtFetched(tuple(records))

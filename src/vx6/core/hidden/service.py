@@ -342,6 +342,21 @@ class HiddenServiceCore:
             events.append(build)
         return events
 
+    def directory_path(self, now: float) -> tuple[RelayCandidate, ...] | None:
+        """A path to a directory proxy (docs/hidden.md section 3): a guard, one middle,
+        then the relay that stores or fetches descriptors for the service (planned like
+        an intro relay, so never a guard or this node); None if there is none."""
+        guard = self.guards.pick(now, self._relays)
+        if guard is None:
+            return None
+        relays = list(self._relays.values())
+        exclude = self.guards.identities | {self._self}
+        last = intro_relay(relays, guard, exclude, self._float)
+        if last is None:
+            return None
+        hops = middles(relays, guard, last, 1, exclude, self._float)
+        return None if hops is None else (guard, *hops, last)
+
     def _new_intro(self, now: float) -> IntroBuildRequested | None:
         guard = self.guards.pick(now, self._relays)
         if guard is None:
