@@ -96,7 +96,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.peer_address: tuple[str, int] | None = None
         self.rtt: float | None = None
         self.close_reason = ""
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        # When the armed timer fires, kept here: uvloop's call_at with a time already
+        # past returns a plain Handle (as call_soon), which has no when().
+        self._timer_when = 0.0
         self.dialled: tuple[str, int] | None = None  # the address we dialled, if we did
         self.local_address: tuple[str, int] | None = None
         self._paused = False
@@ -243,9 +246,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         # convert through "seconds from now", so any monotonic clock works.
         when = self.loop.time() + max(0.0, deadline - self.clock())
         if self._timer is not None:
-            if self._timer.when() <= when:
+            if self._timer_when <= when:
                 return
             self._timer.cancel()
+        self._timer_when = when
         self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
