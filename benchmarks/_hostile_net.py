@@ -214,8 +214,17 @@ class HostileNet:
     def _hidden_service(self, echo_port: int) -> None:
         """The victim hosts a public hidden service `web` (to the echo), over
         HIDDEN_RELAYS more relays; returns once the service is reachable."""
-        names = [f"r{i}" for i in range(HIDDEN_RELAYS)]
-        self.relays = self.net.start_relays(names, self.victim)
+        # The relays' DHT must reach the victim's (on its first address, 127.0.0.1):
+        # descriptors are stored and fetched through a relay (the directory proxy).
+        extra = ("--listen", "[::1]:0", "--relay", "--bootstrap", self.honest_listen)
+        self.relays = [
+            self.net.start(
+                f"r{i}", listen="127.0.0.1:0", peers=(self.honest_listen,), extra=extra, wait=False
+            )
+            for i in range(HIDDEN_RELAYS)
+        ]
+        for relay in self.relays:
+            self.net.wait_ready(relay)
         v = self.victim
         wait_for(lambda: relays_known(v, HIDDEN_RELAYS), SETUP_TIMEOUT, "the victim's relays", 0.2)
         made = v.cli("hidden", "create", "web", "--target", f"127.0.0.1:{echo_port}", "--public")
