@@ -6,6 +6,7 @@ client takes a bounded, diverse few per lookup and looks at most once per DEMAND
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from kit.clock import FakeClock
 from kit.dht import NOW, identity, node_record, seeded
@@ -163,5 +164,46 @@ def test_lookups_are_bounded_whoever_asks() -> None:
         clock.advance(relay_directory.DEMAND_GAP)
         await directory.on_demand()
         assert len(asked) == 2 * RELAY_DIRECTORY_BUCKETS
+
+    asyncio.run(main())
+
+
+def test_a_node_keeps_looking_while_rounds_find_new_relays() -> None:
+    """Enough relays known after the first round is not enough to stop looking: holders
+    answer with a random few, so the node looks again (delays doubling) until
+    QUIET_ROUNDS rounds in a row found nobody new, then only every REFRESH_EVERY."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        found = iter([10, 13, 14, 14, 14, 14, 15])  # relays known after each round
+        known = [0]
+        rounds: list[float] = []
+
+        async def lookup(target: bytes) -> bool:
+            if target == RELAY_DIRECTORY_KEYS[0]:
+                rounds.append(clock.monotonic())
+                known[0] = next(found)
+            return True
+
+        directory = RelayDirectory(lookup=lookup, known=lambda: known[0], clock=clock)
+        task = asyncio.create_task(directory.run())
+
+        async def settle() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+        await settle()
+        for _ in range(30):  # 60 s: rounds at 0, 2, 6, 14 and 30 s, then none until later
+            clock.advance(relay_directory.FEW_FIRST)
+            await settle()
+        start = rounds[0]
+        first_gaps = [round(b - a, 3) for a, b in itertools.pairwise(rounds)]
+        # 10 (new), 13 (new), 14 (new), 14 (quiet), 14 (quiet: now only now and then)
+        assert first_gaps == [2.0, 4.0, 8.0, 16.0]
+        assert len(rounds) == 5
+        clock.advance(relay_directory.REFRESH_EVERY)
+        await settle()
+        assert len(rounds) == 6 and rounds[-1] - start >= relay_directory.REFRESH_EVERY
+        task.cancel()
 
     asyncio.run(main())

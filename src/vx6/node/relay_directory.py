@@ -7,9 +7,13 @@ place DHT records are accepted, which takes at most `directory.ACCEPT_PER_LOOKUP
 entries per lookup, `directory.PER_PREFIX` per network); route planning then sees them
 like relays learnt by sync.
 
-When: `run` looks soon after start and, while fewer than `WANTED` relays are known,
-again after `FEW_FIRST` seconds, doubling up to `FEW_MAX`; once enough are known, every
-`REFRESH_EVERY` (new relays, fresh onion keys). `on_demand()`, called by the circuit
+When: `run` looks soon after start and again after `FEW_FIRST` seconds, doubling up
+to `FEW_MAX`, while fewer than `WANTED` relays are known or the last round found relays
+the ones before had not (holders answer with a random few and a lookup may end at
+holders that miss an entry, so one round rarely sees a whole directory); after
+`QUIET_ROUNDS` rounds in a row found nothing new with enough known, every
+`REFRESH_EVERY` (new relays, fresh onion keys). A hostile directory cannot keep a node
+looking fast: the delay doubles every round either way. `on_demand()`, called by the circuit
 pool when a route finds too few usable relays, looks at once unless a look ended less
 than `DEMAND_GAP` ago. Only one look runs at a time; a caller that comes during one
 waits for it. So the DHT traffic is bounded: at most one round of
@@ -32,6 +36,7 @@ FEW_FIRST = 2.0
 FEW_MAX = 300.0
 REFRESH_EVERY = 1800.0
 DEMAND_GAP = 5.0
+QUIET_ROUNDS = 2  # rounds in a row that found no new relay before looking only now and then
 
 
 class RelayDirectory:
@@ -77,12 +82,16 @@ class RelayDirectory:
 
     async def run(self) -> None:
         delay = FEW_FIRST
+        quiet = 0
         while True:
+            before = self.known()
             try:
                 await self.refresh()
             except Exception:  # a failed round must not end the loop; the next may work
                 log.exception("relay directory lookup failed")
-            if self.known() >= WANTED:
+            after = self.known()
+            quiet = quiet + 1 if after <= before else 0
+            if after >= WANTED and quiet >= QUIET_ROUNDS:
                 delay = FEW_FIRST
                 await self.clock.sleep(REFRESH_EVERY)  # periodic timer, not synchronisation
             else:
